@@ -1,0 +1,1 @@
+"""rolora.evals"""

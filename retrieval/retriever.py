@@ -1,0 +1,254 @@
+"""``Retriever``: the public face of a domain's index: ingest, search (dense, lexical, hybrid), cite.
+
+>>> from rolora.retrieval import Retriever
+>>> r = Retriever.open("contracts")                     # doctest: +SKIP
+>>> r.ingest()                                          # the domain's configured corpus   # doctest: +SKIP
+>>> for p in r.search("governing law", k=3):            # doctest: +SKIP
+...     print(p.citation, p.heading_path, p.text[:60])
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from rolora.config import Config, load_config
+from rolora.errors import IndexError_, UserError
+
+from .embedder import Embedder, make_embedder
+from .index import DenseIndex, LexicalIndex, load_generation, read_manifest
+from .ingest import IngestReport, ingest_paths, rebuild_indexes
+from .store import Store
+from .types import Passage
+
+__all__ = ["Retriever", "SearchMode", "rrf_fuse"]
+
+log = logging.getLogger("rolora.retrieval")
+SearchMode = Literal["hybrid", "dense", "lexical"]
+Filters = dict[str, Any]
+
+
+def rrf_fuse(rankings: Sequence[Sequence[int]], k: int = 60) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: score(d) = sum over rankings of 1 / (k + rank), rank from 1."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, doc in enumerate(ranking, start=1):
+            scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+class Retriever:
+    """Search one domain. Open with ``Retriever.open(domain, config)``; thread-safe for searches."""
+
+    def __init__(self, domain: str, config: Config, embedder: Embedder | None = None) -> None:
+        self.domain = domain
+        self.config = config
+        self.domain_config = config.domain(domain)
+        self.cfg = config.retrieval
+        self.dir = config.home_dir / "indexes" / domain
+        self.store = Store(self.dir / "store.sqlite")
+        self._embedder = embedder
+        self._lock = threading.RLock()
+        self._dense: DenseIndex | None = None
+        self._lexical: LexicalIndex | None = None
+        self._doc_of_pos: np.ndarray = np.zeros(0, dtype=np.int64)  # lexical position -> doc index
+        self._docs: list[str] = []
+        self._doc_meta: dict[str, dict[str, Any]] = {}
+        self._chunk_doc: dict[int, int] = {}
+        self._loaded_generation = -1
+
+    @classmethod
+    def open(
+        cls, domain: str, config: Config | Path | str | None = None, embedder: Embedder | None = None
+    ) -> Retriever:
+        cfg = config if isinstance(config, Config) else load_config(config)
+        return cls(domain, cfg, embedder)
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = make_embedder(self.config.models.embedder)
+        return self._embedder
+
+    # -- ingest -------------------------------------------------------------------------------------------
+    def ingest(
+        self, paths: Sequence[Path | str] | None = None, rebuild: bool = False, progress: bool = True
+    ) -> IngestReport:
+        """Ingest ``paths`` (default: the domain's configured corpus) incrementally."""
+        roots = [Path(p) for p in paths] if paths else list(self.domain_config.corpus)
+        if not roots:
+            raise UserError(f"domain '{self.domain}' has no corpus: pass a PATH or set domains.{self.domain}.corpus")
+        with self._lock:
+            report = ingest_paths(
+                self.store,
+                self.dir,
+                self.domain,
+                roots,
+                self.embedder,
+                self.cfg,
+                include=self.domain_config.include,
+                exclude=self.domain_config.exclude,
+                rebuild=rebuild,
+                progress=progress,
+            )
+            self._loaded_generation = -1
+        return report
+
+    # -- loading ------------------------------------------------------------------------------------------
+    def _ensure_loaded(self) -> None:
+        gen = self.store.generation
+        if gen == self._loaded_generation:
+            return
+        fix = f"run `rolora ingest PATH --domain {self.domain}`"
+        manifest = read_manifest(self.dir)
+        if manifest is None and gen == 0:
+            raise IndexError_(f"domain '{self.domain}' has no index yet; {fix}")
+        want = self.config.models.embedder
+        recorded = manifest.embedder if manifest else self.store.get_meta("embedder")
+        if recorded != want:
+            raise IndexError_(
+                f"index of domain '{self.domain}' was built with embedder '{recorded}', config says '{want}'; "
+                f"re-ingest with `rolora ingest PATH --domain {self.domain} --rebuild` or set models.embedder"
+            )
+        dim = int(self.store.get_meta("dim") or 0)
+        if self._embedder is not None and self._embedder.dim != dim:
+            raise IndexError_(
+                f"index of domain '{self.domain}' has dimension {dim}, embedder gives {self._embedder.dim}; "
+                f"re-ingest with --rebuild"
+            )
+        if manifest is None or manifest.generation < gen:
+            log.warning("domain %s: finishing an interrupted ingest (rebuilding indexes from the store)", self.domain)
+            rebuild_indexes(self.store, self.dir, self.domain, want, dim, self.cfg)
+            manifest = read_manifest(self.dir)
+            assert manifest is not None
+        self._dense, self._lexical = load_generation(self.dir, manifest)
+        docs = self.store.documents()
+        self._docs = sorted(docs)
+        self._doc_meta = {d: {"doc_id": d, **docs[d].metadata} for d in self._docs}
+        index_of = {d: i for i, d in enumerate(self._docs)}
+        rows = self.store.db.execute("SELECT id, doc_id FROM chunks").fetchall()
+        self._chunk_doc = {int(i): index_of[d] for i, d in rows}
+        self._doc_of_pos = np.array([self._chunk_doc[int(i)] for i in self._lexical.ids], dtype=np.int64)
+        self._loaded_generation = manifest.generation
+
+    # -- search -------------------------------------------------------------------------------------------
+    def _allowed_docs(self, filters: Filters) -> np.ndarray:
+        keep = []
+        for i, d in enumerate(self._docs):
+            meta = self._doc_meta[d]
+            ok = True
+            for key, want in filters.items():
+                have = meta.get(key)
+                ok = have in want if isinstance(want, list | tuple | set) else have == want
+                if not ok:
+                    break
+            if ok:
+                keep.append(i)
+        return np.array(keep, dtype=np.int64)
+
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        filters: Filters | None = None,
+        mode: SearchMode | None = None,
+        mmr: bool = False,
+        mmr_lambda: float = 0.5,
+    ) -> list[Passage]:
+        """Top ``k`` passages for ``query`` in this domain only.
+
+        ``mode``: ``hybrid`` (reciprocal rank fusion of dense and BM25), ``dense`` or ``lexical``.
+        ``filters``: ``{"doc_id": "nda_mutual"}`` or any document metadata key; a list value means any of.
+        ``mmr``: re-rank the fused candidates by maximal marginal relevance for diversity.
+        """
+        mode = mode or self.cfg.mode
+        if mode not in ("hybrid", "dense", "lexical"):
+            raise UserError(f"search mode must be hybrid, dense or lexical (got {mode!r})")
+        if k <= 0 or not query.strip():
+            return []
+        with self._lock:
+            self._ensure_loaded()
+            assert self._dense is not None and self._lexical is not None
+            allowed_ids: np.ndarray | None = None
+            allowed_mask: np.ndarray | None = None
+            if filters:
+                allowed_docs = self._allowed_docs(filters)
+                allowed_mask = np.isin(self._doc_of_pos, allowed_docs)
+                allowed_ids = self._lexical.ids[allowed_mask]
+                if len(allowed_ids) == 0:
+                    return []
+            n = max(k, self.cfg.candidates) if (mode == "hybrid" or mmr) else k
+            rankings: list[list[tuple[int, float]]] = []
+            qvec: np.ndarray | None = None
+            if mode in ("hybrid", "dense"):
+                qvec = self.embedder.embed([query])
+                rankings.append(self._dense.search(qvec, n, allowed_ids)[0])
+            if mode in ("hybrid", "lexical"):
+                rankings.append(self._lexical.search(query, n, allowed_mask))
+            if mode == "hybrid":
+                scored = rrf_fuse([[i for i, _ in r] for r in rankings], self.cfg.rrf_k)
+            else:
+                scored = rankings[0]
+            if mmr and scored:
+                scored = self._mmr(query, qvec, scored, k, mmr_lambda)
+            scored = scored[:k]
+            rows = self.store.chunks_by_ids([i for i, _ in scored])
+        out = []
+        for cid, score in scored:
+            chunk_id, doc_id, start, end, text, heading, _h = rows[cid]
+            out.append(
+                Passage(text, score, doc_id, start, end, heading, chunk_id, dict(self._doc_meta.get(doc_id, {})))
+            )
+        return out
+
+    def _mmr(
+        self, query: str, qvec: np.ndarray | None, scored: list[tuple[int, float]], k: int, lam: float
+    ) -> list[tuple[int, float]]:
+        if qvec is None:
+            qvec = self.embedder.embed([query])
+        rows = self.store.chunks_by_ids([i for i, _ in scored])
+        hashes = [rows[i][6] for i, _ in scored]
+        vecs = self.store.get_embeddings(self.config.models.embedder, hashes, qvec.shape[1])
+        rel = vecs @ qvec[0]
+        chosen: list[int] = []
+        rest = list(range(len(scored)))
+        while rest and len(chosen) < k:
+            red = (vecs[rest] @ vecs[chosen].T).max(axis=1) if chosen else np.zeros(len(rest))
+            best = int(np.argmax(lam * rel[rest] - (1 - lam) * red))
+            chosen.append(rest.pop(best))
+        return [scored[i] for i in chosen]
+
+    def document_text(self, doc_id: str) -> str:
+        """The stored text a citation's offsets refer to."""
+        with self._lock:
+            text = self.store.document_text(doc_id)
+        if text is None:
+            raise UserError(f"document '{doc_id}' is not in domain '{self.domain}'")
+        return text
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            self._ensure_loaded()
+            manifest = read_manifest(self.dir)
+        return {
+            "domain": self.domain,
+            "documents": len(self._docs),
+            "chunks": self.store.chunk_count(),
+            "index": manifest.index if manifest else None,
+            "embedder": manifest.embedder if manifest else None,
+            "generation": manifest.generation if manifest else 0,
+        }
+
+    def as_langchain(self, k: int = 5, mode: SearchMode | None = None, filters: Filters | None = None) -> Any:
+        """A langchain-core ``BaseRetriever`` over this retriever."""
+        from .langchain import RoloraLangchainRetriever
+
+        return RoloraLangchainRetriever(retriever=self, k=k, mode=mode, filters=filters)

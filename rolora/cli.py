@@ -1,0 +1,156 @@
+"""The ``rolora`` command line. Heavy libraries (torch, transformers, faiss) load inside commands only,
+so ``rolora --help`` stays fast."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from rolora.errors import RoloraError
+
+if TYPE_CHECKING:
+    from rolora.config import Config
+
+
+class SearchModeName(StrEnum):
+    hybrid = "hybrid"
+    dense = "dense"
+    lexical = "lexical"
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="rolora: per-role LoRA experts for agentic RAG.")
+models_app = typer.Typer(no_args_is_help=True, help="List and prepare the base models.")
+app.add_typer(models_app, name="models")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="rolora.yaml (default: $ROLORA_CONFIG, ./rolora.yaml, built-in)"),
+]
+DomainOpt = Annotated[str, typer.Option("--domain", "-d", help="domain name from the config")]
+
+
+def _config(path: Path | None) -> Config:
+    from rolora.config import load_config
+
+    return load_config(path)
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="where to write the config")] = Path("rolora.yaml"),
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+) -> None:
+    """Write a commented default rolora.yaml."""
+    from rolora.config import default_config_text
+
+    if path.exists() and not force:
+        raise typer.BadParameter(f"{path} exists; pass --force to overwrite it")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(default_config_text(), encoding="utf-8")
+    tmp.replace(path)
+    console.print(f"wrote {path}")
+
+
+@models_app.command("list")
+def models_list(config: ConfigOpt = None) -> None:
+    """Show the built-in model aliases, where their weights come from and whether they are prepared."""
+    from rich.table import Table
+
+    from rolora.models import list_models
+
+    cfg = _config(config)
+    table = Table("kind", "alias", "source", "prepared")
+    for m in list_models(cfg.home_dir):
+        table.add_row(m.kind, m.alias, m.source, m.prepared)
+    console.print(table)
+    console.print(f"configured: generator={cfg.models.generator} embedder={cfg.models.embedder}")
+
+
+@models_app.command("prepare")
+def models_prepare(
+    config: ConfigOpt = None,
+    force: Annotated[bool, typer.Option(help="convert again even if prepared")] = False,
+) -> None:
+    """Convert the configured generator to a safetensors folder (once) and check the embedder loads."""
+    from rolora.models import prepare_generator, resolve_embedder
+
+    cfg = _config(config)
+    with console.status(f"preparing {cfg.models.generator}"):
+        folder = prepare_generator(cfg.models.generator, cfg.home_dir, force=force)
+    console.print(f"generator {cfg.models.generator}: {folder}")
+    console.print(f"embedder {cfg.models.embedder}: {resolve_embedder(cfg.models.embedder)}")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path] | None, typer.Argument(help="files or folders (default: the domain's corpus)")] = None,
+    domain: DomainOpt = "contracts",
+    config: ConfigOpt = None,
+    rebuild: Annotated[bool, typer.Option(help="drop the domain's index and ingest from scratch")] = False,
+) -> None:
+    """Ingest files into a domain: chunk with offsets, embed (cached), index (FAISS + BM25)."""
+    from rich.table import Table
+
+    from rolora.retrieval import Retriever
+
+    retriever = Retriever.open(domain, _config(config))
+    report = retriever.ingest(paths or None, rebuild=rebuild, progress=sys.stderr.isatty())
+    console.print(report.summary())
+    if report.skipped or report.flagged:
+        table = Table("file", "skipped or flagged because", title="needs attention")
+        for s in report.skipped:
+            table.add_row(s.path, s.reason)
+        for doc_id, flag in report.flagged:
+            table.add_row(doc_id, flag)
+        console.print(table)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="what to look for")],
+    domain: DomainOpt = "contracts",
+    k: Annotated[int, typer.Option("-k", help="passages to return")] = 5,
+    mode: Annotated[SearchModeName | None, typer.Option(help="retrieval mode")] = None,
+    doc: Annotated[str | None, typer.Option(help="only this doc_id")] = None,
+    mmr: Annotated[bool, typer.Option(help="diversify with maximal marginal relevance")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Search a domain and print each hit with its cited span."""
+    from rich.table import Table
+
+    from rolora.retrieval import Retriever
+
+    retriever = Retriever.open(domain, _config(config))
+    passages = retriever.search(
+        query, k=k, mode=mode.value if mode else None, filters={"doc_id": doc} if doc else None, mmr=mmr
+    )
+    table = Table("#", "score", "citation", "heading", "text", title=f"{query!r} in {domain}", show_lines=True)
+    for i, p in enumerate(passages, 1):
+        snippet = " ".join(p.text.split())
+        table.add_row(
+            str(i), f"{p.score:.3f}", p.citation, p.heading_path, snippet[:300] + ("…" if len(snippet) > 300 else "")
+        )
+    console.print(table)
+    if not passages:
+        console.print("no passages found")
+
+
+def main() -> None:
+    """Entry point: user and runtime errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except RoloraError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

