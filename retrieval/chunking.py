@@ -52,6 +52,12 @@ def _label(line: str, limit: int = 60) -> str:
     return cut + "…"
 
 
+def _first_sentence(line: str, after: int) -> str:
+    """``9.2 Venue. The courts…`` -> ``9.2 Venue``: the number and its title, without the clause text."""
+    cut = line.find(". ", after + 1)
+    return line[:cut] if cut > 0 else line
+
+
 def _classify(line: str) -> tuple[int, str] | None:
     for pattern, kind in _PATTERNS:
         m = pattern.match(line)
@@ -62,7 +68,7 @@ def _classify(line: str) -> tuple[int, str] | None:
         if kind == "markdown":
             return len(m.group(1)), _label(line.lstrip("#").strip())
         if kind in ("section", "numbered"):
-            return 2 + m.group(1).count("."), _label(line)
+            return 2 + m.group(1).count("."), _label(_first_sentence(line, m.end(1)))
         if kind == "paren":
             return 6, f"({m.group(1)})"
     if _CAPS.match(line) and sum(c.isalpha() for c in line) >= 6 and not line.endswith((",", ";")):
@@ -157,7 +163,7 @@ def chunk_document(doc_id: str, text: str, opts: ChunkingOptions | None = None) 
             continue
         if buf is not None:
             merged = e - buf[0]
-            top_level_break = sec.level <= 2 and (buf[1] - buf[0]) >= opts.min_chars
+            top_level_break = sec.level <= 1 or (sec.level <= 2 and (buf[1] - buf[0]) >= opts.min_chars)
             if merged <= opts.max_chars and not top_level_break:
                 buf = (buf[0], e, buf[2])
                 continue

@@ -73,7 +73,7 @@ def _embed_missing(
     if not todo:
         return
     hashes, texts = list(todo), list(todo.values())
-    step = max(batch_size * 4, 256)  # commit every few batches: an interrupt keeps what was embedded
+    step = max(batch_size * 4, 64)  # commit every few batches: an interrupt keeps what was embedded
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(

@@ -59,7 +59,7 @@ def _load_text(raw: bytes, path: Path) -> tuple[str, tuple[str, ...]]:
 
 @register_loader(".html", ".htm")
 def _load_html(raw: bytes, path: Path) -> tuple[str, tuple[str, ...]]:
-    from selectolax.parser import HTMLParser  # type: ignore[attr-defined]
+    from selectolax.lexbor import LexborHTMLParser as HTMLParser
 
     text, flags = _decode(raw)
     tree = HTMLParser(text)
@@ -179,8 +179,13 @@ def load_path(path: Path, root: Path, max_bytes: int) -> LoadResult:
 
 
 def _matches(rel: str, patterns: list[str]) -> bool:
+    """Glob match against the relative path or the file name; ``**/x`` also matches ``x`` at the top."""
     name = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+    for p in patterns:
+        for q in (p, p[3:]) if p.startswith("**/") else (p,):
+            if fnmatch.fnmatch(rel, q) or fnmatch.fnmatch(name, q):
+                return True
+    return False
 
 
 def iter_corpus(root: Path, include: list[str], exclude: list[str]) -> Iterator[Path]:
@@ -192,7 +197,7 @@ def iter_corpus(root: Path, include: list[str], exclude: list[str]) -> Iterator[
         rel = path.relative_to(root).as_posix()
         if any(part.startswith(".") for part in Path(rel).parts):
             continue
-        if include and not _matches(rel, include) and not any(p in ("**/*", "*") for p in include):
+        if include and not _matches(rel, include):
             continue
         if exclude and _matches(rel, exclude):
             continue

@@ -105,7 +105,9 @@ def ingest(
     report = retriever.ingest(paths or None, rebuild=rebuild, progress=sys.stderr.isatty())
     console.print(report.summary())
     if report.skipped or report.flagged:
-        table = Table("file", "skipped or flagged because", title="needs attention")
+        table = Table(title="needs attention")
+        table.add_column("file", overflow="fold")
+        table.add_column("skipped or flagged because", overflow="fold")
         for s in report.skipped:
             table.add_row(s.path, s.reason)
         for doc_id, flag in report.flagged:
@@ -132,7 +134,9 @@ def search(
     passages = retriever.search(
         query, k=k, mode=mode.value if mode else None, filters={"doc_id": doc} if doc else None, mmr=mmr
     )
-    table = Table("#", "score", "citation", "heading", "text", title=f"{query!r} in {domain}", show_lines=True)
+    table = Table("#", "score", title=f"{query!r} in {domain}", show_lines=True)
+    for name in ("citation", "heading", "text"):
+        table.add_column(name, overflow="fold")
     for i, p in enumerate(passages, 1):
         snippet = " ".join(p.text.split())
         table.add_row(
