@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from rolora.cli_serve import serve_app
 from rolora.errors import RoloraError
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ class SearchModeName(StrEnum):
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="rolora: per-role LoRA experts for agentic RAG.")
 models_app = typer.Typer(no_args_is_help=True, help="List and prepare the base models.")
 app.add_typer(models_app, name="models")
+app.add_typer(serve_app, name="serve")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -54,3 +54,59 @@ def cuad_retriever(embedder: Any, cuad_dir: Path) -> Any:
     report = r.ingest(progress=False)
     assert report.chunks_total > 20000
     return r
+
+
+@pytest.fixture(scope="session")
+def generator_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once from the wheel's GGUF into TEST_HOME."""
+    from rolora.models import prepare_generator
+
+    return prepare_generator("smollm2-135m-instruct", TEST_HOME)
+
+
+def make_lora_adapter(base_dir: Path, out: Path, seed: int, zero: bool = False, rank: int = 8) -> Path:
+    """A real PEFT LoRA adapter on ``base_dir`` with random non-zero weights (or B = 0 when ``zero``)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    if (out / "adapter_model.safetensors").is_file():
+        return out
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=zero is True,
+        lora_dropout=0.0,
+    )
+    model = get_peft_model(base, cfg)
+    if not zero:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(0.5)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tmp.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lora_adapters(generator_dir: Path) -> dict[str, Path]:
+    """Three adapters with different non-zero weights and one whose B is zero (a no-op), as name@1 folders."""
+    root = TEST_HOME / "test-adapters"
+    root.mkdir(parents=True, exist_ok=True)
+    specs = {"alpha@1": (1, False), "beta@1": (2, False), "gamma@1": (3, False), "noop@1": (4, True)}
+    return {name: make_lora_adapter(generator_dir, root / name, seed, zero) for name, (seed, zero) in specs.items()}
+
+
+@pytest.fixture(scope="session")
+def inprocess_backend(generator_dir: Path, lora_adapters: dict[str, Path]) -> Any:
+    from rolora.adapters.serving import DirectoryAdapters
+    from rolora.adapters.serving.inprocess import InProcessBackend
+
+    backend = InProcessBackend(generator_dir, DirectoryAdapters(TEST_HOME / "test-adapters"), batch_window_ms=20)
+    yield backend
+    backend.close()

@@ -12,7 +12,7 @@ import pytest
 from rolora.evals.metrics import span_recall
 
 # Floors measured on this corpus (see the note on the retrieval issue), set a little below the measurement.
-FLOORS = {5: 0.30, 20: 0.50}
+FLOORS = {5: 0.33, 20: 0.50}  # measured: hybrid@5 0.349, hybrid@20 0.531 (1,111 questions)
 
 
 def sample_questions(cuad_dir: Path, n_contracts: int = 100, seed: int = 0) -> list[dict[str, Any]]:

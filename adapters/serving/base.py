@@ -1,0 +1,171 @@
+"""The serving interface every LLM step calls: one small Protocol, two real backends (in-process, vLLM).
+
+A request names the adapter (``"name@version"``, ``"name"`` for the latest, or ``None`` for the base model),
+carries chat messages, sampling parameters, max tokens, stop strings and an optional JSON schema. A result
+carries the text, the parsed JSON (when a schema was given), token counts, finish reason, latency and the
+adapter that actually served it. The async core is written once; ``generate`` is a thin sync wrapper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from rolora.errors import UserError
+
+__all__ = [
+    "BASE",
+    "AdapterResolver",
+    "Backend",
+    "BackendBase",
+    "DirectoryAdapters",
+    "GenerationRequest",
+    "GenerationResult",
+    "parse_adapter_ref",
+]
+
+BASE = "__base__"  # the adapter name PEFT uses for "no adapter" in a mixed batch
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def parse_adapter_ref(ref: str) -> tuple[str, int | None]:
+    """``"contracts-analyst@3"`` -> ``("contracts-analyst", 3)``; ``"contracts-analyst"`` -> ``(…, None)``."""
+    name, _, version = ref.partition("@")
+    if not _NAME.match(name) or ".." in name:
+        raise UserError(f"adapter name {name!r} is invalid: use letters, digits, '_' or '-' (max 64), no '.' or '/'")
+    if version and not version.isdigit():
+        raise UserError(f"adapter version in {ref!r} must be a number, as in name@3")
+    return name, int(version) if version else None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: Sequence[dict[str, str]]
+    adapter: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    json_schema: dict[str, Any] | None = None
+    seed: int | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            raise UserError("a generation request needs at least one chat message")
+        for m in self.messages:
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise UserError("each chat message must be {'role': ..., 'content': ...}")
+        if self.max_tokens < 1:
+            raise UserError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if self.adapter is not None:
+            parse_adapter_ref(self.adapter)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    json: Any | None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+    latency_s: float
+    adapter: str | None  # "name@version" that served it, None for the base model
+    backend: str
+    request_id: str = ""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the agent graph and the evals call; implemented by the in-process and the vLLM backends."""
+
+    name: str
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+class BackendBase:
+    """Shared sync wrapper over the async core."""
+
+    name = "base"
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        raise NotImplementedError
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Sync wrapper: runs the async core, also from inside a running event loop (in a helper thread)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.agenerate(requests))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self.agenerate(requests)).result()
+
+    def close(self) -> None:
+        return None
+
+
+# Resolves "name" or "name@version" to (canonical "name@version", folder). The registry implements it too.
+AdapterResolver = Callable[[str], tuple[str, Path]]
+
+
+class DirectoryAdapters:
+    """Adapters as folders ``root/name@version`` (PEFT layout); ``name`` alone means the highest version.
+
+    Only safetensors weights are accepted: ``.bin``/``.pt`` adapters are refused (pickle risk).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def versions(self, name: str) -> list[int]:
+        out = []
+        for p in self.root.glob(f"{name}@*"):
+            v = p.name.rpartition("@")[2]
+            if v.isdigit() and p.is_dir():
+                out.append(int(v))
+        return sorted(out)
+
+    def __call__(self, ref: str) -> tuple[str, Path]:
+        name, version = parse_adapter_ref(ref)
+        if version is None:
+            versions = self.versions(name)
+            if not versions:
+                plain = self.root / name
+                if plain.is_dir():
+                    return check_adapter_folder(name, plain), plain
+                raise UserError(f"adapter '{name}' not found under {self.root}; train it or check the name")
+            version = versions[-1]
+        folder = self.root / f"{name}@{version}"
+        if not folder.is_dir():
+            raise UserError(f"adapter '{name}@{version}' not found under {self.root}")
+        return check_adapter_folder(f"{name}@{version}", folder), folder
+
+
+def check_adapter_folder(ref: str, folder: Path) -> str:
+    """Refuse folders that are not a safetensors PEFT adapter; returns ``ref`` unchanged."""
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(f"adapter '{ref}': {folder} has no adapter_config.json (not a PEFT adapter folder)")
+    if not (folder / "adapter_model.safetensors").is_file():
+        pickled = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+        if pickled:
+            raise UserError(
+                f"adapter '{ref}': {', '.join(pickled)} is a pickle, which rolora never loads; "
+                "re-save it with safetensors (save_pretrained(safe_serialization=True))"
+            )
+        raise UserError(f"adapter '{ref}': {folder} has no adapter_model.safetensors")
+    return ref

@@ -1,0 +1,394 @@
+"""In-process backend (the embedded default): transformers + PEFT, one base model, many LoRA adapters.
+
+Concurrent requests that arrive within ``batch_window_ms`` are micro-batched into one ``generate`` call whatever
+their adapters (PEFT mixed-adapter batches through ``adapter_names``; ``"__base__"`` for the base model), with
+left padding and per-request max tokens and stop strings. Adapters load on demand from an ``AdapterResolver``
+and an LRU bound (``max_loaded``) evicts the least recently used. JSON-schema constrained decoding uses xgrammar.
+All model work happens on one worker thread, so the backend is thread-safe.
+
+>>> backend = InProcessBackend.from_config(load_config(), adapters=DirectoryAdapters(root))  # doctest: +SKIP
+>>> backend.generate([GenerationRequest([{"role": "user", "content": "Hi"}], adapter="contracts-analyst")])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import queue
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rolora.errors import RoloraRuntimeError, UserError
+
+from .base import BASE, AdapterResolver, BackendBase, GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from rolora.config import Config
+
+__all__ = ["InProcessBackend"]
+
+log = logging.getLogger("rolora.serving")
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    future: concurrent.futures.Future[GenerationResult]
+    submitted: float
+    on_text: Any = None  # streaming callback(text | None)
+    adapter: str | None = field(default=None)  # canonical name@version once resolved
+    folder: Path | None = None
+
+
+def _adapter_is_noop(folder: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
+        keys = [k for k in f.keys() if "lora_B" in k]  # noqa: SIM118 - safe_open has keys(), not iteration
+        return bool(keys) and all(float(f.get_tensor(k).abs().max()) == 0.0 for k in keys)
+
+
+class InProcessBackend(BackendBase):
+    """transformers + PEFT multi-adapter backend with micro-batching; see the module docstring."""
+
+    name = "inprocess"
+
+    def __init__(
+        self,
+        model: str | Path = "smollm2-135m-instruct",
+        adapters: AdapterResolver | None = None,
+        *,
+        home: Path | None = None,
+        max_loaded: int = 8,
+        batch_window_ms: float = 5.0,
+        max_batch_size: int = 16,
+        torch_threads: int = 0,
+        micro_batching: bool = True,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from rolora.models import resolve_generator
+
+        if max_loaded < 1:
+            raise UserError(f"max_loaded must be >= 1, got {max_loaded}")
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        folder = Path(model) if Path(str(model)).is_dir() else resolve_generator(str(model), home)
+        self.model_folder = folder
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        self._model.eval()
+        self._peft: Any = None
+        self._resolver = adapters
+        self.max_loaded = max_loaded
+        self.window = batch_window_ms / 1000.0 if micro_batching else 0.0
+        self.max_batch_size = max_batch_size if micro_batching else 1
+        self._loaded: OrderedDict[str, Path] = OrderedDict()
+        self.noop_adapters: set[str] = set()
+        self._grammars: dict[str, Any] = {}
+        self._compiler: Any = None
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._pending: list[_Job] = []
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="rolora-inprocess", daemon=True)
+        self._worker.start()
+        self.batches: list[int] = []  # sizes of the generate calls made (for tests and benchmarks)
+
+    @classmethod
+    def from_config(cls, config: Config, adapters: AdapterResolver | None = None, **kwargs: Any) -> InProcessBackend:
+        return cls(
+            config.models.generator,
+            adapters,
+            home=config.home_dir,
+            torch_threads=config.backend.torch_threads,
+            **kwargs,
+        )
+
+    # -- public API -------------------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest, on_text: Any = None) -> concurrent.futures.Future[GenerationResult]:
+        """Queue one request; the future resolves to its result (or raises its error)."""
+        if self._closed:
+            raise RoloraRuntimeError("the in-process backend is closed")
+        fut: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
+        self._queue.put(_Job(request, fut, time.perf_counter(), on_text))
+        return fut
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        futures = [self.submit(r) for r in requests]
+        return [await asyncio.wrap_future(f) for f in futures]
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Yield text deltas of one request as they are generated (it runs alone, not micro-batched)."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def on_text(text: str | None) -> None:
+            loop.call_soon_threadsafe(deltas.put_nowait, text)
+
+        fut = self.submit(request, on_text=on_text)
+        while True:
+            item = await deltas.get()
+            if item is None:
+                break
+            if item:
+                yield item
+        await asyncio.wrap_future(fut)  # surface errors
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._worker.join(timeout=60)
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        return list(self._loaded)
+
+    # -- worker -----------------------------------------------------------------------------------------
+    def _next_batch(self) -> list[_Job] | None:
+        job = self._pending.pop(0) if self._pending else self._queue.get()
+        if job is None:
+            return None
+        batch = [job]
+        if job.on_text is not None:
+            return batch
+        deadline = time.monotonic() + self.window
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._queue.put(None)
+                break
+            if nxt.on_text is not None:
+                self._pending.append(nxt)
+                break
+            batch.append(nxt)
+        return batch
+
+    def _run(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                try:
+                    self._serve(batch)
+                except BaseException as e:  # never let the worker die with requests waiting
+                    log.exception("in-process backend batch failed")
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(RoloraRuntimeError(f"in-process generation failed: {e}"))
+                        if job.on_text is not None:
+                            job.on_text(None)
+
+    def _serve(self, batch: list[_Job]) -> None:
+        ready: list[_Job] = []
+        for job in batch:
+            try:
+                self._resolve(job)
+                ready.append(job)
+            except Exception as e:
+                job.future.set_exception(e)
+                if job.on_text is not None:
+                    job.on_text(None)
+        groups: dict[tuple[Any, ...], list[_Job]] = {}
+        for job in ready:
+            r = job.request
+            key = (r.temperature > 0, r.temperature, r.top_p, r.json_schema is not None, r.seed)
+            groups.setdefault(key, []).append(job)
+        for jobs in groups.values():
+            # at most max_loaded distinct adapters can be resident during one generate call
+            while jobs:
+                part, names = [], set()
+                for job in list(jobs):
+                    if job.adapter is not None and job.adapter not in names and len(names) >= self.max_loaded:
+                        continue
+                    if job.adapter is not None:
+                        names.add(job.adapter)
+                    part.append(job)
+                    jobs.remove(job)
+                self._generate(part)
+
+    def _resolve(self, job: _Job) -> None:
+        ref = job.request.adapter
+        if ref is None:
+            return
+        if self._resolver is None:
+            raise UserError(f"request asks for adapter '{ref}' but the backend has no adapter source configured")
+        job.adapter, job.folder = self._resolver(ref)
+
+    def _ensure_adapters(self, jobs: list[_Job]) -> None:
+        from peft import PeftModel
+
+        wanted = {j.adapter: j.folder for j in jobs if j.adapter is not None}
+        for name, folder in wanted.items():
+            assert folder is not None
+            if name in self._loaded:
+                self._loaded.move_to_end(name)
+                continue
+            while len(self._loaded) >= self.max_loaded:
+                victim = next(n for n in self._loaded if n not in wanted)
+                with warnings.catch_warnings():  # PEFT warns that the active adapter moves; it is irrelevant here
+                    warnings.simplefilter("ignore", UserWarning)
+                    self._peft.delete_adapter(victim)
+                del self._loaded[victim]
+                log.info("evicted adapter %s (max_loaded=%d)", victim, self.max_loaded)
+            try:
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(self._model, str(folder), adapter_name=name)
+                else:
+                    self._peft.load_adapter(str(folder), adapter_name=name)
+            except Exception as e:
+                raise RoloraRuntimeError(f"adapter '{name}' at {folder} could not be loaded: {e}") from e
+            self._peft.eval()
+            self._loaded[name] = folder
+            if _adapter_is_noop(folder):
+                self.noop_adapters.add(name)
+                log.warning("adapter %s has all-zero lora_B weights: it changes nothing", name)
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        import xgrammar as xgr
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            if self._compiler is None:
+                info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self._model.config.vocab_size)
+                self._compiler = xgr.GrammarCompiler(info)
+            try:
+                self._grammars[key] = self._compiler.compile_json_schema(key)
+            except Exception as e:
+                raise UserError(f"json_schema is not a valid JSON schema: {e}") from e
+        return self._grammars[key]
+
+    def _generate(self, jobs: list[_Job]) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        schema_jobs: list[_Job] = []
+        for job in jobs:
+            if job.request.json_schema is not None:
+                try:
+                    self._grammar(job.request.json_schema)
+                    schema_jobs.append(job)
+                except UserError as e:
+                    job.future.set_exception(e)
+        jobs = [j for j in jobs if j.request.json_schema is None] + schema_jobs
+        if not jobs:
+            return
+        self._ensure_adapters(jobs)
+        tok = self.tokenizer
+        prompts = [
+            tok.apply_chat_template(list(j.request.messages), add_generation_prompt=True, tokenize=False) for j in jobs
+        ]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompt_len = enc["input_ids"].shape[1]
+        limits = [j.request.max_tokens for j in jobs]
+        eos_ids = {tok.eos_token_id}
+        gen_eos = self._model.generation_config.eos_token_id
+        if isinstance(gen_eos, int):
+            eos_ids.add(gen_eos)
+        elif isinstance(gen_eos, list):
+            eos_ids.update(gen_eos)
+        ended: list[tuple[int, str] | None] = [None] * len(jobs)  # (generated tokens, reason)
+        streams = [j.on_text for j in jobs]
+        sent = [0] * len(jobs)
+
+        class RowStops(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw: Any) -> torch.Tensor:
+                gen = input_ids[:, prompt_len:]
+                n = gen.shape[1]
+                flags = []
+                for i, job in enumerate(jobs):
+                    if ended[i] is None:
+                        last = int(gen[i, -1])
+                        if last in eos_ids:
+                            ended[i] = (n - 1, "stop")
+                        else:
+                            stops = job.request.stop
+                            if stops or streams[i] is not None:
+                                text = tok.decode(gen[i], skip_special_tokens=True)
+                                if streams[i] is not None and len(text) > sent[i]:
+                                    streams[i](text[sent[i] :])
+                                    sent[i] = len(text)
+                                if stops and any(s in text for s in stops):
+                                    ended[i] = (n, "stop")
+                            if ended[i] is None and n >= limits[i]:
+                                ended[i] = (n, "length")
+                    flags.append(ended[i] is not None)
+                return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+        req = jobs[0].request
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max(limits),
+            "pad_token_id": tok.pad_token_id,
+            "stopping_criteria": StoppingCriteriaList([RowStops()]),
+        }
+        if req.temperature > 0:
+            kwargs.update(do_sample=True, temperature=req.temperature, top_p=req.top_p)
+            if req.seed is not None:
+                torch.manual_seed(req.seed)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if req.json_schema is not None:
+            import xgrammar as xgr
+
+            grammars = [self._grammar(j.request.json_schema or {}) for j in jobs]
+            kwargs["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(grammars)]
+        model: Any = self._model
+        if self._peft is not None:
+            model = self._peft
+            kwargs["adapter_names"] = [j.adapter or BASE for j in jobs]
+        t0 = time.perf_counter()
+        out = model.generate(**enc, **kwargs)
+        self.batches.append(len(jobs))
+        elapsed = time.perf_counter() - t0
+        for i, job in enumerate(jobs):
+            gen = out[i, prompt_len:]
+            count, reason = ended[i] if ended[i] is not None else (min(len(gen), limits[i]), "length")
+            ids = gen[:count]
+            text = tok.decode(ids, skip_special_tokens=True)
+            if job.request.stop:
+                cut = min((text.find(s) for s in job.request.stop if s in text), default=-1)
+                if cut >= 0:
+                    text, reason = text[:cut], "stop"
+            parsed = None
+            if job.request.json_schema is not None:
+                try:
+                    parsed = json.loads(text)
+                except json.JSONDecodeError:
+                    parsed = None  # cut by max_tokens before the JSON closed
+            if streams[i] is not None:
+                if len(text) > sent[i]:
+                    streams[i](text[sent[i] :])
+                streams[i](None)
+            job.future.set_result(
+                GenerationResult(
+                    text=text,
+                    json=parsed,
+                    prompt_tokens=int(enc["attention_mask"][i].sum()),
+                    completion_tokens=int(count),
+                    finish_reason=reason,  # type: ignore[arg-type]
+                    latency_s=time.perf_counter() - job.submitted,
+                    adapter=job.adapter,
+                    backend=self.name,
+                    request_id=job.request.request_id,
+                )
+            )
+        log.debug("generated %d requests in %.2fs", len(jobs), elapsed)

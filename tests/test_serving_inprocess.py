@@ -1,0 +1,97 @@
+"""In-process PEFT backend: mixed-adapter micro-batches equal solo runs, LRU, no-op detection, refusals."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TEST_HOME
+from rolora.adapters.serving import DirectoryAdapters, GenerationRequest
+
+from rolora.errors import UserError
+
+PROMPTS = ["What is the capital of France?", "Name a fruit.", "Explain what a lease is.", "Write a haiku about law."]
+
+
+def _req(content: str, **kw: Any) -> GenerationRequest:
+    return GenerationRequest([{"role": "user", "content": content}], **kw)
+
+
+@pytest.mark.slow
+def test_mixed_batch_equals_each_request_alone(inprocess_backend: Any) -> None:
+    reqs = [_req(p, adapter=a, max_tokens=24) for p in PROMPTS for a in (None, "alpha@1", "beta@1", "gamma@1")]
+    before = len(inprocess_backend.batches)
+    mixed = inprocess_backend.generate(reqs)
+    assert max(inprocess_backend.batches[before:]) == len(reqs), "the 16 requests were not served as one batch"
+    alone = [inprocess_backend.generate([r])[0] for r in reqs]
+    for m, a in zip(mixed, alone, strict=True):
+        assert (m.adapter, m.text, m.completion_tokens) == (a.adapter, a.text, a.completion_tokens)
+    assert len({m.text for m in mixed}) > len(PROMPTS), "adapters made no difference at all"
+
+
+def test_noop_adapter_is_detected(inprocess_backend: Any) -> None:
+    noop, base, gamma = inprocess_backend.generate(
+        [
+            _req(PROMPTS[2], adapter="noop", max_tokens=16),
+            _req(PROMPTS[2], max_tokens=16),
+            _req(PROMPTS[2], adapter="gamma", max_tokens=16),
+        ]
+    )
+    assert "noop@1" in inprocess_backend.noop_adapters and "gamma@1" not in inprocess_backend.noop_adapters
+    assert noop.text == base.text and gamma.text != base.text
+
+
+def test_concurrent_callers_are_micro_batched(inprocess_backend: Any) -> None:
+    before = len(inprocess_backend.batches)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futs = [
+            pool.submit(
+                inprocess_backend.generate, [_req(PROMPTS[i % 4], adapter=[None, "alpha"][i % 2], max_tokens=6)]
+            )
+            for i in range(8)
+        ]
+        results = [f.result()[0] for f in futs]
+    assert all(r.text for r in results)
+    assert max(inprocess_backend.batches[before:]) > 1
+
+
+def test_lru_bound_and_reload(generator_dir: Path, lora_adapters: dict[str, Path]) -> None:
+    from rolora.adapters.serving.inprocess import InProcessBackend
+
+    backend = InProcessBackend(generator_dir, DirectoryAdapters(TEST_HOME / "test-adapters"), max_loaded=2)
+    try:
+        first = backend.generate([_req(PROMPTS[0], adapter="gamma", max_tokens=10)])[0].text
+        for a in ("alpha", "beta", "gamma", "alpha"):
+            backend.generate([_req(PROMPTS[0], adapter=a, max_tokens=4)])
+            assert len(backend.loaded_adapters) <= 2
+        assert backend.loaded_adapters == ["gamma@1", "alpha@1"]
+        out = backend.generate([_req(PROMPTS[0], adapter=a, max_tokens=10) for a in ("alpha", "beta", "gamma")])
+        assert out[2].text == first  # gamma was evicted and reloaded: same weights, same output
+    finally:
+        backend.close()
+    with pytest.raises(UserError, match="max_loaded"):
+        InProcessBackend(generator_dir, max_loaded=0)
+
+
+def test_pickled_adapter_is_refused(tmp_path: Path, lora_adapters: dict[str, Path]) -> None:
+    bad = tmp_path / "evil@1"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text((lora_adapters["alpha@1"] / "adapter_config.json").read_text())
+    (bad / "adapter_model.bin").write_bytes(b"\x80\x04not really")
+    with pytest.raises(UserError, match="pickle"):
+        DirectoryAdapters(tmp_path)("evil")
+    with pytest.raises(UserError, match="invalid"):
+        DirectoryAdapters(tmp_path)("../evil")
+
+
+def test_invalid_schema_and_request_errors(inprocess_backend: Any) -> None:
+    with pytest.raises(UserError, match="json_schema"):
+        inprocess_backend.generate([_req("hi", max_tokens=4, json_schema={"type": "no-such-type"})])
+    with pytest.raises(UserError, match="max_tokens"):
+        _req("hi", max_tokens=0)
+    with pytest.raises(UserError, match="chat message"):
+        GenerationRequest([])
+    assert json.dumps({"ok": True})
