@@ -216,7 +216,8 @@ class InProcessBackend(BackendBase):
         for jobs in groups.values():
             # at most max_loaded distinct adapters can be resident during one generate call
             while jobs:
-                part, names = [], set()
+                part: list[_Job] = []
+                names: set[str] = set()
                 for job in list(jobs):
                     if job.adapter is not None and job.adapter not in names and len(names) >= self.max_loaded:
                         continue
@@ -361,9 +362,9 @@ class InProcessBackend(BackendBase):
         elapsed = time.perf_counter() - t0
         for i, job in enumerate(jobs):
             gen = out[i, prompt_len:]
-            count, reason = ended[i] if ended[i] is not None else (min(len(gen), limits[i]), "length")
+            count, reason = ended[i] or (min(len(gen), limits[i]), "length")
             ids = gen[:count]
-            text = tok.decode(ids, skip_special_tokens=True)
+            text = str(tok.decode(ids, skip_special_tokens=True))
             if job.request.stop:
                 cut = min((text.find(s) for s in job.request.stop if s in text), default=-1)
                 if cut >= 0:
