@@ -1,0 +1,105 @@
+"""Serving benchmark: 16 concurrent requests x 64 new tokens, greedy, ratios from one run.
+
+    .venv/bin/python bench/serving.py [--requests 16] [--tokens 64] [--no-vllm]
+
+Rows: in-process (PEFT) base-only, in-process mixed (3 adapters + base), in-process without micro-batching
+(sequential), and, unless --no-vllm, vLLM-CPU base-only and mixed (the server is started by the benchmark with
+the same adapters). Throughput is completion tokens / wall time. Goals: in-process mixed >= 2.5x vLLM-CPU mixed;
+mixed >= 0.8x base-only; micro-batched >= 4x sequential.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+QUESTIONS = [
+    "Explain what an indemnification clause does.",
+    "Summarise the purpose of a non-disclosure agreement.",
+    "What is a limitation of liability clause?",
+    "Describe automatic renewal in a subscription contract.",
+]
+
+
+def requests(n: int, tokens: int, mixed: bool) -> list[Any]:
+    from rolora.adapters.serving import GenerationRequest
+
+    adapters = [None, "alpha@1", "beta@1", "gamma@1"] if mixed else [None]
+    return [
+        GenerationRequest(
+            [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)] + f" (variant {i})"}],
+            adapter=adapters[i % len(adapters)],
+            max_tokens=tokens,
+        )
+        for i in range(n)
+    ]
+
+
+def run(backend: Any, reqs: list[Any]) -> tuple[float, int]:
+    backend.generate(reqs[:2])  # warm up
+    t = time.perf_counter()
+    out = asyncio.run(backend.agenerate(reqs))
+    wall = time.perf_counter() - t
+    tokens = sum(r.completion_tokens for r in out)
+    return tokens / wall, tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--no-vllm", action="store_true")
+    args = ap.parse_args()
+
+    from conftest import TEST_HOME, make_lora_adapter
+    from rolora.adapters.serving import DirectoryAdapters
+    from rolora.adapters.serving.inprocess import InProcessBackend
+
+    from rolora.models import prepare_generator
+
+    base_dir = prepare_generator("smollm2-135m-instruct", TEST_HOME)
+    root = TEST_HOME / "test-adapters"
+    root.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(["alpha@1", "beta@1", "gamma@1"], start=1):
+        make_lora_adapter(base_dir, root / name, seed)
+    rows: dict[str, float] = {}
+    n, tok = args.requests, args.tokens
+    backend = InProcessBackend(base_dir, DirectoryAdapters(root), batch_window_ms=10, max_batch_size=n)
+    rows["in-process base"], _ = run(backend, requests(n, tok, mixed=False))
+    rows["in-process mixed"], _ = run(backend, requests(n, tok, mixed=True))
+    backend.close()
+    seq = InProcessBackend(base_dir, DirectoryAdapters(root), micro_batching=False)
+    rows["in-process sequential"], _ = run(seq, requests(n, tok, mixed=True))
+    seq.close()
+    if not args.no_vllm:
+        from rolora.adapters.serving.vllm_backend import VLLMBackend
+        from rolora.adapters.serving.vllm_launcher import VLLMServer
+
+        adapters = {name: root / name for name in ("alpha@1", "beta@1", "gamma@1")}
+        with VLLMServer(base_dir, adapters, home=TEST_HOME) as server:
+            vllm = VLLMBackend([server.url], DirectoryAdapters(root))
+            rows["vLLM-CPU base"], _ = run(vllm, requests(n, tok, mixed=False))
+            rows["vLLM-CPU mixed"], _ = run(vllm, requests(n, tok, mixed=True))
+            vllm.close()
+    print(f"== {n} concurrent requests x {tok} new tokens, greedy, fp32 CPU")
+    for name, v in rows.items():
+        print(f"  {name:<24} {v:8.1f} tok/s")
+    print(
+        f"  mixed / base-only (in-process)      {rows['in-process mixed'] / rows['in-process base']:.2f}x  goal >= 0.8"
+    )
+    ratio = rows["in-process mixed"] / rows["in-process sequential"]
+    print(f"  micro-batched / sequential (mixed)  {ratio:.2f}x  goal >= 4")
+    if "vLLM-CPU mixed" in rows:
+        ours_vllm = rows["in-process mixed"] / rows["vLLM-CPU mixed"]
+        print(f"  in-process mixed / vLLM-CPU mixed   {ours_vllm:.2f}x  goal >= 2.5")
+        print(f"  vLLM-CPU mixed / vLLM-CPU base      {rows['vLLM-CPU mixed'] / rows['vLLM-CPU base']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
