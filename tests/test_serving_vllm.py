@@ -261,6 +261,18 @@ def test_adapter_affinity_and_spread_over_endpoints(proxies: Any, lora_adapters:
     assert base_only.counts["POST /v1/load_lora_adapter"] == 0
 
 
+@pytest.mark.slow
+def test_a_dead_endpoint_is_skipped_for_a_live_one(vllm_server: Any) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    backend = VLLMBackend([dead, vllm_server.url], max_retries=0)
+    results = backend.generate([ask(None, max_tokens=4), ask("alpha@1", max_tokens=4), ask("beta@1", max_tokens=4)])
+    assert [r.adapter for r in results] == [None, "alpha@1", "beta@1"]
+    assert backend.endpoints[0].down_until > time.monotonic()  # not tried again for down_for_s
+    calls = backend.http_calls
+    backend.generate([ask(None, max_tokens=4)])
+    assert backend.http_calls == calls + 1  # straight to the live endpoint
+
+
 # -- no server needed ----------------------------------------------------------------------------------------
 def test_server_that_is_down_is_one_clear_line() -> None:
     url = f"http://127.0.0.1:{free_port()}"

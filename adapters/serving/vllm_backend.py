@@ -271,15 +271,16 @@ class VLLMBackend(BackendBase):
 
     async def _refresh_all(self, client: httpx.AsyncClient) -> None:
         """Refresh every endpoint concurrently; unreachable ones are marked down, and if all are, raise."""
-        results = await asyncio.gather(*(self._refresh(client, ep) for ep in self.endpoints), return_exceptions=True)
+        eps = self._alive()  # endpoints marked down are skipped until down_for_s has passed (unless all are)
+        results = await asyncio.gather(*(self._refresh(client, ep) for ep in eps), return_exceptions=True)
         down = []
-        for ep, res in zip(self.endpoints, results, strict=True):
+        for ep, res in zip(eps, results, strict=True):
             if isinstance(res, _Unreachable):
                 ep.down_until = time.monotonic() + self.down_for_s
                 down.append(res)
             elif isinstance(res, BaseException):
                 raise res
-        if len(down) == len(self.endpoints):
+        if len(down) == len(eps):
             raise self._down_error(down)
 
     def _down_error(self, down: list[_Unreachable]) -> RoloraRuntimeError:

@@ -300,8 +300,8 @@ class VLLMServer:
         return "gpu" if gpu_available() and self._system_vllm() is not None else "cpu"
 
     def _launcher(self) -> list[str]:
-        if self.python is not None:
-            return [str(self.python), "-m", _ENTRY]
+        if self.python is not None:  # absolute (the server runs in another folder), but not resolved: a venv's
+            return [str(Path(self.python).expanduser().absolute()), "-m", _ENTRY]  # python is a symlink
         if self.device == "gpu":
             cmd = self._system_vllm()
             assert cmd is not None
@@ -452,6 +452,9 @@ class VLLMServer:
             if _group_alive(pgid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pgid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while _group_alive(pgid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
         self.proc = None
 
     def __enter__(self) -> VLLMServer:

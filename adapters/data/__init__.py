@@ -1,0 +1,16 @@
+"""Per-role training data built from a domain corpus."""
+
+from . import builders as _builders  # noqa: F401  (registers the built-in builders)
+from .base import BUILDERS, BuildContext, DataBuilder, DataCard, Example, QARow, doc_split, load_qa, save_dataset
+
+__all__ = [
+    "BUILDERS",
+    "BuildContext",
+    "DataBuilder",
+    "DataCard",
+    "Example",
+    "QARow",
+    "doc_split",
+    "load_qa",
+    "save_dataset",
+]

@@ -1,0 +1,308 @@
+"""The role builders: analyst (RAFT), critic (perturbation negatives), query writer (measured rewrites)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from typing import Any
+
+from rolora.retrieval.types import Passage
+
+from .base import BuildContext, Example, QARow, Split, register_builder
+from .prompts import NOT_FOUND, analyst_messages, critic_messages, query_writer_messages
+
+__all__ = ["AnalystBuilder", "CriticBuilder", "QueryWriterBuilder", "clause_questions", "gold_chunks", "quote_of"]
+
+# clause-type questions from headings and clause text (category -> heading/text keywords)
+CLAUSE_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "Termination": ("termination", "terminate"),
+    "Governing Law": ("governing law", "governed by"),
+    "Indemnification": ("indemnif",),
+    "Cap On Liability": ("limitation of liability", "liability cap", "aggregate liability"),
+    "Anti-Assignment": ("assignment", "assign"),
+    "Renewal Term": ("renewal", "renew"),
+    "Payment Terms": ("payment", "fees", "invoice"),
+    "Confidentiality": ("confidential",),
+    "Warranty Duration": ("warrant",),
+    "Insurance": ("insurance",),
+    "Audit Rights": ("audit",),
+}
+
+
+def gold_chunks(retriever: Any, evidence: tuple[tuple[str, int, int], ...]) -> list[Passage]:
+    """Chunks of the evidence documents that overlap an evidence span."""
+    out: list[Passage] = []
+    for doc_id, start, end in evidence:
+        for c in retriever.document_chunks(doc_id):
+            if c.start < end and start < c.end and c.chunk_id not in {o.chunk_id for o in out}:
+                out.append(c)
+    return out
+
+
+def quote_of(chunk: Passage, evidence: tuple[tuple[str, int, int], ...], limit: int = 300) -> str:
+    """The evidence text inside ``chunk`` (an exact substring of it), cut to ``limit`` chars at a word end."""
+    for doc_id, start, end in evidence:
+        if doc_id != chunk.doc_id:
+            continue
+        lo, hi = max(start, chunk.start), min(end, chunk.end)
+        if hi > lo:
+            text = chunk.text[lo - chunk.start : hi - chunk.start].strip()
+            if len(text) > limit:
+                text = text[:limit].rsplit(" ", 1)[0]
+            return text
+    return ""
+
+
+def _first_sentence(text: str, limit: int = 300) -> str:
+    body = text.split("\n", 1)[1] if "\n" in text[:120] else text
+    m = re.search(r"(.+?[.;])(\s|$)", body.strip(), re.S)
+    s = (m.group(1) if m else body.strip())[:limit]
+    return s.strip()
+
+
+def clause_questions(retriever: Any, doc_ids: list[str], rng: random.Random) -> list[QARow]:
+    """Clause-type questions made from headings and clause text: the clause is the gold evidence."""
+    rows: list[QARow] = []
+    for doc_id in doc_ids:
+        chunks = retriever.document_chunks(doc_id)
+        if not chunks:
+            continue
+        title = retriever.document_text(doc_id).strip().split("\n", 1)[0][:80].strip()
+        for category, keys in CLAUSE_KEYWORDS.items():
+            hits = [c for c in chunks if any(k in c.heading_path.lower() for k in keys)]
+            if not hits:
+                continue
+            c = hits[0]
+            sentence = _first_sentence(c.text)
+            pos = c.text.find(sentence)
+            if not sentence or pos < 0 or len(sentence) < 30:
+                continue
+            start = c.start + pos
+            rows.append(
+                QARow(
+                    f"clause-{doc_id}-{category}",
+                    doc_id,
+                    category,
+                    f"In the {title}, what does the contract provide on {category.lower()}?",
+                    (sentence,),
+                    ((doc_id, start, start + len(sentence)),),
+                    True,
+                )
+            )
+    rng.shuffle(rows)
+    return rows
+
+
+def _distractors(retriever: Any, question: str, exclude: set[str], n: int) -> list[Passage]:
+    hits = retriever.search(question, k=n + len(exclude) + 4)
+    return [h for h in hits if h.chunk_id not in exclude][:n]
+
+
+def _limit(splits: dict[Split, list[Example]], limit: int | None) -> dict[Split, list[Example]]:
+    if limit is None:
+        return splits
+    return {k: v[:limit] for k, v in splits.items()}
+
+
+def _analyst_record(q: QARow, ctx: BuildContext, rng: random.Random) -> dict[str, Any] | None:
+    r = ctx.retriever
+    gold = gold_chunks(r, q.evidence) if q.answerable else []
+    if q.answerable and not gold:
+        return None
+    with_oracle = bool(gold) and rng.random() < ctx.oracle_rate
+    distractors = _distractors(r, q.question, {g.chunk_id for g in gold}, ctx.distractors)
+    passages: list[Passage] = (gold[:2] if with_oracle else []) + distractors
+    if with_oracle:
+        rng.shuffle(passages)
+        citations: list[dict[str, Any]] = []
+        for i, p in enumerate(passages, start=1):
+            if p.chunk_id in {g.chunk_id for g in gold}:
+                quote = quote_of(p, q.evidence)
+                if quote:
+                    citations.append({"passage": i, "quote": quote})
+        answer = (q.answers[0] if q.answers else citations[0]["quote"] if citations else "")[:300]
+        target = {"answer": answer, "citations": citations, "not_found": False}
+        source = "qa" if not q.id.startswith("clause-") else "clause"
+    else:
+        target = {"answer": NOT_FOUND, "citations": [], "not_found": True}
+        source = "no-oracle" if q.answerable else "unanswerable"
+    return {"q": q, "passages": passages, "target": target, "source": source, "gold": gold}
+
+
+@register_builder("analyst")
+class AnalystBuilder:
+    """RAFT-style: a question, its gold chunk(s) among distractors (or only distractors), a cited JSON answer."""
+
+    role = "analyst"
+
+    def records(self, ctx: BuildContext, split_of: Callable[[str], Split]) -> dict[Split, list[dict[str, Any]]]:
+        rng = random.Random(ctx.seed)
+        docs = sorted({q.doc_id for q in ctx.qa} | set(ctx.extra.get("clause_docs", [])))
+        rows = list(ctx.qa) + clause_questions(ctx.retriever, docs, rng)
+        out: dict[Split, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
+        for q in rows:
+            rec = _analyst_record(q, ctx, rng)
+            if rec is not None:
+                out[split_of(q.doc_id)].append(rec)
+        return out
+
+    def build(self, ctx: BuildContext, split_of: Callable[[str], Split]) -> dict[Split, list[Example]]:
+        recs = self.records(ctx, split_of)
+        out: dict[Split, list[Example]] = {}
+        for split, items in recs.items():
+            out[split] = [
+                Example(
+                    analyst_messages(r["q"].question, r["passages"]),
+                    [{"role": "assistant", "content": json.dumps(r["target"], ensure_ascii=False)}],
+                    r["q"].doc_id,
+                    "analyst",
+                    r["source"],
+                    {
+                        "qa_id": r["q"].id,
+                        "category": r["q"].category,
+                        "answers": list(r["q"].answers),
+                        "evidence": [list(e) for e in r["q"].evidence],
+                        "passages": [[p.doc_id, p.start, p.end] for p in r["passages"]],
+                    },
+                )
+                for r in items
+            ]
+        return _limit(out, ctx.limit)
+
+
+_NUMBER = re.compile(r"\d[\d,.]*")
+_WORD_NUMBERS = ["thirty", "sixty", "ninety", "ten", "five", "twelve", "forty-five", "fifteen"]
+
+
+def _change_numbers(text: str, rng: random.Random) -> str | None:
+    if _NUMBER.search(text):
+        return _NUMBER.sub(lambda m: str(int(re.sub(r"\D", "", m.group()) or 0) * 2 + rng.randint(1, 9)), text, count=1)
+    for w in _WORD_NUMBERS:
+        if re.search(rf"\b{w}\b", text, re.I):
+            other = rng.choice([x for x in _WORD_NUMBERS if x != w])
+            return re.sub(rf"\b{w}\b", other, text, count=1, flags=re.I)
+    return None
+
+
+@register_builder("critic")
+class CriticBuilder:
+    """(question, clauses, draft) -> verdict; negatives made by perturbing good answers, so labels are known."""
+
+    role = "critic"
+
+    def build(self, ctx: BuildContext, split_of: Callable[[str], Split]) -> dict[Split, list[Example]]:
+        rng = random.Random(ctx.seed + 1)
+        recs = AnalystBuilder().records(ctx, split_of)
+        out: dict[Split, list[Example]] = {}
+        for split, items in recs.items():
+            good = [r for r in items if not r["target"]["not_found"] and r["target"]["citations"]]
+            examples: list[Example] = []
+            for r in good:
+                variants: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+                t = r["target"]
+                variants.append(("supported", t, {"verdict": "supported", "reasons": []}))
+                changed = _change_numbers(t["answer"], rng)
+                if changed and changed != t["answer"]:
+                    bad = {**t, "answer": changed}
+                    reason = "the amount, date or duration in the answer differs from the cited clause"
+                    variants.append(("perturb:number", bad, {"verdict": "unsupported", "reasons": [reason]}))
+                cited = {c["passage"] for c in t["citations"]}
+                others = [i for i in range(1, len(r["passages"]) + 1) if i not in cited]
+                if others:
+                    j = rng.choice(others)
+                    quote = r["passages"][j - 1].text[:200].rsplit(" ", 1)[0]
+                    bad = {**t, "citations": [{"passage": j, "quote": quote}]}
+                    reason = f"passage {j} does not support the answer"
+                    variants.append(("perturb:citation", bad, {"verdict": "unsupported", "reasons": [reason]}))
+                donor = rng.choice(good)
+                if donor["q"].doc_id != r["q"].doc_id and donor["target"]["answer"] != t["answer"]:
+                    bad = {**donor["target"], "citations": t["citations"]}
+                    reason = "the answer is not stated in the clauses"
+                    variants.append(("perturb:outside", bad, {"verdict": "unsupported", "reasons": [reason]}))
+                    extra = donor["target"]["answer"][:150]
+                    part = {**t, "answer": f"{t['answer']} Also, {extra}"}
+                    reason = "part of the answer is not in the clauses"
+                    variants.append(("perturb:partial", part, {"verdict": "partial", "reasons": [reason]}))
+                for source, draft, verdict in variants:
+                    examples.append(
+                        Example(
+                            critic_messages(r["q"].question, r["passages"], draft),
+                            [{"role": "assistant", "content": json.dumps(verdict, ensure_ascii=False)}],
+                            r["q"].doc_id,
+                            "critic",
+                            source,
+                            {"qa_id": r["q"].id, "verdict": verdict["verdict"], "draft": draft},
+                        )
+                    )
+            rng.shuffle(examples)
+            out[split] = examples
+        return _limit(out, ctx.limit)
+
+
+_PREAMBLE = re.compile(r"^Consider the .*?;\s*", re.S)
+
+
+def query_candidates(q: QARow, gold: list[Passage]) -> list[str]:
+    """Rewrites to try: the question, without CUAD's preamble, category + names, the gold heading."""
+    cands = [q.question]
+    core = _PREAMBLE.sub("", q.question).strip()
+    if core and core != q.question:
+        cands.append(core)
+    names = re.findall(
+        r"\b(?:[A-Z][\w&.,-]*\s?){1,4}(?:Inc|LLC|Ltd|Limited|Corporation|Corp|Co|plc|L\.P)\b\.?", q.question
+    )
+    if q.category:
+        cands.append(" ".join([q.category, *names[:2]]).strip())
+        cands.append(f"{q.category} clause")
+    for g in gold[:1]:
+        head = g.heading_path.split(" > ")[-1] if g.heading_path else ""
+        if head:
+            cands.append(" ".join([head, *names[:1]]).strip())
+    return list(dict.fromkeys(c for c in cands if c))
+
+
+@register_builder("query_writer")
+class QueryWriterBuilder:
+    """Question -> search queries; targets are the rewrites that rank the gold chunk highest with the real retriever."""
+
+    role = "query_writer"
+    k = 20
+
+    def build(self, ctx: BuildContext, split_of: Callable[[str], Split]) -> dict[Split, list[Example]]:
+        out: dict[Split, list[Example]] = {"train": [], "validation": [], "test": []}
+        counts = dict.fromkeys(out, 0)
+        for q in ctx.qa:
+            split = split_of(q.doc_id)
+            if not q.answerable or (ctx.limit is not None and counts[split] >= ctx.limit):
+                continue
+            gold = gold_chunks(ctx.retriever, q.evidence)
+            if not gold:
+                continue
+            gold_ids = {g.chunk_id for g in gold}
+            ranks: dict[str, int] = {}
+            for cand in query_candidates(q, gold):
+                hits = ctx.retriever.search(cand, k=self.k)
+                ranks[cand] = next((i for i, h in enumerate(hits, 1) if h.chunk_id in gold_ids), self.k + 1)
+            base_rank = ranks[q.question]
+            best = sorted(ranks, key=lambda c: (ranks[c], len(c)))
+            chosen = [c for c in best if ranks[c] <= base_rank][:2]
+            out[split].append(
+                Example(
+                    query_writer_messages(q.question),
+                    [{"role": "assistant", "content": json.dumps({"queries": chosen}, ensure_ascii=False)}],
+                    q.doc_id,
+                    "query_writer",
+                    "measured",
+                    {
+                        "qa_id": q.id,
+                        "ranks": ranks,
+                        "base_rank": base_rank,
+                        "best_rank": ranks[chosen[0]],
+                        "evidence": [list(e) for e in q.evidence],
+                    },
+                )
+            )
+            counts[split] += 1
+        return out

@@ -1,0 +1,110 @@
+"""The prompts and output schemas each role is trained on and called with (shared by data builders and agents).
+
+The analyst cites passages by number and quotes them; the graph turns a quote inside passage *n* into an exact
+``doc_id[start:end]`` span, so a small model never has to write character offsets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "ANALYST_SCHEMA",
+    "CRITIC_SCHEMA",
+    "NOT_FOUND",
+    "QUERY_SCHEMA",
+    "analyst_messages",
+    "critic_messages",
+    "format_passages",
+    "query_writer_messages",
+]
+
+NOT_FOUND = "Not in the provided clauses."
+
+ANALYST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "answer": {"type": "string", "maxLength": 400},
+        "citations": {
+            "type": "array",
+            "maxItems": 3,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "passage": {"type": "integer", "minimum": 1, "maximum": 20},
+                    "quote": {"type": "string", "maxLength": 400},
+                },
+                "required": ["passage", "quote"],
+                "additionalProperties": False,
+            },
+        },
+        "not_found": {"type": "boolean"},
+    },
+    "required": ["answer", "citations", "not_found"],
+    "additionalProperties": False,
+}
+
+CRITIC_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "verdict": {"enum": ["supported", "unsupported", "partial"]},
+        "reasons": {"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 200}},
+    },
+    "required": ["verdict", "reasons"],
+    "additionalProperties": False,
+}
+
+QUERY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "queries": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "string", "maxLength": 200}}
+    },
+    "required": ["queries"],
+    "additionalProperties": False,
+}
+
+_ANALYST_SYSTEM = (
+    "You are a contract analyst. Answer the question only from the numbered clauses. Quote the exact words that "
+    'support the answer. Reply with JSON: {"answer": str, "citations": [{"passage": int, "quote": str}], '
+    f'"not_found": bool}}. If the clauses do not answer it, reply with answer "{NOT_FOUND}" and not_found true.'
+)
+_CRITIC_SYSTEM = (
+    "You review a draft answer about a contract. Check that every statement and citation is supported by the "
+    'numbered clauses. Reply with JSON: {"verdict": "supported"|"unsupported"|"partial", "reasons": [str]}.'
+)
+_QUERY_SYSTEM = (
+    'You write search queries that find the contract clause answering a question. Reply with JSON: {"queries": [str]}.'
+)
+
+
+def format_passages(passages: Sequence[Any]) -> str:
+    """``[n] (heading)\\ntext`` blocks; ``passages`` have ``.text`` and ``.heading_path``."""
+    blocks = []
+    for i, p in enumerate(passages, start=1):
+        head = f" ({p.heading_path})" if getattr(p, "heading_path", "") else ""
+        blocks.append(f"[{i}]{head}\n{p.text}")
+    return "\n\n".join(blocks)
+
+
+def analyst_messages(question: str, passages: Sequence[Any], feedback: str | None = None) -> list[dict[str, str]]:
+    user = f"Question: {question}\n\nClauses:\n{format_passages(passages)}"
+    if feedback:
+        user += f"\n\nA reviewer rejected the previous answer: {feedback}"
+    return [{"role": "system", "content": _ANALYST_SYSTEM}, {"role": "user", "content": user}]
+
+
+def critic_messages(question: str, passages: Sequence[Any], draft: dict[str, Any]) -> list[dict[str, str]]:
+    user = (
+        f"Question: {question}\n\nClauses:\n{format_passages(passages)}\n\n"
+        f"Draft answer: {json.dumps(draft, ensure_ascii=False)}"
+    )
+    return [{"role": "system", "content": _CRITIC_SYSTEM}, {"role": "user", "content": user}]
+
+
+def query_writer_messages(question: str, feedback: str | None = None) -> list[dict[str, str]]:
+    user = f"Question: {question}"
+    if feedback:
+        user += f"\nThe last search missed because: {feedback}"
+    return [{"role": "system", "content": _QUERY_SYSTEM}, {"role": "user", "content": user}]

@@ -1,0 +1,293 @@
+"""Training one role: PEFT LoRA (or full fine-tuning, same data, same loop) with TRL's ``SFTTrainer``.
+
+Loss on the completion only (TRL's conversational prompt-completion format through the chat template), optional
+packing, gradient accumulation and checkpointing, cosine/linear schedule, a seed. Validation loss every
+``eval_steps``; early stopping; the best checkpoint is kept; Ctrl-C or a crash resumes with ``resume=True`` from the
+last checkpoint. A progress line shows loss, tokens/s and ETA; a loss-curve PNG is saved beside the result.
+``bf16`` stays off: these AVX2 CPUs run it slower than fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rolora.errors import UserError
+
+__all__ = ["TrainConfig", "TrainResult", "plot_loss_curve", "train"]
+
+log = logging.getLogger("rolora.train")
+
+
+class TrainConfig(BaseModel):
+    """Settings of one training run; CPU-friendly defaults for SmolLM2-135M."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    full: bool = False  # full fine-tuning instead of LoRA (for the lora-vs-full comparison)
+    r: int = Field(16, ge=1, le=256)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    rslora: bool = False
+    dora: bool = False
+    learning_rate: float | None = Field(None, gt=0, description="default 2e-4 for LoRA, 2e-5 for full")
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides epochs")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(2, ge=1)
+    max_length: int = Field(1024, ge=64)
+    packing: bool = False
+    gradient_checkpointing: bool = False
+    scheduler: Literal["cosine", "linear"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, le=0.5)
+    eval_steps: int = Field(20, ge=1)
+    early_stopping_patience: int = Field(3, ge=0, description="0 disables early stopping")
+    seed: int = 0
+    torch_threads: int = Field(0, ge=0)
+    max_train_examples: int | None = None
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate or (2e-5 if self.full else 2e-4)
+
+
+@dataclass
+class TrainResult:
+    output: str  # adapter folder (LoRA) or model folder (full)
+    kind: str  # "lora" | "full"
+    steps: int
+    train_loss_first: float
+    train_loss_last: float
+    best_eval_loss: float | None
+    val_perplexity: float | None
+    trainable_params: int
+    total_params: int
+    wall_s: float
+    tokens_seen: int
+    tokens_per_s: float
+    peak_rss_mb: float
+    loss_curve: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dataset(path: Path, limit: int | None) -> Any:
+    from datasets import Dataset
+
+    if not path.is_file():
+        raise UserError(f"{path}: training data not found; build it with `rolora train` (it builds data first)")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+    if not rows:
+        raise UserError(f"{path}: no examples; check the domain's corpus and QA file")
+    return Dataset.from_list(rows[:limit] if limit else rows)
+
+
+def plot_loss_curve(log_history: list[dict[str, Any]], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (completion tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _progress_callback(total_hint: int) -> Any:
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """One line per log: step, loss, validation loss, tokens/s, ETA."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.t0 = time.perf_counter()
+            self.step0 = state.global_step
+            self.tok0 = state.num_input_tokens_seen
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            logs = logs or {}
+            dt = max(time.perf_counter() - self.t0, 1e-9)
+            done = state.global_step - self.step0
+            total = state.max_steps or total_hint
+            eta = (total - state.global_step) * dt / max(done, 1)
+            tps = (state.num_input_tokens_seen - self.tok0) / dt
+            parts = [f"step {state.global_step}/{total}"]
+            if "loss" in logs:
+                parts.append(f"loss {logs['loss']:.4f}")
+            if "eval_loss" in logs:
+                parts.append(f"val loss {logs['eval_loss']:.4f}")
+            parts += [f"{tps:.0f} tok/s", f"ETA {eta / 60:.1f} min"]
+            tqdm.write(" | ".join(parts))
+
+    return Progress()
+
+
+def train(
+    base_dir: Path,
+    data_dir: Path,
+    run_dir: Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Train on ``data_dir/{train,validation}.jsonl``; checkpoints in ``run_dir``; the result in ``run_dir/final``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = get_last_checkpoint(str(run_dir)) if resume else None
+    if resume and checkpoint is None:
+        raise UserError(f"nothing to resume in {run_dir}: no checkpoint-* folder; run without --resume")
+    if not resume:
+        for old in run_dir.glob("checkpoint-*"):
+            shutil.rmtree(old)
+    train_ds = _dataset(data_dir / "train.jsonl", cfg.max_train_examples)
+    val_path = data_dir / "validation.jsonl"
+    val_ds = _dataset(val_path, None) if val_path.is_file() and val_path.stat().st_size else None
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_config = None
+    if not cfg.full:
+        from peft import LoraConfig
+
+        if cfg.dora:
+            warnings.warn("DoRA adapters cannot be served by vLLM; use the in-process backend", stacklevel=2)
+        peft_config = LoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=cfg.target_modules,
+            use_rslora=cfg.rslora,
+            use_dora=cfg.dora,
+            task_type="CAUSAL_LM",
+        )
+    evaluate = val_ds is not None
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps_hint = cfg.max_steps if cfg.max_steps > 0 else math.ceil(len(train_ds) / per_step * cfg.epochs)
+    args = SFTConfig(
+        output_dir=str(run_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=round(cfg.warmup_ratio * steps_hint),
+        logging_steps=max(1, min(10, cfg.eval_steps // 2)),
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        completion_only_loss=True,
+        bf16=False,
+        fp16=False,
+        use_cpu=not torch.cuda.is_available(),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen=True,
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+    cbs: list[Any] = list(callbacks or [])
+    if progress:
+        cbs.append(_progress_callback(steps_hint))
+    if evaluate and cfg.early_stopping_patience > 0:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=cbs,
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our progress line replaces the raw dict prints
+    trained: Any = trainer.model
+    trainable = sum(int(p.numel()) for p in trained.parameters() if p.requires_grad)
+    total = sum(int(p.numel()) for p in trained.parameters())
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.perf_counter() - t0
+    best_eval = trainer.evaluate()["eval_loss"] if evaluate else None
+
+    final = run_dir / "final"
+    tmp = run_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    for stray in ("training_args.bin",):  # rolora never ships pickles
+        (tmp / stray).unlink(missing_ok=True)
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    curve = plot_loss_curve(history, tmp / "loss_curve.png", f"{'full' if cfg.full else 'LoRA'} training")
+    result = TrainResult(
+        output=str(final),
+        kind="full" if cfg.full else "lora",
+        steps=trainer.state.global_step,
+        train_loss_first=losses[0] if losses else float("nan"),
+        train_loss_last=losses[-1] if losses else float("nan"),
+        best_eval_loss=best_eval,
+        val_perplexity=math.exp(best_eval) if best_eval is not None else None,
+        trainable_params=trainable,
+        total_params=total,
+        wall_s=wall,
+        tokens_seen=int(trainer.state.num_input_tokens_seen),
+        tokens_per_s=trainer.state.num_input_tokens_seen / max(wall, 1e-9),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        loss_curve=str(final / curve.name),
+    )
+    (tmp / "train_result.json").write_text(json.dumps(result.to_json(), indent=2))
+    (tmp / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return result

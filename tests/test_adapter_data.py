@@ -1,0 +1,91 @@
+"""Per-role training data built from the real sample corpus with the real retriever."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from conftest import build_role_data
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_no_document_leaks_across_splits(role_datasets: dict[str, Path]) -> None:
+    for role, folder in role_datasets.items():
+        docs = {s: {r["doc_id"] for r in _rows(folder / f"{s}.jsonl")} for s in ("train", "validation", "test")}
+        assert docs["train"] and docs["validation"], role
+        assert not (docs["train"] & docs["validation"]) and not (docs["train"] & docs["test"])
+        assert not (docs["validation"] & docs["test"])
+
+
+def test_data_card_matches_files(role_datasets: dict[str, Path]) -> None:
+    for folder in role_datasets.values():
+        card = json.loads((folder / "data_card.json").read_text())
+        for split in ("train", "validation", "test"):
+            text = (folder / f"{split}.jsonl").read_text()
+            assert card["hashes"][split] == hashlib.sha256(text.encode()).hexdigest()
+            assert card["counts"][split] == len(text.splitlines())
+
+
+def test_deterministic_given_a_seed(examples_retriever: Any, tmp_path: Path) -> None:
+    build_role_data(examples_retriever, "critic", tmp_path / "a", seed=3)
+    build_role_data(examples_retriever, "critic", tmp_path / "b", seed=3)
+    build_role_data(examples_retriever, "critic", tmp_path / "c", seed=4)
+    a, b, c = ((tmp_path / x / "train.jsonl").read_text() for x in "abc")
+    assert a == b and a != c
+
+
+def test_analyst_quotes_are_exact_and_raft_mix(role_datasets: dict[str, Path], examples_retriever: Any) -> None:
+    rows = [r for s in ("train", "validation") for r in _rows(role_datasets["analyst"] / f"{s}.jsonl")]
+    sources = {r["source"] for r in rows}
+    assert {"qa", "clause", "no-oracle", "unanswerable"} <= sources
+    for r in rows:
+        target = json.loads(r["completion"][0]["content"])
+        passages = r["meta"]["passages"]
+        if r["source"] in ("no-oracle", "unanswerable"):
+            assert target["not_found"] is True and target["citations"] == []
+            gold = {tuple(e) for e in r["meta"]["evidence"]}
+            for doc, s, e in passages:  # the oracle really is absent
+                assert not any(g[0] == doc and g[1] < e and s < g[2] for g in gold)
+            continue
+        assert target["citations"] and not target["not_found"]
+        for c in target["citations"]:
+            doc, s, e = passages[c["passage"] - 1]
+            assert c["quote"] in examples_retriever.document_text(doc)[s:e]
+
+
+def test_critic_negatives_differ_from_positives(role_datasets: dict[str, Path]) -> None:
+    rows = _rows(role_datasets["critic"] / "train.jsonl")
+    by_qa: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        by_qa.setdefault(r["meta"]["qa_id"], {})[r["source"]] = r
+    verdicts = {r["meta"]["verdict"] for r in rows}
+    assert verdicts == {"supported", "unsupported", "partial"}
+    checked = 0
+    for variants in by_qa.values():
+        pos = variants.get("supported")
+        if pos is None:
+            continue
+        for source, neg in variants.items():
+            if source == "supported":
+                continue
+            assert neg["meta"]["draft"] != pos["meta"]["draft"]
+            assert neg["meta"]["verdict"] in ("unsupported", "partial")
+            checked += 1
+    assert checked > 20
+
+
+def test_query_writer_targets_are_measured(role_datasets: dict[str, Path]) -> None:
+    rows = _rows(role_datasets["query_writer"] / "train.jsonl")
+    assert rows
+    improved = 0
+    for r in rows:
+        target = json.loads(r["completion"][0]["content"])["queries"]
+        ranks = r["meta"]["ranks"]
+        assert all(ranks[q] <= r["meta"]["base_rank"] for q in target)
+        improved += r["meta"]["best_rank"] < r["meta"]["base_rank"]
+    assert improved >= 1
