@@ -32,7 +32,9 @@ def test_short_lora_training_lowers_loss(trained: Any) -> None:
 
 
 @pytest.mark.slow
-def test_reloaded_adapter_reproduces_outputs(trained: Any, generator_dir: Path, tmp_path: Path) -> None:
+def test_reloaded_adapter_reproduces_outputs(
+    trained: Any, generator_dir: Path, tmp_path: Path, role_datasets: dict[str, Path]
+) -> None:
     import torch
     from peft import PeftModel
     from rolora.adapters.data.prompts import query_writer_messages
@@ -40,6 +42,7 @@ def test_reloaded_adapter_reproduces_outputs(trained: Any, generator_dir: Path, 
     from rolora.adapters.serving.inprocess import InProcessBackend
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    trained_data = role_datasets["query_writer"]
     messages = query_writer_messages("Which law governs the Supply Agreement between Harbor Point Foods LLC?")
     tok = AutoTokenizer.from_pretrained(generator_dir)
     model = PeftModel.from_pretrained(
@@ -52,13 +55,22 @@ def test_reloaded_adapter_reproduces_outputs(trained: Any, generator_dir: Path, 
     shutil.copytree(trained.output, tmp_path / "qw@1")
     backend = InProcessBackend(generator_dir, DirectoryAdapters(tmp_path))
     try:
-        served, base = backend.generate(
-            [GenerationRequest(messages, adapter="qw", max_tokens=24), GenerationRequest(messages, max_tokens=24)]
-        )
+        (served,) = backend.generate([GenerationRequest(messages, adapter="qw", max_tokens=24)])
     finally:
         backend.close()
-    assert served.text == direct
-    assert served.text != base.text
+    assert served.text == direct  # the reloaded adapter, served in-process, reproduces the direct PEFT output
+    # and it learned: the completion loss of a training example is lower with the adapter than without
+    row = json.loads((trained_data / "train.jsonl").read_text().splitlines()[0])
+    prompt = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+    enc = tok(full, return_tensors="pt", add_special_tokens=False)
+    labels = enc["input_ids"].clone()
+    labels[:, : len(tok(prompt, add_special_tokens=False)["input_ids"])] = -100
+    with torch.no_grad():
+        tuned = model(**enc, labels=labels).loss.item()
+        with model.disable_adapter():
+            untuned = model(**enc, labels=labels).loss.item()
+    assert tuned < untuned
 
 
 @pytest.mark.slow
