@@ -652,15 +652,16 @@ def mitigate_intruders(
     base = AutoModelForCausalLM.from_pretrained(info.path, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(folder))
     new_name = "intruder_reduced"
-    reduce_intruder_dimension(
-        model,
-        old_adapter_name="default",
-        new_adapter_name=new_name,
-        top_k=top_k,
-        threshold_epsilon=epsilon,
-        mitigation_lambda=mitigation_lambda,
-        logging_sink=log.debug,
-    )
+    with _one_thread():
+        reduce_intruder_dimension(
+            model,
+            old_adapter_name="default",
+            new_adapter_name=new_name,
+            top_k=top_k,
+            threshold_epsilon=epsilon,
+            mitigation_lambda=mitigation_lambda,
+            logging_sink=log.debug,
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

@@ -685,6 +685,7 @@ class Registry:
         if not isinstance(data, Mapping):
             raise UserError("gate results must be a GateReport or a mapping (GateReport.to_dict())")
         gates = _json_safe(dict(data), "gate results")
+        parse_adapter_ref(ref)
         with self._lock():
             rec = self._get(ref, "latest")
             return self._save(rec.model_copy(update={"gates": gates}))
@@ -692,6 +693,7 @@ class Registry:
     def record_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterRecord:
         """Merge ``metrics`` into the manifest's metrics of ``name@version``."""
         mets = _json_safe(dict(metrics), "metrics")
+        parse_adapter_ref(ref)
         with self._lock():
             rec = self._get(ref, "latest")
             return self._save(rec.model_copy(update={"metrics": {**rec.metrics, **mets}}))
@@ -701,6 +703,7 @@ class Registry:
 
         Refused, unless ``force``, when the recorded gates failed (the error names them) or none were recorded.
         """
+        parse_adapter_ref(ref)  # before the lock creates the root
         with self._lock():
             rec = self._get(ref, "latest")
             if rec.stage == "promoted":
@@ -730,6 +733,7 @@ class Registry:
 
     def retire(self, ref: str) -> AdapterRecord:
         """Retire ``name@version`` (a bare name: the latest promoted one); it stays pinnable as ``name@version``."""
+        parse_adapter_ref(ref)
         with self._lock():
             rec = self._get(ref, "promoted")
             if rec.stage == "retired":

@@ -72,9 +72,11 @@ def write_corpus(folder: Path, texts: list[str], per_file: int = 1) -> None:
 
 def bench_search(n_chunks: int, n_queries: int, emb: Any) -> dict[str, float]:
     import faiss
-    from conftest import make_config
+
     from rolora.retrieval import Retriever, chunk_document
     from rolora.retrieval.store import Store, text_hash
+
+    from conftest import make_config
 
     tmp = Path(tempfile.mkdtemp(prefix="rolora-bench-"))
     texts = synthetic_texts(n_chunks)
@@ -137,8 +139,10 @@ def bench_search(n_chunks: int, n_queries: int, emb: Any) -> dict[str, float]:
 
 def bench_ingest(n: int, emb: Any) -> dict[str, float]:
     import faiss
-    from conftest import make_config
+
     from rolora.retrieval import Retriever
+
+    from conftest import make_config
 
     texts = synthetic_texts(n, seed=1, words=50)
     tmp = Path(tempfile.mkdtemp(prefix="rolora-bench-ingest-"))

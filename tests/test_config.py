@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from typer.testing import CliRunner
 
 from rolora.cli import app
 from rolora.config import default_config_text, load_config
 from rolora.errors import ConfigError
+
+from conftest import REPO
 
 
 def test_default_config_loads_and_resolves_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

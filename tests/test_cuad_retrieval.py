@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rolora.evals.metrics import span_recall
 
 # Floors measured on this corpus (see the note on the retrieval issue), set a little below the measurement.

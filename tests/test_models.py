@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TEST_HOME
 
 from rolora import models
 from rolora.errors import ModelNotFoundError
+
+from conftest import TEST_HOME
 
 
 @pytest.mark.slow

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, make_config
-from rolora.evals.metrics import span_recall
-from rolora.retrieval import Retriever
 from typer.testing import CliRunner
 
 from rolora.errors import IndexError_, UserError
+from rolora.evals.metrics import span_recall
+from rolora.retrieval import Retriever
+
+from conftest import EXAMPLES, make_config
 
 
 def _recall(r: Retriever, qs: list[dict[str, Any]], k: int, mode: str) -> float:

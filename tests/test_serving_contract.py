@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from rolora.adapters.serving import Backend, GenerationRequest
 
+from rolora.adapters.serving import Backend, GenerationRequest
 from rolora.errors import RoloraError
 
 PROMPTS = [

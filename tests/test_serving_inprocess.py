@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_HOME
-from rolora.adapters.serving import DirectoryAdapters, GenerationRequest
 
+from rolora.adapters.serving import DirectoryAdapters, GenerationRequest
 from rolora.errors import UserError
+
+from conftest import TEST_HOME
 
 PROMPTS = ["What is the capital of France?", "Name a fruit.", "Explain what a lease is.", "Write a haiku about law."]
 

@@ -21,15 +21,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-import conftest
 import httpx
 import pytest
+
 from rolora.adapters.serving import DirectoryAdapters, GenerationRequest
 from rolora.adapters.serving.vllm_backend import VLLMBackend
 from rolora.adapters.serving.vllm_launcher import VLLMServer, lora_modules_from_dir
-from vllm_fixture import free_port
-
 from rolora.errors import RoloraRuntimeError, UserError
+
+import conftest
+from vllm_fixture import free_port
 
 if not hasattr(conftest, "vllm_backend"):  # until conftest.py imports them itself
     from vllm_fixture import vllm_backend, vllm_server  # noqa: F401

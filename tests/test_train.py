@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rolora.adapters.train import TrainConfig, train
 
 FAST = {"batch_size": 4, "grad_accum": 1, "max_length": 384, "learning_rate": 1e-3, "r": 8, "alpha": 16}
@@ -37,10 +38,11 @@ def test_reloaded_adapter_reproduces_outputs(
 ) -> None:
     import torch
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from rolora.adapters.data.prompts import query_writer_messages
     from rolora.adapters.serving import DirectoryAdapters, GenerationRequest
     from rolora.adapters.serving.inprocess import InProcessBackend
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     trained_data = role_datasets["query_writer"]
     messages = query_writer_messages("Which law governs the Supply Agreement between Harbor Point Foods LLC?")

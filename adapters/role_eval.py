@@ -1,0 +1,93 @@
+"""Each role's own metric on its test split, for an adapter and for the base model (gate 4 until the eval suite).
+
+analyst: answer token-F1 and citation validity; critic: verdict accuracy; query writer: gold-chunk recall@5.
+Generation goes through the serving ``Backend`` (so the same code evaluates in-process or on vLLM).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from .data.prompts import ANALYST_SCHEMA, CRITIC_SCHEMA, QUERY_SCHEMA
+from .serving.base import Backend, GenerationRequest
+
+__all__ = ["ROLE_METRIC", "role_metrics", "token_f1"]
+
+ROLE_METRIC = {"analyst": "answer_f1", "critic": "verdict_accuracy", "query_writer": "gold_recall@5"}
+_SCHEMAS = {"analyst": ANALYST_SCHEMA, "critic": CRITIC_SCHEMA, "query_writer": QUERY_SCHEMA}
+_MAX_TOKENS = {"analyst": 160, "critic": 60, "query_writer": 60}
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    """SQuAD-style token F1 against the best-matching gold answer (1.0 when both are empty)."""
+    pred = _tokens(prediction)
+    best = 0.0
+    for gold in golds or [""]:
+        g = _tokens(gold)
+        if not pred and not g:
+            return 1.0
+        common = sum((Counter(pred) & Counter(g)).values())
+        if common == 0:
+            continue
+        p, r = common / len(pred), common / len(g)
+        best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+def role_metrics(
+    role: str, backend: Backend, adapter: str | None, rows: Sequence[dict[str, Any]], retriever: Any = None
+) -> dict[str, float]:
+    """Metrics of ``adapter`` (None = base model) on test rows written by the role's data builder."""
+    if not rows:
+        return {}
+    reqs = [
+        GenerationRequest(r["prompt"], adapter=adapter, max_tokens=_MAX_TOKENS[role], json_schema=_SCHEMAS[role])
+        for r in rows
+    ]
+    outs = backend.generate(reqs)
+    parsed = [o.json if isinstance(o.json, dict) else None for o in outs]
+    targets = [json.loads(r["completion"][0]["content"]) for r in rows]
+    out: dict[str, float] = {"parse_rate": sum(p is not None for p in parsed) / len(rows)}
+    if role == "analyst":
+        f1, valid = [], []
+        for p, t, r in zip(parsed, targets, rows, strict=True):
+            gold = [t["answer"]]
+            f1.append(token_f1((p or {}).get("answer", ""), gold))
+            cites = (p or {}).get("citations", [])
+            if cites and retriever is not None:
+                ok = 0
+                for c in cites:
+                    i = int(c.get("passage", 0)) - 1
+                    passages = r["meta"]["passages"]
+                    if 0 <= i < len(passages):
+                        doc, s, e = passages[i]
+                        ok += str(c.get("quote", "")) in retriever.document_text(doc)[s:e]
+                valid.append(ok / len(cites))
+        out["answer_f1"] = statistics.mean(f1)
+        out["citation_validity"] = statistics.mean(valid) if valid else 0.0
+    elif role == "critic":
+        out["verdict_accuracy"] = statistics.mean(
+            (p or {}).get("verdict") == t["verdict"] for p, t in zip(parsed, targets, strict=True)
+        )
+    elif role == "query_writer":
+        hits = []
+        for p, r in zip(parsed, rows, strict=True):
+            queries = [q for q in (p or {}).get("queries", []) if isinstance(q, str) and q.strip()][:3]
+            gold = r["meta"]["evidence"]
+            found = False
+            for q in queries or [r["prompt"][-1]["content"]]:
+                for h in retriever.search(q, k=5) if retriever is not None else []:
+                    if any(h.doc_id == d and h.start < e and s < h.end for d, s, e in gold):
+                        found = True
+            hits.append(found)
+        out["gold_recall@5"] = statistics.mean(hits)
+    return out
