@@ -628,6 +628,9 @@ class Registry:
             raise UserError(f"{src} is not a folder; point register at the folder save_pretrained wrote")
         kind = kind or detect_kind(src)
         files = _check_weights(bare, src, kind)
+        subdirs = sorted(p.name for p in src.iterdir() if p.is_dir())
+        if subdirs:
+            log.info("'%s': sub-folders %s are not copied into the registry", bare, ", ".join(subdirs))
         base = base_model_info(base_dir)
         if kind == "lora":
             reason = _base_mismatch(bare, None, _recorded_base_name(src), base)

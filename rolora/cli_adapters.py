@@ -69,10 +69,9 @@ def train_command(
     console.print(
         f"data: {run.data_card.counts}; loss {run.train.train_loss_first:.3f} -> {run.train.train_loss_last:.3f}"
     )
-    table = Table("gate", "passed", "figures", title="quality gates")
-    for name, g in gates.to_dict()["gates"].items():
-        figures = {k: v for k, v in g.items() if k not in ("passed", "per_layer", "name")}
-        table.add_row(name, "yes" if g.get("passed") else "[red]no[/]", json.dumps(figures)[:160])
+    table = Table("gate", "status", "figures", title="quality gates")
+    for g in gates.gates:
+        table.add_row(g.name, g.status if g.passed else f"[red]{g.status}[/]", g.summary)
     console.print(table)
     console.print(
         "promote with `rolora adapters promote " + rec.ref + "`" if gates.passed else "gates failed: not promotable"
@@ -145,3 +144,96 @@ def adapters_export(
         raise typer.BadParameter("give an adapter and --out DIR, or --vllm DOMAIN")
     folder = registry.export_merged(ref, out, resolve_generator(cfg.models.generator, cfg.home_dir))
     console.print(f"merged model written to {folder}")
+
+
+def _gate_figure(gates: dict[str, Any], name: str, key: str) -> Any:
+    for g in gates.get("gates", []):
+        if g.get("name") == name:
+            return g.get("figures", {}).get(key)
+    return None
+
+
+def _latest(registry: Any, name: str) -> Any:
+    return max((r for r in registry.list() if r.name == name), key=lambda r: r.version)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["trainable_params", "wall_s", "peak_rss_mb", "val_perplexity", "forgetting_pct", "intruder_dimensions"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3 * len(metrics), 3), dpi=110)
+    for ax, m in zip(axes, metrics, strict=True):
+        vals = [float(rows[k][m] or 0) for k in ("LoRA", "full")]
+        ax.bar(["LoRA", "full"], vals, color=["#4c72b0", "#dd8452"])
+        ax.set_title(m, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@experiment_app.command("lora-vs-full")
+def lora_vs_full(
+    role: Annotated[Role, typer.Option()] = Role.analyst,
+    domain: Annotated[str, typer.Option("--domain", "-d")] = "contracts",
+    max_steps: Annotated[int, typer.Option(help="the same step budget for both runs")] = 40,
+    limit: Annotated[int | None, typer.Option(help="max examples per split")] = None,
+    eval_limit: Annotated[int, typer.Option()] = 40,
+    out: Annotated[Path | None, typer.Option(help="report folder (default: $ROLORA_HOME/experiments/…)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train LoRA and full fine-tuning on the same data and step budget; write a Markdown/JSON table and a plot.
+
+    Each run is its own process, so peak RSS is measured per run.
+    """
+    import subprocess
+    import sys
+
+    from rolora.adapters.pipeline import adapter_name
+    from rolora.adapters.role_eval import ROLE_METRIC
+
+    cfg = _config(config)
+    common = ["--role", role.value, "--domain", domain, "--max-steps", str(max_steps), "--eval-limit", str(eval_limit)]
+    if limit:
+        common += ["--limit", str(limit)]
+    if config:
+        common += ["--config", str(config)]
+    for full in (False, True):
+        console.rule(f"{'full fine-tuning' if full else 'LoRA'}: {max_steps} steps")
+        cmd = [sys.executable, "-m", "rolora.cli", "train", *common, *(["--full"] if full else [])]
+        subprocess.run(cmd, check=True)
+    registry = _registry(cfg)
+    key = ROLE_METRIC[role.value]
+    rows: dict[str, dict[str, Any]] = {}
+    for label, full in (("LoRA", False), ("full", True)):
+        rec = _latest(registry, adapter_name(domain, role.value, full))
+        t, m = rec.metrics.get("train", {}), rec.metrics.get("role", {})
+        rows[label] = {
+            "adapter": rec.ref,
+            "trainable_params": t.get("trainable_params"),
+            "wall_s": t.get("wall_s"),
+            "tokens_per_s": t.get("tokens_per_s"),
+            "peak_rss_mb": t.get("peak_rss_mb"),
+            "val_perplexity": _gate_figure(rec.gates, "val_perplexity", "adapter_ppl"),
+            "base_val_perplexity": _gate_figure(rec.gates, "val_perplexity", "base_ppl"),
+            f"{key} (tuned)": m.get("tuned", {}).get(key),
+            f"{key} (base)": m.get("base", {}).get(key),
+            "forgetting_pct": _gate_figure(rec.gates, "forgetting", "rise_pct"),
+            "intruder_dimensions": _gate_figure(rec.gates, "intruder_dimensions", "total"),
+        }
+    folder = out or cfg.home_dir / "experiments" / f"lora-vs-full-{domain}-{role.value}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps({"max_steps": max_steps, "rows": rows}, indent=2))
+    md = ["| metric | LoRA | full |", "|---|---|---|"]
+    md += [f"| {k} | {_fmt(rows['LoRA'][k])} | {_fmt(rows['full'][k])} |" for k in rows["LoRA"]]
+    title = f"# LoRA vs full fine-tuning ({domain}/{role.value}, {max_steps} steps)\n\n"
+    (folder / "report.md").write_text(title + "\n".join(md) + "\n")
+    _plot(rows, folder / "lora_vs_full.png")
+    console.print("\n".join(md))
+    console.print(f"report: {folder}/report.md, report.json, lora_vs_full.png")

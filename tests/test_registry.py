@@ -299,7 +299,6 @@ def test_writes_are_atomic(
     assert reg.show(rec.ref).stage == "promoted" and _leftovers(reg.root) == []
 
 
-@pytest.mark.slow
 def test_full_model_is_registered_but_not_served_as_lora(reg: Registry, generator_dir: Path, tmp_path: Path):
     src = tmp_path / "full"
     src.mkdir()
@@ -316,14 +315,16 @@ def test_full_model_is_registered_but_not_served_as_lora(reg: Registry, generato
         reg.export_merged(rec.ref, tmp_path / "merged", generator_dir)
 
 
-@pytest.mark.slow
 def test_export_merged_matches_the_adapter(
-    reg: Registry, lora_adapters: dict[str, Path], generator_dir: Path, tmp_path: Path
+    reg: Registry, lora_adapters: dict[str, Path], generator_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
 ):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # faster than two on a busy 2-core machine
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     rec = _register(reg, lora_adapters["alpha@1"], generator_dir)
     out = reg.export_merged(rec.ref, tmp_path / "export" / "analyst-merged", generator_dir)
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
