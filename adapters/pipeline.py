@@ -57,7 +57,7 @@ def train_role(
     from rolora.retrieval import Retriever
 
     from .data import BUILDERS, BuildContext, doc_split, load_qa, save_dataset
-    from .gates import load_probe_texts, run_gates
+    from .gates import GateThresholds, load_probe_texts, run_gates
     from .registry import Registry
     from .role_eval import ROLE_METRIC, role_metrics
     from .serving.base import DirectoryAdapters
@@ -118,6 +118,7 @@ def train_role(
         val,
         load_probe_texts(limit=probe_limit),
         (key, metrics["tuned"].get(key, 0.0), metrics["base"].get(key, 0.0)),
+        GateThresholds.model_validate(config.gates.model_dump()),
     )
     registry = Registry.from_config(config, base_dir)
     record = registry.register(

@@ -99,7 +99,7 @@ def adapters_list(
 def adapters_show(ref: str, config: ConfigOpt = None) -> None:
     """The manifest of one adapter (``name`` = latest promoted, ``name@N`` = that version)."""
     rec = _registry(_config(config)).show(ref)
-    console.print_json(json.dumps({**rec.manifest, "path": str(rec.path)}, default=str))
+    console.print_json(json.dumps({**rec.manifest(), "path": str(rec.path)}, default=str))
 
 
 @adapters_app.command("promote")

@@ -73,12 +73,24 @@ class BackendConfig(_Strict):
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
 
 
+class GatesConfig(_Strict):
+    """Quality-gate thresholds applied before promotion (see rolora.adapters.gates)."""
+
+    max_val_ppl_ratio: float = Field(1.0, gt=0)
+    max_forgetting_pct: float = 5.0
+    intruder_top_k: int = Field(10, ge=1)
+    intruder_epsilon: float = Field(0.5, gt=0, lt=1)
+    max_intruders: int | None = None
+    min_role_metric_delta: float = 0.0
+
+
 class Config(_Strict):
     home: Path = Path("~/.cache/rolora")
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig())
     retrieval: RetrievalConfig = Field(default_factory=lambda: RetrievalConfig())
     domains: dict[str, DomainConfig] = Field(default_factory=dict)
     backend: BackendConfig = Field(default_factory=lambda: BackendConfig())
+    gates: GatesConfig = Field(default_factory=lambda: GatesConfig())
 
     @field_validator("domains")
     @classmethod
@@ -133,6 +145,14 @@ domains:
     qa: examples/contracts/qa.jsonl   # annotated questions: training data for the roles, and evals
     # roles:                # filled by the adapters issue: role -> registry adapter name
     #   analyst: {adapter: contracts-analyst}
+
+gates:                      # checked by `rolora train` before an adapter can be promoted
+  max_val_ppl_ratio: 1.0    # adapter/base validation perplexity must be below this
+  max_forgetting_pct: 5.0   # rise of perplexity on general prose (probe set), in %
+  intruder_top_k: 10        # intruder dimensions: top-k singular vectors of W' compared with W's
+  intruder_epsilon: 0.5     # ... an intruder has max |cos| below this
+  max_intruders: null       # null = report only
+  min_role_metric_delta: 0.0
 
 backend:
   kind: inprocess           # inprocess | vllm (env: ROLORA_BACKEND)
