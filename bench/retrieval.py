@@ -51,17 +51,18 @@ def p50(fn: Any, queries: list[str]) -> float:
     return statistics.median(times)
 
 
-class _LCEmbeddings:
-    """LangChain ``Embeddings`` over the same SentenceTransformer, so encoders are identical."""
+def _lc_embeddings(st: Any) -> Any:
+    """LangChain ``Embeddings`` over the same SentenceTransformer, so the encoders are identical."""
+    from langchain_core.embeddings import Embeddings
 
-    def __init__(self, st: Any) -> None:
-        self.st = st
+    class LCEmbeddings(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return st.encode(texts, batch_size=64, normalize_embeddings=True).tolist()  # type: ignore[no-any-return]
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.st.encode(texts, batch_size=64, normalize_embeddings=True).tolist()
+        def embed_query(self, text: str) -> list[float]:
+            return st.encode([text], normalize_embeddings=True)[0].tolist()  # type: ignore[no-any-return]
 
-    def embed_query(self, text: str) -> list[float]:
-        return self.st.encode([text], normalize_embeddings=True)[0].tolist()
+    return LCEmbeddings()
 
 
 def write_corpus(folder: Path, texts: list[str], per_file: int = 1) -> None:
@@ -79,7 +80,7 @@ def bench_search(n_chunks: int, n_queries: int, emb: Any) -> dict[str, float]:
     from conftest import make_config
 
     tmp = Path(tempfile.mkdtemp(prefix="rolora-bench-"))
-    texts = synthetic_texts(n_chunks)
+    texts = synthetic_texts(n_chunks, words=100)  # ~700 chars: one chunk each (two never fit in 1000)
     write_corpus(tmp / "corpus", texts, per_file=50)
     cfg = make_config(tmp / "home", bench={"corpus": [str(tmp / "corpus")]})
     # pre-fill the embedding cache with random unit vectors for every chunk the ingest will make
@@ -130,7 +131,7 @@ def bench_search(n_chunks: int, n_queries: int, emb: Any) -> dict[str, float]:
         from langchain_core.documents import Document
 
         docstore = InMemoryDocstore({str(i): Document(page_content=t) for i, (_, t, _) in enumerate(ids)})
-        lc = LCFAISS(_LCEmbeddings(st), lc_index, docstore, {i: str(i) for i in range(len(ids))})
+        lc = LCFAISS(_lc_embeddings(st), lc_index, docstore, {i: str(i) for i in range(len(ids))})
         out["LangChain FAISS"] = p50(lambda q: lc.similarity_search(q, k=10), queries)
     except ImportError:
         print("langchain-community is not installed (pip install -e '.[bench]'): LangChain row skipped")
@@ -163,7 +164,7 @@ def bench_ingest(n: int, emb: Any) -> dict[str, float]:
         from langchain_community.vectorstores import FAISS as LCFAISS
 
         t = time.perf_counter()
-        LCFAISS.from_texts(texts, _LCEmbeddings(st))
+        LCFAISS.from_texts(texts, _lc_embeddings(st))
         out["LangChain FAISS.from_texts"] = n / (time.perf_counter() - t)
     except ImportError:
         pass

@@ -1,0 +1,55 @@
+"""``rolora train`` end to end on the sample corpus: data -> LoRA -> role metric -> gates -> registry, then the CLI."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import EXAMPLES, TEST_HOME, make_config
+
+
+@pytest.mark.slow
+def test_train_role_registers_a_gated_candidate(examples_retriever: Any, generator_dir: Any) -> None:
+    from rolora.adapters.pipeline import train_role
+    from rolora.adapters.train import TrainConfig
+    from rolora.cli import app
+
+    cfg = make_config(
+        TEST_HOME, contracts={"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"], "qa": str(EXAMPLES / "qa.jsonl")}
+    )
+    tc = TrainConfig(
+        max_steps=4, eval_steps=2, batch_size=4, grad_accum=1, max_length=384, learning_rate=1e-3, r=8, alpha=16
+    )
+    run = train_role(cfg, "contracts", "query_writer", train_config=tc, eval_limit=6, probe_limit=10, progress=False)
+    rec = run.record
+    assert rec.name == "contracts-query-writer" and rec.stage == "candidate" and rec.role == "query_writer"
+    assert rec.data_card_hash == run.data_card.digest and rec.training_config["max_steps"] == 4
+    names = {g["name"] for g in rec.gates["gates"]}
+    assert {"val_perplexity", "forgetting", "intruder_dimensions", "role_metric"} <= names
+    assert set(rec.metrics["role"]) == {"tuned", "base"} and "gold_recall@5" in rec.metrics["role"]["base"]
+    assert (rec.path / "adapter_model.safetensors").is_file() and (rec.path / "loss_curve.png").is_file()
+
+    config_file = TEST_HOME / "pipeline-test.yaml"
+    config_file.write_text(
+        f"home: {TEST_HOME}\ndomains:\n  contracts:\n    corpus: [{EXAMPLES}]\n    exclude: ['qa*.jsonl']\n"
+        f"    roles:\n      query_writer: {{adapter: contracts-query-writer}}\n"
+    )
+    runner = CliRunner()
+    listed = runner.invoke(app, ["adapters", "list", "--config", str(config_file)], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and rec.ref in listed.output
+    shown = runner.invoke(app, ["adapters", "show", rec.ref, "--config", str(config_file)])
+    assert shown.exit_code == 0 and json.loads(shown.output)["version"] == rec.version
+    if rec.gates["passed"]:
+        promoted = runner.invoke(app, ["adapters", "promote", rec.ref, "--config", str(config_file)])
+    else:  # a refused promotion names the failed gate; --force overrides it
+        refused = runner.invoke(app, ["adapters", "promote", rec.ref, "--config", str(config_file)])
+        assert refused.exit_code != 0
+        promoted = runner.invoke(app, ["adapters", "promote", rec.ref, "--force", "--config", str(config_file)])
+    assert promoted.exit_code == 0, promoted.output
+    mods = runner.invoke(
+        app, ["adapters", "export", "--vllm", "contracts", "--config", str(config_file)], env={"COLUMNS": "400"}
+    )
+    assert mods.exit_code == 0 and f"{rec.ref}=" in mods.output.replace("\n", "")
