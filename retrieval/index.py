@@ -141,9 +141,17 @@ class DenseIndex:
             params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(64, 2 * k))
         elif sel is not None:
             params = faiss.SearchParameters(sel=sel)
-        scores, ids = self.index.search(
-            np.ascontiguousarray(vectors, dtype=np.float32), min(k, self.ntotal), params=params
-        )
+        # A query or two: one faiss thread. Its OpenMP pool otherwise spins against torch's (the encoder's) on
+        # small machines; measured on 2 cores, 54k vectors: encode + search 21 ms with both pools, 14.5 ms without.
+        threads = faiss.omp_get_max_threads()
+        if len(vectors) <= 4:
+            faiss.omp_set_num_threads(1)
+        try:
+            scores, ids = self.index.search(
+                np.ascontiguousarray(vectors, dtype=np.float32), min(k, self.ntotal), params=params
+            )
+        finally:
+            faiss.omp_set_num_threads(threads)
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_s, strict=True) if i >= 0]
             for row_ids, row_s in zip(ids, scores, strict=True)
