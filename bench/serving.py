@@ -79,14 +79,25 @@ def main() -> None:
     seq.close()
     if not args.no_vllm:
         from rolora.adapters.serving.vllm_backend import VLLMBackend
-        from rolora.adapters.serving.vllm_launcher import VLLMServer
+        from rolora.adapters.serving.vllm_launcher import VLLMServer, default_cpu_venv, ensure_cpu_venv
+
+        from vllm_fixture import free_port
 
         adapters = {name: root / name for name in ("alpha@1", "beta@1", "gamma@1")}
-        with VLLMServer(base_dir, adapters, home=TEST_HOME) as server:
+        server = VLLMServer(
+            base_dir, lora_modules=adapters, served_model_name="smollm2-135m-instruct", port=free_port()
+        )
+        if server.device == "cpu":
+            server.python = ensure_cpu_venv(default_cpu_venv(TEST_HOME))
+        server.start()
+        server.wait_ready(timeout=600)
+        try:
             vllm = VLLMBackend([server.url], DirectoryAdapters(root))
             rows["vLLM-CPU base"], _ = run(vllm, requests(n, tok, mixed=False))
             rows["vLLM-CPU mixed"], _ = run(vllm, requests(n, tok, mixed=True))
             vllm.close()
+        finally:
+            server.stop()
     print(f"== {n} concurrent requests x {tok} new tokens, greedy, fp32 CPU")
     for name, v in rows.items():
         print(f"  {name:<24} {v:8.1f} tok/s")
