@@ -33,7 +33,7 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(experiment_app, name="experiment")
 app.command("train")(train_command)
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables when piped or logged
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[
