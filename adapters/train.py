@@ -212,7 +212,7 @@ def train(
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.scheduler,
         warmup_steps=round(cfg.warmup_ratio * steps_hint),
-        logging_steps=max(1, min(10, cfg.eval_steps // 2)),
+        logging_steps=max(1, min(10, cfg.eval_steps // 2, steps_hint // 5)),
         eval_strategy="steps" if evaluate else "no",
         eval_steps=cfg.eval_steps,
         save_strategy="steps",
