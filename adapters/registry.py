@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rolora.errors import RoloraRuntimeError, UserError
+from rolora.fileutil import atomic_write_text
 
 from .serving.base import check_adapter_folder, parse_adapter_ref
 
@@ -86,19 +87,8 @@ def _now() -> str:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync it and ``os.replace`` it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically (temp file, fsync, ``os.replace``)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rolora.errors import IndexError_
+from rolora.fileutil import atomic_write_text
 
 __all__ = ["DenseIndex", "IndexManifest", "LexicalIndex", "build_dense", "read_manifest", "write_generation"]
 
@@ -228,12 +229,7 @@ def write_generation(
     manifest = IndexManifest(
         domain, embedder, dim, dense.kind, generation, dense.ntotal, documents, folder, checksums, time.time()
     )
-    fd, tmp_manifest = tempfile.mkstemp(prefix=".manifest-", dir=domain_dir)
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(manifest), f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_manifest, domain_dir / MANIFEST)
+    atomic_write_text(domain_dir / MANIFEST, json.dumps(asdict(manifest), indent=2))
     for old in domain_dir.glob("gen-*"):
         if old.name != folder:
             shutil.rmtree(old, ignore_errors=True)

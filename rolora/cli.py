@@ -56,12 +56,11 @@ def init(
 ) -> None:
     """Write a commented default rolora.yaml."""
     from rolora.config import default_config_text
+    from rolora.fileutil import atomic_write_text
 
     if path.exists() and not force:
         raise typer.BadParameter(f"{path} exists; pass --force to overwrite it")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(default_config_text(), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, default_config_text())
     console.print(f"wrote {path}")
 
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from rolora.errors import UserError
+from rolora.fileutil import atomic_write_text
 
 __all__ = [
     "BUILDERS",
@@ -150,13 +148,6 @@ class DataCard:
         return hashlib.sha256(json.dumps(self.hashes, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def save_dataset(
     out: Path, role: str, domain: str, seed: int, splits: dict[Split, list[Example]], qa_file: str | None
 ) -> DataCard:
@@ -167,7 +158,7 @@ def save_dataset(
     for split in ("train", "validation", "test"):
         rows = splits.get(split, [])
         text = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in rows)
-        _atomic_write(out / f"{split}.jsonl", text)
+        atomic_write_text(out / f"{split}.jsonl", text)
         hashes[split] = hashlib.sha256(text.encode()).hexdigest()
         counts[split] = len(rows)
         docs[split] = sorted({e.doc_id for e in rows})
@@ -175,11 +166,5 @@ def save_dataset(
             key = e.source.split(":")[0] if not e.source.startswith("perturb") else e.source
             sources[key] = sources.get(key, 0) + 1
     card = DataCard(role, domain, seed, counts, sources, docs, hashes, qa_file)
-    _atomic_write(out / "data_card.json", json.dumps({**asdict(card), "digest": card.digest}, indent=2))
+    atomic_write_text(out / "data_card.json", json.dumps({**asdict(card), "digest": card.digest}, indent=2))
     return card
-
-
-def shuffled(items: Sequence[Any], seed: int) -> list[Any]:
-    out = list(items)
-    random.Random(seed).shuffle(out)
-    return out
