@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The CPU build of torch (this machine carries its wheel; elsewhere pip takes it from PyPI).
 TORCH ?= torch==2.13.0
+# where mypy sees the package laid out as installed
+TC ?= build/typecheck
 
-.PHONY: setup demo test lint typecheck pytest bench clean
+.PHONY: setup demo test lint typecheck pytest bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,18 +27,25 @@ demo: setup
 	$(BIN)/rolora search "Which law governs the agreement and where are disputes heard?" --domain contracts -k 3
 	$(BIN)/rolora search "cap on liability" --domain contracts -k 3 --mode hybrid
 	$(BIN)/rolora search "how many days notice to terminate for convenience" --domain contracts -k 3
+	$(BIN)/rolora ask "Which law governs the Mutual Non-Disclosure Agreement?" --domain contracts
 
 lint: setup
 	$(BIN)/ruff check .
 
 # mypy cannot follow setuptools' package-dir mapping, so it checks a link tree laid out as installed.
 typecheck: setup
-	rm -rf build/typecheck && mkdir -p build/typecheck/rolora
-	cp -rs "$(CURDIR)/rolora/." build/typecheck/rolora/
-	for p in agents adapters retrieval evals; do ln -s "$(CURDIR)/$$p" build/typecheck/rolora/$$p; done
-	cd build/typecheck && "$(CURDIR)/$(BIN)/mypy" --config-file "$(CURDIR)/pyproject.toml" -p rolora
+	rm -rf $(TC) && mkdir -p $(TC)/rolora
+	cp -rs "$(CURDIR)/rolora/." $(TC)/rolora/
+	for p in agents adapters retrieval evals; do ln -s "$(CURDIR)/$$p" $(TC)/rolora/$$p; done
+	cd $(TC) && "$(CURDIR)/$(BIN)/mypy" --config-file "$(CURDIR)/pyproject.toml" -p rolora
 
-pytest: setup
+# The eval report test opens the HTML in headless Chromium (Debian's package); installed here when missing.
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+pytest: setup browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -12,6 +12,9 @@ import typer
 from rich.console import Console
 
 from rolora.cli_adapters import adapters_app, experiment_app, train_command
+from rolora.cli_agents import analyze_command
+from rolora.cli_ask import ask_command
+from rolora.cli_eval import eval_command
 from rolora.cli_serve import serve_app
 from rolora.errors import RoloraError
 
@@ -32,6 +35,9 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(experiment_app, name="experiment")
 app.command("train")(train_command)
+app.command("analyze")(analyze_command)
+app.command("eval")(eval_command)
+app.command("ask")(ask_command)
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables when piped or logged
 err_console = Console(stderr=True)

@@ -51,6 +51,8 @@ def train_command(
     max_steps: Annotated[int, typer.Option(help="> 0 caps the steps (overrides epochs)")] = -1,
     epochs: Annotated[float, typer.Option()] = 2.0,
     rank: Annotated[int, typer.Option("--rank", "-r")] = 16,
+    grad_accum: Annotated[int, typer.Option(help="examples per optimizer step (batch 1)")] = 8,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="default 2e-4 (LoRA), 2e-5 (full)")] = None,
     limit: Annotated[int | None, typer.Option(help="max examples per split (quick runs)")] = None,
     eval_limit: Annotated[int, typer.Option(help="test/validation examples used by the gates")] = 40,
     config: ConfigOpt = None,
@@ -62,7 +64,15 @@ def train_command(
     from rolora.adapters.train import TrainConfig
 
     cfg = _config(config)
-    tc = TrainConfig(full=full, max_steps=max_steps, epochs=epochs, r=rank, alpha=2 * rank)
+    tc = TrainConfig(
+        full=full,
+        max_steps=max_steps,
+        epochs=epochs,
+        r=rank,
+        alpha=2 * rank,
+        grad_accum=grad_accum,
+        learning_rate=learning_rate,
+    )
     run = train_role(cfg, domain, role.value, train_config=tc, resume=resume, qa=qa, limit=limit, eval_limit=eval_limit)
     rec, gates = run.record, run.gates
     console.print(f"registered [bold]{rec.ref}[/] ({rec.kind}, stage {rec.stage}) at {rec.path}")

@@ -1,4 +1,5 @@
-"""``rolora serve …``: start the serving processes. Heavy imports (httpx, vLLM launch code) stay inside commands."""
+"""``rolora serve …``: start the serving processes (vLLM, the HTTP API). Heavy imports (httpx, vLLM launch code,
+FastAPI, uvicorn) stay inside commands."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from rolora.errors import RoloraRuntimeError
 
 __all__ = ["serve_app"]
 
-serve_app = typer.Typer(no_args_is_help=True, help="Start the serving processes (vLLM).")
+serve_app = typer.Typer(no_args_is_help=True, help="Start the serving processes (vLLM, the HTTP API).")
 
 console = Console(stderr=True)
 out = Console()
@@ -142,3 +143,27 @@ def serve_vllm(
         server.stop()
         signal.signal(signal.SIGTERM, previous)
     console.print("vLLM stopped")
+
+
+@serve_app.command("api")
+def serve_api(
+    host: Annotated[str | None, typer.Option(help="address to listen on (default: api.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (default: api.port)")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="rolora.yaml (default: $ROLORA_CONFIG, ./rolora.yaml, built-in)"),
+    ] = None,
+) -> None:
+    """Start the HTTP API (FastAPI + uvicorn): /v1/ask (JSON or SSE), /v1/search, /v1/analyze, /healthz.
+
+    API keys and the domains (tenants) each may use come from api.keys; with none configured the API is open
+    (local use). Request size and concurrency limits come from api.max_body_bytes, api.max_question_chars and
+    api.max_concurrency.
+    """
+    from rolora.config import load_config
+    from rolora.service import serve
+
+    cfg = load_config(config)
+    if not cfg.api.keys and (host or cfg.api.host) not in ("127.0.0.1", "localhost", "::1"):
+        console.print("[yellow]warning: api.keys is empty, so anyone who can reach this address can use every domain")
+    serve(cfg, host, port)

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rolora.errors import ConfigError
 
 __all__ = [
+    "AgentConfig",
+    "ApiConfig",
+    "ApiKey",
     "BackendConfig",
     "Config",
     "DomainConfig",
@@ -84,6 +87,42 @@ class GatesConfig(_Strict):
     min_role_metric_delta: float = 0.0
 
 
+class AgentConfig(_Strict):
+    """The agent graph (``rolora.agents``): how many passages, how many critique loops, routing, durability."""
+
+    k: int = Field(5, ge=1, le=20, description="passages given to the analyst")
+    max_queries: int = Field(3, ge=1, le=5, description="search queries the query writer may write")
+    max_iterations: int = Field(2, ge=1, le=10, description="analyse/critique rounds before the answer is final")
+    use_critic: bool = True
+    route_min_confidence: float = Field(0.2, ge=0, le=1)
+    on_low_confidence: Literal["default", "ask"] = "default"  # answer from default_domain, or ask which domain
+    default_domain: str | None = None  # None: the first configured domain
+    checkpointer: Literal["sqlite", "memory", "postgres"] = "sqlite"
+    checkpoint_path: Path | None = None  # default: $ROLORA_HOME/runs.sqlite
+    postgres_url: str | None = None
+    interrupt_before_finalise: bool = False  # human-in-the-loop: pause before the answer is final
+
+
+class ApiKey(_Strict):
+    """One API key (given inline or through an environment variable) and the domains (tenants) it may use."""
+
+    key: str | None = None
+    key_env: str | None = None
+    domains: list[str] = Field(default_factory=list)
+    name: str = ""
+
+
+class ApiConfig(_Strict):
+    """``rolora serve api``: tenants, request limits, concurrency."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    keys: list[ApiKey] = Field(default_factory=list)  # empty: no auth, every domain (local use only)
+    max_body_bytes: int = Field(65536, ge=1024)
+    max_question_chars: int = Field(4000, ge=10)
+    max_concurrency: int = Field(4, ge=1, description="requests in flight; more get 429")
+
+
 class Config(_Strict):
     home: Path = Path("~/.cache/rolora")
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig())
@@ -91,6 +130,8 @@ class Config(_Strict):
     domains: dict[str, DomainConfig] = Field(default_factory=dict)
     backend: BackendConfig = Field(default_factory=lambda: BackendConfig())
     gates: GatesConfig = Field(default_factory=lambda: GatesConfig())
+    agent: AgentConfig = Field(default_factory=lambda: AgentConfig())
+    api: ApiConfig = Field(default_factory=lambda: ApiConfig())
 
     @field_validator("domains")
     @classmethod
@@ -143,8 +184,10 @@ domains:
     include: ["**/*"]
     exclude: ["qa*.jsonl", "README*"]
     qa: examples/contracts/qa.jsonl   # annotated questions: training data for the roles, and evals
-    # roles:                # filled by the adapters issue: role -> registry adapter name
-    #   analyst: {adapter: contracts-analyst}
+    roles:                  # role -> registry adapter (bare name = latest promoted); none yet = the base model
+      query_writer: {adapter: contracts-query-writer}
+      analyst: {adapter: contracts-analyst}
+      critic: {adapter: contracts-critic}
 
 gates:                      # checked by `rolora train` before an adapter can be promoted
   max_val_ppl_ratio: 1.0    # adapter/base validation perplexity must be below this
@@ -158,6 +201,25 @@ backend:
   kind: inprocess           # inprocess | vllm (env: ROLORA_BACKEND)
   endpoints: ["http://127.0.0.1:8000"]
   torch_threads: 0          # 0 = torch default
+
+agent:                      # the LangGraph graph behind `rolora ask`
+  k: 5                      # passages given to the analyst
+  max_queries: 3            # search queries the query writer may write
+  max_iterations: 2         # analyse/critique rounds before the answer is final
+  use_critic: true
+  route_min_confidence: 0.2 # below it: answer from default_domain, or ask (on_low_confidence: ask)
+  on_low_confidence: default
+  default_domain: null      # null = the first configured domain
+  checkpointer: sqlite      # sqlite | memory | postgres (durable runs resume on the same thread id)
+  checkpoint_path: null     # default: <home>/runs.sqlite
+  interrupt_before_finalise: false
+
+api:                        # `rolora serve api`
+  host: 127.0.0.1
+  port: 8080
+  keys: []                  # e.g. [{key_env: ROLORA_KEY_ACME, domains: [contracts]}]; empty = no auth (local only)
+  max_body_bytes: 65536
+  max_concurrency: 4        # requests in flight; more get 429
 """
 
 
@@ -228,6 +290,17 @@ def load_config(path: Path | str | None = None) -> Config:
         dom.corpus = [p if p.expanduser().is_absolute() else base / p for p in dom.corpus]
         if dom.qa is not None and not dom.qa.expanduser().is_absolute():
             dom.qa = base / dom.qa
+    cp = cfg.agent.checkpoint_path
+    if cp is not None and not cp.expanduser().is_absolute():
+        cfg.agent.checkpoint_path = base / cp
+    if cfg.agent.default_domain is not None and cfg.agent.default_domain not in cfg.domains:
+        raise ConfigError(f"{source}: agent.default_domain '{cfg.agent.default_domain}' is not a configured domain")
+    for i, key in enumerate(cfg.api.keys):
+        if (key.key is None) == (key.key_env is None):
+            raise ConfigError(f"{source}: api.keys.{i}: give exactly one of key or key_env")
+        unknown = [d for d in key.domains if d not in cfg.domains and d != "*"]
+        if unknown:
+            raise ConfigError(f"{source}: api.keys.{i}.domains: {', '.join(unknown)} not configured under domains")
     if not cfg.home.expanduser().is_absolute():
         cfg.home = base / cfg.home
     return cfg

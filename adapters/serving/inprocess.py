@@ -273,7 +273,11 @@ class InProcessBackend(BackendBase):
                 info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self._model.config.vocab_size)
                 self._compiler = xgr.GrammarCompiler(info)
             try:
-                self._grammars[key] = self._compiler.compile_json_schema(key)
+                # compact JSON with json.dumps' separators: what the role adapters were trained to write, and no
+                # tokens spent on free whitespace
+                self._grammars[key] = self._compiler.compile_json_schema(
+                    key, any_whitespace=False, separators=(", ", ": ")
+                )
             except Exception as e:
                 raise UserError(f"json_schema is not a valid JSON schema: {e}") from e
         return self._grammars[key]

@@ -1,0 +1,87 @@
+"""analyse: the analyst answers from the passages as JSON (answer, quoted citations, not_found); each quote is
+mapped to an exact ``doc_id[start:end]`` span and checked against the source at once."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from rolora.adapters.data.prompts import ANALYST_SCHEMA, NOT_FOUND, analyst_messages
+
+from ..citations import citation_from_quote, quote_candidates, verify_citation
+from ..state import AgentContext, AgentState
+from ..types import PassageRef
+from .llm import call_role
+
+__all__ = ["analyse", "analyst_schema"]
+
+
+def analyst_schema(passages: list[PassageRef], constrain_quotes: bool) -> dict[str, Any]:
+    """The analyst's JSON schema; with ``constrain_quotes`` a quote must be one of the passages' sentences, so
+    even a small base model can only quote text that is really there (verification still runs)."""
+    schema = copy.deepcopy(ANALYST_SCHEMA)
+    schema["properties"]["answer"]["maxLength"] = 300
+    schema["properties"]["citations"]["minItems"] = 1  # a refusal's citation is dropped by finalise
+    if constrain_quotes:
+        candidates = quote_candidates(passages)
+        if candidates:
+            quote = schema["properties"]["citations"]["items"]["properties"]["quote"]
+            quote.pop("maxLength", None)
+            quote["enum"] = candidates
+    return schema
+
+
+async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    started = time.perf_counter()
+    iteration = state.get("iteration", 0)
+    passages = [PassageRef.model_validate(p) for p in state.get("passages", [])]
+    adapter = state["adapters"].get("analyst", "base")
+    if not passages:
+        draft: dict[str, Any] = {"answer": NOT_FOUND, "citations": [], "not_found": True}
+        return {"draft": draft, "citations": [], "trace": []}
+    parsed, step = await call_role(
+        ctx,
+        "analyst",
+        None if adapter == "base" else adapter,
+        analyst_messages(state["question"], passages, state.get("feedback")),
+        analyst_schema(passages, ctx.constrain_quotes),
+        200,
+        node="analyse",
+        iteration=iteration,
+        writer=runtime.stream_writer,
+    )
+    draft = parsed or {"answer": "", "citations": [], "not_found": False}
+    answer = str(draft.get("answer", "")).strip()
+    not_found = bool(draft.get("not_found")) or answer.rstrip(".").lower() == NOT_FOUND.rstrip(".").lower()
+    draft = {"answer": answer, "citations": draft.get("citations") or [], "not_found": not_found}
+    retriever = ctx.retriever(state["domain"] or "")
+    cites = []
+    for c in draft["citations"]:
+        if not isinstance(c, dict):
+            continue
+        try:
+            n = int(c.get("passage", 0))
+        except (TypeError, ValueError):
+            n = 0
+        cites.append(citation_from_quote(passages, n, str(c.get("quote", ""))))
+    t0 = time.perf_counter()
+    checked = await asyncio.to_thread(lambda: [verify_citation(c, passages, retriever.document_text) for c in cites])
+    step.detail["verify_s"] = round(time.perf_counter() - t0, 4)
+    step.detail["citations"] = [
+        {
+            "doc_id": c.doc_id,
+            "start": c.start,
+            "end": c.end,
+            "quote": c.quote,
+            "verified": c.verified,
+            "reason": c.reason,
+        }
+        for c in checked
+    ]
+    step.latency_s = time.perf_counter() - started
+    return {"draft": draft, "citations": [c.model_dump() for c in checked], "trace": [step.model_dump()]}

@@ -1,0 +1,102 @@
+"""retrieve: the query writer turns the question (and any critique feedback) into queries; hybrid search in the
+routed domain only; results merged by reciprocal rank fusion and de-duplicated by chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from rolora.adapters.data.prompts import QUERY_SCHEMA, query_writer_messages
+
+from ..state import AgentContext, AgentState
+from ..types import PassageRef, TraceStep
+from .llm import call_role
+
+__all__ = ["fuse", "retrieve"]
+
+
+def fuse(rankings: list[list[PassageRef]], k: int, rrf_k: int = 60) -> list[PassageRef]:
+    """Reciprocal rank fusion over the rankings of several queries; one entry per chunk, best first."""
+    score: dict[str, float] = {}
+    first: dict[str, PassageRef] = {}
+    for ranking in rankings:
+        for rank, p in enumerate(ranking):
+            key = p.chunk_id or p.citation
+            score[key] = score.get(key, 0.0) + 1.0 / (rrf_k + rank + 1)
+            first.setdefault(key, p)
+    ordered = sorted(score, key=lambda c: -score[c])[:k]
+    return [first[c].model_copy(update={"score": round(score[c], 6)}) for c in ordered]
+
+
+async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    started = time.perf_counter()
+    domain = state["domain"]
+    assert domain is not None
+    question = state["question"]
+    iteration = state.get("iteration", 0)
+    adapter = state["adapters"].get("query_writer", "base")
+    steps: list[dict[str, Any]] = []
+    queries = [question]
+    parsed, step = await call_role(
+        ctx,
+        "query_writer",
+        None if adapter == "base" else adapter,
+        query_writer_messages(question, state.get("feedback")),
+        QUERY_SCHEMA,
+        80,
+        node="retrieve",
+        iteration=iteration,
+        writer=None,
+    )
+    written = [q.strip() for q in (parsed or {}).get("queries", []) if isinstance(q, str) and q.strip()]
+    for q in written:
+        if q.lower() not in {x.lower() for x in queries}:
+            queries.append(q)
+    queries = queries[: ctx.settings.max_queries + 1]  # the question itself plus the writer's queries
+    retriever = ctx.retriever(domain)
+    t0 = time.perf_counter()
+
+    def search_all() -> list[list[PassageRef]]:
+        out = []
+        for q in queries:
+            hits = retriever.search(q, k=2 * ctx.settings.k, mode=ctx.retrieval_mode)
+            out.append(
+                [
+                    PassageRef(
+                        doc_id=h.doc_id,
+                        start=h.start,
+                        end=h.end,
+                        text=h.text,
+                        score=h.score,
+                        chunk_id=h.chunk_id,
+                        heading_path=h.heading_path,
+                        query=q,
+                    )
+                    for h in hits
+                ]
+            )
+        return out
+
+    rankings = await asyncio.to_thread(search_all)
+    retrieval_s = time.perf_counter() - t0
+    passages = fuse(rankings, ctx.settings.k, ctx.config.retrieval.rrf_k)
+    steps.append(step.model_dump())
+    steps.append(
+        TraceStep(
+            node="retrieve",
+            latency_s=time.perf_counter() - started - step.latency_s,
+            iteration=iteration,
+            detail={
+                "queries": queries,
+                "mode": ctx.retrieval_mode or ctx.config.retrieval.mode,
+                "passages": [p.citation for p in passages],
+                "retrieval_s": round(retrieval_s, 4),
+            },
+        ).model_dump()
+    )
+    runtime.stream_writer({"type": "passages", "passages": [p.citation for p in passages]})
+    return {"queries": queries, "passages": [p.model_dump() for p in passages], "trace": steps}

@@ -1,0 +1,52 @@
+"""The graph's typed state and its run-time context (dependencies passed through LangGraph's ``context_schema``).
+
+State values are plain JSON-able data (dicts of :mod:`rolora.agents.types` models) so the SQLite checkpointer can
+store every step; the context holds the live objects (backend, retrievers, settings) and is never checkpointed.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypedDict
+
+from rolora.config import AgentConfig, Config
+
+__all__ = ["ROLES", "AgentContext", "AgentState", "Next"]
+
+ROLES = ("query_writer", "analyst", "critic")
+Next = Literal["retrieve", "analyse", "finalise"]
+
+
+class AgentState(TypedDict, total=False):
+    question: str
+    domain: str | None
+    route_confidence: float
+    adapters: dict[str, str]  # role -> "name@version" | "base"
+    queries: list[str]
+    passages: list[dict[str, Any]]  # PassageRef dumps, fused rank order
+    draft: dict[str, Any] | None  # the analyst's JSON: answer, citations, not_found
+    citations: list[dict[str, Any]]  # Citation dumps of the current draft (verified or not)
+    verdict: str
+    critique: list[str]
+    feedback: str | None  # what the next retrieve/analyse round is told
+    next: Next
+    iteration: int
+    trace: Annotated[list[dict[str, Any]], operator.add]  # TraceStep dumps, appended by every node
+    final: dict[str, Any] | None  # the Answer dump, set by finalise
+
+
+@dataclass
+class AgentContext:
+    """Everything a node needs besides the state. Built once per :class:`~rolora.agents.agent.Agent`."""
+
+    config: Config
+    backend: Any  # rolora.adapters.serving.base.Backend
+    retriever: Callable[[str], Any]  # domain -> Retriever
+    role_adapters: Callable[[str], dict[str, str | None]]  # domain -> {role: ref | None}, None = base model
+    retrieval_mode: str | None = None
+    use_critic: bool = True
+    constrain_quotes: bool = True
+    settings: AgentConfig = field(default_factory=AgentConfig)
+    on_token: Callable[[str, str], None] | None = None  # (role, text): streamed answer tokens

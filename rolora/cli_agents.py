@@ -1,0 +1,115 @@
+"""CLI for the agent layer: ``rolora analyze`` (whole-contract clause analysis).
+
+Heavy imports (torch, transformers, the agent graph) stay inside the commands so ``rolora --help`` remains light.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from rolora.errors import UserError
+
+__all__ = ["analyze_command"]
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="rolora.yaml (default: $ROLORA_CONFIG, ./rolora.yaml, built-in)"),
+]
+_RISK_STYLE = {"high": "bold red", "medium": "yellow", "low": "green", "unknown": "dim"}
+_FILE_SUFFIXES = {".txt", ".md", ".html", ".htm", ".pdf", ".docx", ".jsonl"}
+
+
+def _source(contract: str) -> str | Path:
+    """A file path when ``contract`` is an existing file, else a doc_id of the domain's index."""
+    path = Path(contract)
+    if path.is_file():
+        return path
+    if path.suffix.lower() in _FILE_SUFFIXES:
+        raise UserError(f"{contract}: no such file; give a contract file or the doc_id of an ingested contract")
+    return contract
+
+
+def analyze_command(
+    contract: Annotated[str, typer.Argument(help="a contract file, or the doc_id of a contract ingested in DOMAIN")],
+    domain: Annotated[str, typer.Option("--domain", "-d", help="domain whose analyst adapter (and index) to use")] = (
+        "contracts"
+    ),
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the analysis as JSON to FILE")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="write a Markdown report to FILE")] = None,
+    categories: Annotated[
+        str | None, typer.Option(help="comma-separated clause categories, e.g. 'Governing Law,Cap On Liability'")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="candidate passages shown to the analyst per category")] = 3,
+    keyword_fallback: Annotated[
+        bool, typer.Option(help="when the analyst finds nothing, report a sentence matching the category's keywords")
+    ] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Extract each clause category of one contract with its exact span and a heuristic risk note.
+
+    Categories follow CUAD's names where CUAD has one (Parties, Governing Law, Cap On Liability, ...). Risk notes are
+    keyword heuristics, not legal advice. Example: rolora analyze nda_mutual --domain contracts --markdown nda.md
+    """
+    from rich.table import Table
+
+    from rolora.agents import make_backend
+    from rolora.agents.analyze import analyze_contract, select_categories
+    from rolora.config import load_config
+    from rolora.fileutil import atomic_write_text
+
+    cfg = load_config(config)
+    cfg.domain(domain)
+    names = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    select_categories(names)  # unknown names fail before any model loads
+    source = _source(contract)
+    for out in (json_out, markdown):
+        if out is not None and not out.parent.is_dir():
+            raise UserError(f"{out}: folder {out.parent} does not exist")
+    with err_console.status(f"loading {cfg.models.generator} ({cfg.backend.kind})") as status:
+        backend = make_backend(cfg)
+        try:
+            result = analyze_contract(
+                source,
+                domain,
+                config=cfg,
+                backend=backend,
+                categories=names,
+                k=k,
+                keyword_fallback=keyword_fallback,
+                on_progress=status.update,
+            )
+        finally:
+            backend.close()
+    table = Table("category", "found", "answer", "span", "risk", title=f"{result.doc_id} ({domain})", show_lines=True)
+    table.columns[2].overflow = "fold"
+    for f in result.findings:
+        style = _RISK_STYLE[f.risk]
+        found_by = f"yes ({f.method})" if f.found else "no"
+        answer = " ".join((f.answer or f.quote or f.note).split())
+        table.add_row(
+            f.category,
+            found_by,
+            answer[:200] + ("…" if len(answer) > 200 else ""),
+            f.citation or "—",
+            f"[{style}]{f.risk}[/]: {f.risk_note}",
+        )
+    console.print(table)
+    found = sum(f.found for f in result.findings)
+    console.print(
+        f"{found}/{len(result.findings)} categories found; analyst: {result.adapters['analyst']} on {result.backend}; "
+        f"{result.latency_s:.1f} s. Risk notes are heuristics, not legal advice."
+    )
+    if json_out is not None:
+        atomic_write_text(json_out, result.model_dump_json(indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+    if markdown is not None:
+        atomic_write_text(markdown, result.to_markdown())
+        console.print(f"wrote {markdown}")

@@ -1,0 +1,80 @@
+"""Quote -> span mapping and the deterministic citation checks, on the real text of a sample contract."""
+
+from __future__ import annotations
+
+from rolora.agents.citations import citation_from_quote, locate_quote, quote_candidates, verify_citation
+from rolora.agents.nodes.llm import parse_json
+from rolora.agents.nodes.retrieve import fuse
+from rolora.agents.types import Citation, PassageRef
+
+from conftest import EXAMPLES
+
+SOURCE = (EXAMPLES / "nda_mutual.txt").read_text(encoding="utf-8")
+
+
+def _passage(start: int, end: int, doc: str = "nda_mutual", chunk: str = "") -> PassageRef:
+    return PassageRef(doc_id=doc, start=start, end=end, text=SOURCE[start:end], chunk_id=chunk or f"c{start}")
+
+
+def _source(doc: str) -> str:
+    assert doc == "nda_mutual"
+    return SOURCE
+
+
+def test_locate_quote_exact_normalised_and_absent() -> None:
+    text = "The  Agreement shall be governed by\nthe laws of the State of New York."
+    assert locate_quote(text, "governed by") == (text.index("governed by"), text.index("governed by") + 11)
+    s, e = locate_quote(text, "the laws of the state of new york") or (0, 0)
+    assert text[s:e] == "the laws of the State of New York"
+    s, e = locate_quote(text, '"Agreement shall be governed by the laws…"') or (0, 0)
+    assert text[s:e] == "Agreement shall be governed by\nthe laws"
+    assert locate_quote(text, "the laws of California") is None
+    assert locate_quote(text, "  ") is None
+
+
+def test_citation_from_quote_maps_to_absolute_span_and_verifies() -> None:
+    i = SOURCE.index("New York")
+    passages = [_passage(0, 400), _passage(max(0, i - 300), i + 200)]
+    sentence = next(s for s in quote_candidates(passages) if "New York" in s)
+    c = citation_from_quote(passages, 2, sentence)
+    assert c.passage == 2 and SOURCE[c.start : c.end] == sentence
+    checked = verify_citation(c, passages, _source)
+    assert checked.verified and checked.reason == ""
+    # the analyst named the wrong passage: the quote is still found, in the passage that holds it
+    c1 = citation_from_quote(passages, 1, sentence)
+    assert c1.passage == 2 and verify_citation(c1, passages, _source).verified
+
+
+def test_verify_rejects_outside_passages_mismatch_and_invented_quotes() -> None:
+    passages = [_passage(0, 400)]
+    outside = Citation(doc_id="nda_mutual", start=1000, end=1040, quote=SOURCE[1000:1040])
+    assert not verify_citation(outside, passages, _source).verified
+    assert "outside the retrieved passages" in verify_citation(outside, passages, _source).reason
+    wrong = Citation(doc_id="nda_mutual", start=10, end=50, quote="a quote the source does not hold")
+    assert not verify_citation(wrong, passages, _source).verified
+    invented = citation_from_quote(passages, 1, "The Receiving Party shall pay one million dollars.")
+    assert invented.start == -1 and not verify_citation(invented, passages, _source).verified
+    # a span much longer than its quote is not a faithful citation either
+    padded = Citation(doc_id="nda_mutual", start=0, end=300, quote=SOURCE[0:20])
+    assert not verify_citation(padded, passages, _source).verified
+
+
+def test_quote_candidates_are_substrings_of_the_passages() -> None:
+    passages = [_passage(0, 1500), _passage(1500, 3000)]
+    cands = quote_candidates(passages)
+    assert len(cands) > 5
+    assert all(any(c in p.text for p in passages) for c in cands)
+    assert len(cands) == len(set(cands))
+
+
+def test_fuse_merges_queries_and_deduplicates_chunks() -> None:
+    a, b, c = _passage(0, 100, chunk="a"), _passage(100, 200, chunk="b"), _passage(200, 300, chunk="c")
+    fused = fuse([[a, b], [b, c], [b]], k=3)
+    assert [p.chunk_id for p in fused] == ["b", "a", "c"]
+    assert len(fuse([[a, b, c]], k=2)) == 2 and fuse([], k=3) == []
+
+
+def test_parse_json_finds_the_object_amid_prose() -> None:
+    assert parse_json('Sure! {"queries": ["x"]} done') == {"queries": ["x"]}
+    assert parse_json("no json here") is None
+    assert parse_json('{"a": 1') is None

