@@ -1,6 +1,7 @@
 """Each role's own metric on its test split, for an adapter and for the base model (gate 4 until the eval suite).
 
-analyst: answer token-F1 and citation validity; critic: verdict accuracy; query writer: gold-chunk recall@5.
+analyst: answer token-F1 and citation validity; critic: verdict accuracy; query writer: gold-chunk recall@5 of the
+question plus the written queries fused by reciprocal rank (how the agent graph uses them).
 Generation goes through the serving ``Backend`` (so the same code evaluates in-process or on vLLM).
 """
 
@@ -43,6 +44,17 @@ def token_f1(prediction: str, golds: Sequence[str]) -> float:
     return best
 
 
+def _fused_top(retriever: Any, queries: Sequence[str], k: int, rrf_k: int = 60) -> list[Any]:
+    """Top ``k`` passages of the reciprocal-rank fusion of each query's ranking (one entry per chunk)."""
+    score: dict[str, float] = {}
+    first: dict[str, Any] = {}
+    for q in dict.fromkeys(q.strip() for q in queries if q.strip()):
+        for rank, h in enumerate(retriever.search(q, k=2 * k)):
+            score[h.chunk_id] = score.get(h.chunk_id, 0.0) + 1.0 / (rrf_k + rank + 1)
+            first.setdefault(h.chunk_id, h)
+    return [first[c] for c in sorted(score, key=lambda c: -score[c])[:k]]
+
+
 def role_metrics(
     role: str, backend: Backend, adapter: str | None, rows: Sequence[dict[str, Any]], retriever: Any = None
 ) -> dict[str, float]:
@@ -79,15 +91,13 @@ def role_metrics(
             (p or {}).get("verdict") == t["verdict"] for p, t in zip(parsed, targets, strict=True)
         )
     elif role == "query_writer":
+        # as the graph uses the role: the question itself plus the written queries, fused by reciprocal rank
         hits = []
         for p, r in zip(parsed, rows, strict=True):
+            question = r["prompt"][-1]["content"].removeprefix("Question: ").split("\n")[0]
             queries = [q for q in (p or {}).get("queries", []) if isinstance(q, str) and q.strip()][:3]
             gold = r["meta"]["evidence"]
-            found = False
-            for q in queries or [r["prompt"][-1]["content"]]:
-                for h in retriever.search(q, k=5) if retriever is not None else []:
-                    if any(h.doc_id == d and h.start < e and s < h.end for d, s, e in gold):
-                        found = True
-            hits.append(found)
+            top = _fused_top(retriever, [question, *queries], 5) if retriever is not None else []
+            hits.append(any(h.doc_id == d and h.start < e and s < h.end for h in top for d, s, e in gold))
         out["gold_recall@5"] = statistics.mean(hits)
     return out

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -70,6 +70,7 @@ class Agent:
         checkpointer: Checkpointer | None = None,
         use_critic: bool | None = None,
         max_iterations: int | None = None,
+        embedder: Any = None,
         owns_backend: bool = False,
     ) -> None:
         unknown = set(adapters or {}) - set(ROLES)
@@ -82,6 +83,7 @@ class Agent:
         self._owns_backend = owns_backend
         self._overrides = dict(adapters or {})
         self._retrievers: dict[str, Any] = {}
+        self._embedder = embedder  # shared by every domain's retriever (None: loaded once per retriever)
         self._lock = threading.Lock()
         self._registry: Any = None
         settings = config.agent
@@ -121,7 +123,7 @@ class Agent:
                 from rolora.retrieval import Retriever
 
                 self.config.domain(domain)
-                r = Retriever.open(domain, self.config)
+                r = Retriever.open(domain, self.config, embedder=self._embedder)
                 self._retrievers[domain] = r
             return r
 
@@ -212,22 +214,39 @@ class Agent:
             )
         return Answer.model_validate({**final, "thread_id": thread_id})
 
-    def _inputs(self, question: str, domain: str | None) -> dict[str, Any]:
+    def _inputs(self, question: str, domain: str | None, domains: Sequence[str] | None = None) -> dict[str, Any]:
         question = question.strip()
         if not question:
             raise UserError("the question is empty")
-        if domain is not None:
-            self.config.domain(domain)
-        return {"question": question, "domain": domain, "trace": []}
+        for d in [domain] if domain is not None else list(domains or []):
+            self.config.domain(d)
+        if domain is not None and domains is not None and domain not in domains:
+            raise UserError(f"domain '{domain}' is not one of the allowed domains ({', '.join(domains)})")
+        return {"question": question, "domain": domain, "allowed_domains": list(domains or []) or None, "trace": []}
 
-    def ask(self, question: str, domain: str | None = None, *, thread_id: str | None = None) -> Answer:
-        """Answer ``question`` (domain routed when None); the run is checkpointed under ``thread_id``."""
+    def ask(
+        self,
+        question: str,
+        domain: str | None = None,
+        *,
+        thread_id: str | None = None,
+        domains: Sequence[str] | None = None,
+    ) -> Answer:
+        """Answer ``question``; ``domain=None`` routes it (among ``domains`` when given, e.g. a tenant's).
+        The run is checkpointed under ``thread_id``."""
         tid = thread_id or uuid.uuid4().hex
-        return self._run(self._invoke(self._inputs(question, domain), tid))
+        return self._run(self._invoke(self._inputs(question, domain, domains), tid))
 
-    async def aask(self, question: str, domain: str | None = None, *, thread_id: str | None = None) -> Answer:
+    async def aask(
+        self,
+        question: str,
+        domain: str | None = None,
+        *,
+        thread_id: str | None = None,
+        domains: Sequence[str] | None = None,
+    ) -> Answer:
         tid = thread_id or uuid.uuid4().hex
-        return await self._on_loop(self._invoke(self._inputs(question, domain), tid))
+        return await self._on_loop(self._invoke(self._inputs(question, domain, domains), tid))
 
     def resume(self, thread_id: str) -> Answer:
         """Continue a run from its last checkpoint (after a crash, a kill or a human-review pause)."""
@@ -251,13 +270,18 @@ class Agent:
         return self._run(get())
 
     async def astream(
-        self, question: str | None, domain: str | None = None, *, thread_id: str | None = None
+        self,
+        question: str | None,
+        domain: str | None = None,
+        *,
+        thread_id: str | None = None,
+        domains: Sequence[str] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Events as the run goes: ``{"type": "step", "step": {...}}`` per trace step, ``{"type": "token", ...}``
         while the analyst writes, ``{"type": "passages", ...}`` after retrieval, then ``{"type": "answer", ...}``
         (or ``{"type": "interrupt", ...}`` when paused for review). ``question=None`` resumes ``thread_id``."""
         tid = thread_id or uuid.uuid4().hex
-        inputs = None if question is None else self._inputs(question, domain)
+        inputs = None if question is None else self._inputs(question, domain, domains)
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         caller = asyncio.get_running_loop()
 

@@ -336,7 +336,7 @@ class ContractAnalysis(BaseModel):
             "|---|---|---|---|---|",
         ]
         for f in self.findings:
-            answer = _one_line(f.answer or f.note or "not found", 120)
+            answer = _one_line(f.answer or (f"“{f.quote}”" if f.found else f.note or "not found"), 120)
             span = f"`{f.citation}`" if f.found else "—"
             found_by = f"yes ({f.method})" if f.found else "no"
             lines.append(f"| {f.category} | {found_by} | {answer} | {span} | {f.risk} |")
@@ -788,17 +788,50 @@ _JURISDICTION = re.compile(
 )
 
 
-def _days(text: str) -> list[int]:
-    """Every duration in ``text`` in days: ``thirty (30) days`` -> 30, ``12 months`` -> 360, ``2 years`` -> 730."""
+def _durations(text: str) -> list[int]:
     factor = {"day": 1, "month": 30, "year": 365}
     return [int(n) * factor[unit.lower()] for n, unit in _DURATION.findall(text)]
+
+
+_UNIT = r"(?:calendar\s+|business\s+)?(day|month|year)s?\b"
+_NOTICE = (
+    re.compile(r"notice[^.;]{0,100}?" + _NUM + _UNIT, re.IGNORECASE),  # notice ... at least ninety (90) days
+    re.compile(
+        _NUM + _UNIT + r"['’]?\s+(?:prior\s+|advance\s+)?(?:written\s+)?notice", re.IGNORECASE
+    ),  # 30 days' notice
+)
+_FACTOR = {"day": 1, "month": 30, "year": 365}
+
+
+def _days(text: str, near: str | None = None) -> list[int]:
+    """Durations in days (``thirty (30) days`` -> 30, ``12 months`` -> 360, ``2 years`` -> 730) from the quote,
+    else from the clause (``text`` is ``quote + QUOTE_END + clause``); with ``near``, only from sentences that
+    match that regex."""
+    quote, _, clause = text.partition(QUOTE_END)
+    for part in (quote, clause):
+        sentences = [s for s in re.split(r"(?<=[.;])\s+", part) if near is None or re.search(near, s, re.IGNORECASE)]
+        found = [d for s in sentences for d in _durations(s)]
+        if found:
+            return found
+    return []
+
+
+def _notice_days(text: str) -> list[int]:
+    """Notice periods in days (``thirty (30) days' prior written notice``), from the quote, else the clause."""
+    quote, _, clause = text.partition(QUOTE_END)
+    for part in (quote, clause):
+        found = [int(m.group(1)) * _FACTOR[m.group(2).lower()] for p in _NOTICE for m in p.finditer(part)]
+        if found:
+            return found
+    return []
 
 
 def _has(text: str, *patterns: str) -> bool:
     return any(re.search(p, text, re.IGNORECASE) for p in patterns)
 
 
-RiskRule = Callable[[bool, str], tuple[Risk, str]]
+QUOTE_END = "\n\u2029\n"  # a rule's text is the quote, this separator, then the whole clause
+RiskRule = Callable[[bool, str], tuple[Risk, str]]  # (found, quote + QUOTE_END + clause) -> (risk, note)
 
 
 def _rule_parties(found: bool, t: str) -> tuple[Risk, str]:
@@ -825,7 +858,7 @@ def _rule_renewal(found: bool, t: str) -> tuple[Risk, str]:
     if _has(t, r"(?:not|no)\s+(?:be\s+)?(?:automatic\w*\s+)?renew\w*(?:\s+automatically)?", r"no automatic renewal"):
         return "low", "does not renew automatically"
     if _has(t, r"automatic\w*\s+(?:be\s+)?(?:renew|extend)", r"renew\w*\s+automatically", r"successive"):
-        notice = max(_days(t), default=0)
+        notice = max(_notice_days(t), default=0)
         if notice >= 90:
             return "high", f"auto-renews and stopping it needs about {notice} days' notice"
         return "medium", "auto-renews unless a party gives notice"
@@ -835,7 +868,7 @@ def _rule_renewal(found: bool, t: str) -> tuple[Risk, str]:
 def _rule_renewal_notice(found: bool, t: str) -> tuple[Risk, str]:
     if not found:
         return "low", "no notice period to stop renewal found"
-    days = max(_days(t), default=0)
+    days = max(_notice_days(t), default=0)
     if days >= 90:
         return "high", f"long notice period to stop renewal ({days} days): easy to miss"
     if days >= 60:
@@ -848,7 +881,7 @@ def _rule_renewal_notice(found: bool, t: str) -> tuple[Risk, str]:
 def _rule_convenience(found: bool, t: str) -> tuple[Risk, str]:
     if not found:
         return "medium", "no termination for convenience found: bound until expiry or breach"
-    days = min(_days(t), default=0)
+    days = min(_notice_days(t), default=0)
     when = f" on {days} days' notice" if days else ""
     return "medium", f"a party may terminate without cause{when}: check which party and the wind-down"
 
@@ -935,7 +968,7 @@ def _rule_uncapped(found: bool, t: str) -> tuple[Risk, str]:
 def _rule_payment(found: bool, t: str) -> tuple[Risk, str]:
     if not found:
         return "medium", "no payment terms found"
-    days = [d for d in _days(t) if d <= 180]
+    days = [d for d in _days(t, near=r"pa(?:y|id)|invoice|due") if d <= 180]
     late = _has(t, r"interest", r"late (?:fee|charge|payment)")
     if days and max(days) >= 60:
         return "medium", f"long payment terms ({max(days)} days)"
@@ -1018,7 +1051,7 @@ RISK_RULES: dict[str, RiskRule] = {
 def _with_risk(cat: ClauseCategory, finding: ClauseFinding, clause_text: str = "") -> ClauseFinding:
     """Apply the category's rule to the clause text (and the quote, which lies inside it)."""
     rule = RISK_RULES[cat.name]
-    risk, note = rule(finding.found, f"{finding.quote}\n{clause_text}" if finding.found else "")
+    risk, note = rule(finding.found, f"{finding.quote}{QUOTE_END}{clause_text}" if finding.found else "")
     if not finding.found and finding.note:
         note = f"{note} (heuristic: not found in the {len(finding.passages)} passages searched)"
     return finding.model_copy(update={"risk": risk, "risk_note": note})

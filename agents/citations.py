@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from .types import Citation, PassageRef
 
-__all__ = ["citation_from_quote", "locate_quote", "quote_candidates", "verify_citation"]
+__all__ = ["answer_support", "citation_from_quote", "locate_quote", "quote_candidates", "verify_citation"]
 
 _WS = re.compile(r"\s+")
 _TRIM = " \t\n\"'“”‘’.,;:…"
@@ -109,3 +109,24 @@ def quote_candidates(passages: Sequence[PassageRef], max_chars: int = 400, limit
             if len(out) >= limit:
                 return out
     return out
+
+
+_WORD = re.compile(r"[a-z0-9$£€%]+")
+_STOP = frozenset(
+    "a an the of to in on for by and or is are was were be been with as at from that this which it its under any "
+    "each such shall will may must not no than then there their they he she his her who whom what when where how "
+    "does do did has have had party parties agreement".split()
+)
+
+
+def answer_support(answer: str, quotes: Sequence[str]) -> float:
+    """Share of the answer's content words that occur in the cited quotes (1.0 for an answer of stopwords only).
+
+    A deterministic grounding check: an extractive answer copies its words from the evidence, so an answer whose
+    words are not in its own quotes is not supported by them, whatever a model says.
+    """
+    words = [w for w in _WORD.findall(answer.lower()) if w not in _STOP]
+    if not words:
+        return 1.0
+    pool = set(_WORD.findall(" ".join(quotes).lower()))
+    return sum(w in pool for w in words) / len(words)

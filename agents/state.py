@@ -22,6 +22,7 @@ Next = Literal["retrieve", "analyse", "finalise"]
 class AgentState(TypedDict, total=False):
     question: str
     domain: str | None
+    allowed_domains: list[str] | None  # routing picks among these only (a tenant's domains); None = all
     route_confidence: float
     adapters: dict[str, str]  # role -> "name@version" | "base"
     queries: list[str]

@@ -195,6 +195,7 @@ def lora_vs_full(
     max_steps: Annotated[int, typer.Option(help="the same step budget for both runs")] = 40,
     limit: Annotated[int | None, typer.Option(help="max examples per split")] = None,
     eval_limit: Annotated[int, typer.Option()] = 40,
+    grad_accum: Annotated[int, typer.Option(help="examples per optimizer step (batch 1), both runs")] = 8,
     out: Annotated[Path | None, typer.Option(help="report folder (default: $ROLORA_HOME/experiments/…)")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -210,6 +211,7 @@ def lora_vs_full(
 
     cfg = _config(config)
     common = ["--role", role.value, "--domain", domain, "--max-steps", str(max_steps), "--eval-limit", str(eval_limit)]
+    common += ["--grad-accum", str(grad_accum)]
     if limit:
         common += ["--limit", str(limit)]
     if config:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from rolora.agents.citations import citation_from_quote, locate_quote, quote_candidates, verify_citation
+from rolora.agents.citations import (
+    answer_support,
+    citation_from_quote,
+    locate_quote,
+    quote_candidates,
+    verify_citation,
+)
 from rolora.agents.nodes.llm import parse_json
 from rolora.agents.nodes.retrieve import fuse
 from rolora.agents.types import Citation, PassageRef
@@ -78,3 +84,12 @@ def test_parse_json_finds_the_object_amid_prose() -> None:
     assert parse_json('Sure! {"queries": ["x"]} done') == {"queries": ["x"]}
     assert parse_json("no json here") is None
     assert parse_json('{"a": 1') is None
+
+
+def test_answer_support_counts_content_words_found_in_the_quotes() -> None:
+    quote = 'is entered into as of March 14, 2023 (the "Effective Date")'
+    assert answer_support("March 14, 2023", [quote]) == 1.0
+    assert answer_support("The effective date is March 14, 2023", [quote]) == 1.0
+    assert answer_support("77 Kelvin for liquid nitrogen", [quote]) == 0.0
+    assert answer_support("March 15, 2024", [quote]) == 1 / 3
+    assert answer_support("the", []) == 1.0

@@ -19,14 +19,15 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, REPO, TEST_HOME, build_role_data, make_config
+from conftest import EXAMPLES, REPO, TEST_HOME, make_config
 
 pytestmark = pytest.mark.slow
 
-ANALYST = "test-analyst"
+ANALYST = "test-answering-analyst"
 ADAPTERS_ROOT = TEST_HOME / "agent-adapters"
-ANSWERABLE = (
-    "Which law governs the Mutual Non-Disclosure Agreement between Halvorsen Geospatial, Inc. and Quillfeather?",
+ANSWERABLE = (  # its evidence is the first hit of hybrid search, so this tests the graph, not the retriever
+    "What is the effective date of the Mutual Non-Disclosure Agreement between Halvorsen Geospatial, Inc. and "
+    "Quillfeather Biologics Ltd.?",
     "nda_mutual",
 )
 UNANSWERABLE = "What is the boiling point of liquid nitrogen in degrees Kelvin?"
@@ -39,6 +40,18 @@ def agent_config(checkpoints: Path, **agent: Any) -> Any:
     )
 
 
+def _build_answering_data(retriever: Any, out: Path) -> None:
+    """The analyst's data with the gold clause always in context (RAFT oracle rate 1.0): a 16-step adapter trained
+    on the default mix (a third of targets are the one refusal string) learns to refuse everything."""
+    from rolora.adapters.data import BUILDERS, BuildContext, doc_split, load_qa, save_dataset
+
+    qa = load_qa(EXAMPLES / "qa.jsonl")
+    ctx = BuildContext(retriever, qa, seed=0, oracle_rate=1.0, progress=False)
+    ctx.extra["clause_docs"] = sorted({q.doc_id for q in qa})
+    splits = BUILDERS["analyst"]().build(ctx, lambda d: doc_split(d, 0, validation=0.2, test=0.2))
+    save_dataset(out, "analyst", "contracts", 0, splits, str(EXAMPLES / "qa.jsonl"))
+
+
 @pytest.fixture(scope="session")
 def trained_analyst(examples_retriever: Any, generator_dir: Path) -> Path:
     """A real analyst LoRA, trained briefly on the sample corpus's analyst data (cached in TEST_HOME)."""
@@ -48,7 +61,9 @@ def trained_analyst(examples_retriever: Any, generator_dir: Path) -> Path:
     if (out / "adapter_model.safetensors").is_file():
         return out
     data = TEST_HOME / "agent-data" / "analyst"
-    build_role_data(examples_retriever, "analyst", data)
+    _build_answering_data(examples_retriever, data)
+    val = data / "validation.jsonl"  # a few validation rows: the final evaluation is not what this test is about
+    val.write_text("".join(val.read_text(encoding="utf-8").splitlines(keepends=True)[:4]), encoding="utf-8")
     tc = TrainConfig(
         max_steps=16, batch_size=1, grad_accum=2, r=8, alpha=16, learning_rate=1e-3, eval_steps=100, max_length=1024
     )

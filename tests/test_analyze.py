@@ -218,3 +218,20 @@ def test_findings_from_analyst_replies(examples_retriever: Any) -> None:
 
     broken = _finding(cat, doc, passages, _result('{"answer": "New Yo', "length"))
     assert not broken.found and broken.risk == "unknown" and "max_tokens" in broken.note
+
+
+def test_risk_numbers_come_from_the_quote_and_the_notice_wording() -> None:
+    from rolora.agents.analyze import QUOTE_END, RISK_RULES
+
+    clause = (
+        "The initial term is three (3) years. Thereafter it renews automatically for successive one (1) year terms "
+        "unless a Party gives notice of non-renewal at least sixty (60) days before the end of the then-current term."
+    )
+    risk, note = RISK_RULES["Notice Period To Terminate Renewal"](True, clause + QUOTE_END + clause)
+    assert risk == "medium" and "60 days" in note  # not the three-year term
+    assert RISK_RULES["Renewal Term"](True, "renews automatically" + QUOTE_END + clause)[0] == "medium"
+    pay = "Client shall pay each undisputed invoice within forty-five (45) days after receipt."
+    late = " Supplier may suspend the Services if any amount is more than ninety (90) days overdue."
+    assert RISK_RULES["Payment Terms"](True, pay + QUOTE_END + pay + late) == ("low", "payment within 45 days")
+    tfc = "Client may terminate for any reason upon sixty (60) days' prior written notice."
+    assert "60 days' notice" in RISK_RULES["Termination For Convenience"](True, tfc)[1]

@@ -9,11 +9,14 @@ from langgraph.runtime import Runtime
 
 from rolora.adapters.data.prompts import CRITIC_SCHEMA, critic_messages
 
+from ..citations import answer_support
 from ..state import AgentContext, AgentState
 from ..types import Citation, PassageRef, TraceStep
 from .llm import call_role
 
-__all__ = ["critique"]
+__all__ = ["MIN_SUPPORT", "critique"]
+
+MIN_SUPPORT = 0.5  # share of the answer's content words that must occur in its verified quotes
 
 
 async def critique(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -36,6 +39,11 @@ async def critique(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         reasons.append("the answer cites no verifiable quote")
         verdict = "unsupported"
         feedback = "Quote the exact words of a numbered clause. " + "; ".join(reasons)[:400]
+        nxt = "analyse" if can_loop else "finalise"
+    elif (support := answer_support(str(draft.get("answer", "")), [c.quote for c in verified])) < MIN_SUPPORT:
+        reasons.append(f"only {support:.0%} of the answer's words are in its quotes (needs {MIN_SUPPORT:.0%})")
+        verdict = "unsupported"
+        feedback = "Answer with the words of the quoted clause. " + reasons[-1]
         nxt = "analyse" if can_loop else "finalise"
     elif ctx.use_critic:
         passages = [PassageRef.model_validate(p) for p in state.get("passages", [])]

@@ -30,6 +30,9 @@ async def finalise(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
     if draft and not not_found and not verified:
         why = "no citation of the draft could be verified against the source"
         answer, not_found = NOT_FOUND, True
+    elif draft and not not_found and state.get("verdict") == "unsupported":
+        why = "the last draft was judged unsupported by its own evidence"
+        answer, not_found = NOT_FOUND, True
     if not_found:
         verified = []
     step = TraceStep(

@@ -87,11 +87,22 @@ async def _generate(ctx: AgentContext, request: GenerationRequest, role: str, wr
     submit = getattr(backend, "submit", None)
     if writer is not None and submit is not None:  # the in-process backend reports deltas through a callback
         loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str] = asyncio.Queue()
 
-        def on_text(text: str | None) -> None:
+        def on_text(text: str | None) -> None:  # called on the backend's worker thread
             if text:
-                loop.call_soon_threadsafe(writer, {"type": "token", "role": role, "text": text})
+                loop.call_soon_threadsafe(deltas.put_nowait, text)
 
-        return await asyncio.wrap_future(submit(request, on_text=on_text))
+        future = asyncio.wrap_future(submit(request, on_text=on_text))
+        while True:  # the writer is called here, inside the node's run context
+            getter = asyncio.ensure_future(deltas.get())
+            done, _ = await asyncio.wait({future, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                writer({"type": "token", "role": role, "text": getter.result()})
+                continue
+            getter.cancel()
+            while not deltas.empty():
+                writer({"type": "token", "role": role, "text": deltas.get_nowait()})
+            return future.result()
     results = await backend.agenerate([request])
     return results[0]

@@ -21,7 +21,9 @@ _ON_TOPIC_COSINE = 0.35
 _TEMPERATURE = 0.05
 
 
-def classify_domain(ctx: AgentContext, question: str) -> tuple[str, float, dict[str, float]]:
+def classify_domain(
+    ctx: AgentContext, question: str, allowed: list[str] | None = None
+) -> tuple[str, float, dict[str, float]]:
     """``(domain, confidence, relevance per domain)``.
 
     Relevance of a domain = mean cosine of the question with its 3 nearest chunks (dense search in that domain's
@@ -29,7 +31,7 @@ def classify_domain(ctx: AgentContext, question: str) -> tuple[str, float, dict[
     ``min(1, relevance / 0.35)``, so one configured domain still gets a low confidence for an off-topic question.
     """
     relevance: dict[str, float] = {}
-    for name in ctx.config.domains:
+    for name in allowed or list(ctx.config.domains):
         try:
             hits = ctx.retriever(name).search(question, k=3, mode="dense")
         except IndexError_:  # configured but not ingested yet: it cannot be the answer's domain
@@ -56,7 +58,8 @@ async def route(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
         detail["how"] = "explicit"
     else:
         t0 = time.perf_counter()
-        domain, confidence, relevance = await asyncio.to_thread(classify_domain, ctx, state["question"])
+        allowed = state.get("allowed_domains") or None
+        domain, confidence, relevance = await asyncio.to_thread(classify_domain, ctx, state["question"], allowed)
         detail.update(how="classified", relevance={k: round(v, 4) for k, v in relevance.items()})
         detail["retrieval_s"] = round(time.perf_counter() - t0, 4)
         if confidence < settings.route_min_confidence:
@@ -65,6 +68,8 @@ async def route(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
                 nxt = "finalise"
             else:
                 fallback = settings.default_domain or next(iter(ctx.config.domains))
+                if allowed and fallback not in allowed:
+                    fallback = allowed[0]
                 detail["low_confidence"] = f"below {settings.route_min_confidence}: default domain {fallback}"
                 domain = fallback
     assert domain is not None
