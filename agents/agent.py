@@ -86,6 +86,7 @@ class Agent:
         self._embedder = embedder  # shared by every domain's retriever (None: loaded once per retriever)
         self._lock = threading.Lock()
         self._registry: Any = None
+        self._warned: set[tuple[str, str]] = set()
         settings = config.agent
         if max_iterations is not None:
             settings = settings.model_copy(update={"max_iterations": max_iterations})
@@ -144,7 +145,9 @@ class Agent:
             try:
                 out[role] = self._registry_obj().role_adapter(self.config, domain, role)
             except UserError as e:  # bound but not trained/promoted yet: the base model serves, the trace says so
-                log.warning("%s; using the base model for %s", e, role)
+                if (domain, role) not in self._warned:
+                    self._warned.add((domain, role))
+                    log.warning("%s; using the base model for %s", e, role)
                 out[role] = None
         return out
 

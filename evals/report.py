@@ -11,21 +11,18 @@ and the LoRA-vs-full experiment.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import hashlib
 import html
 import io
 import json
-import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rolora.fileutil import atomic_write_text
+from rolora.fileutil import atomic_write_bytes, atomic_write_text
 
 from .bootstrap import bootstrap_mean, paired_bootstrap
 from .gate import REPORT_FORMAT
@@ -874,20 +871,6 @@ class ReportFiles:
     plots: dict[str, Path]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_reports(report: dict[str, Any], out: Path) -> ReportFiles:
     """Write ``report.json``, ``report.md``, ``report.html`` and ``plots/*.png`` under ``out`` (each atomically)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -896,7 +879,7 @@ def write_reports(report: dict[str, Any], out: Path) -> ReportFiles:
     plot_paths = {}
     for name, png in pngs.items():
         plot_paths[name] = out / "plots" / f"{name}.png"
-        _atomic_write_bytes(plot_paths[name], png)
+        atomic_write_bytes(plot_paths[name], png)
     files = ReportFiles(out / "report.json", out / "report.md", out / "report.html", plot_paths)
     atomic_write_text(files.json, json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n")
     atomic_write_text(files.markdown, render_markdown(report, {n: f"plots/{n}.png" for n in pngs}))

@@ -142,10 +142,17 @@ class AnalystBuilder:
         docs = sorted({q.doc_id for q in ctx.qa} | set(ctx.extra.get("clause_docs", [])))
         rows = list(ctx.qa) + clause_questions(ctx.retriever, docs, rng)
         out: dict[Split, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
+        if ctx.limit is not None:  # a seeded sample across all contracts, and no retrieval for rows never used
+            random.Random(ctx.seed + 7).shuffle(rows)
         for q in rows:
+            split = split_of(q.doc_id)
+            if ctx.limit is not None and len(out[split]) >= ctx.limit:
+                if all(len(v) >= ctx.limit for v in out.values()):
+                    break
+                continue
             rec = _analyst_record(q, ctx, rng)
             if rec is not None:
-                out[split_of(q.doc_id)].append(rec)
+                out[split].append(rec)
         return out
 
     def build(self, ctx: BuildContext, split_of: Callable[[str], Split]) -> dict[Split, list[Example]]:
