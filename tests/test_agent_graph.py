@@ -193,6 +193,8 @@ _CHILD = textwrap.dedent(
         async for ev in agent.astream(sys.argv[5], "contracts", thread_id="killed-run"):
             if ev["type"] == "step":
                 print(json.dumps({"node": ev["node"], "role": ev["step"]["role"]}), flush=True)
+            elif ev["type"] == "token":  # the analyst is writing: the checkpoint after retrieve is on disk
+                print(json.dumps({"node": "token", "role": ev["role"]}), flush=True)
 
     asyncio.run(main())
     """
@@ -229,14 +231,14 @@ def test_killed_run_resumes_from_its_checkpoint(
         for line in child.stdout:
             step = json.loads(line)
             seen.append(step["node"])
-            if step["node"] == "retrieve" and step["role"] is None:  # retrieval done and checkpointed: kill it
+            if step["node"] == "token":  # mid-analyse, after retrieve was checkpointed: kill it
                 child.send_signal(signal.SIGKILL)
                 break
             assert time.monotonic() < deadline
     finally:
         child.kill()
         child.wait()
-    assert seen[-1] == "retrieve" and "analyse" not in seen
+    assert seen[-1] == "token" and "retrieve" in seen and "analyse" not in seen
 
     agent = Agent.from_config(cfg, backend=agent_backend, adapters=ADAPTERS)
     try:
