@@ -89,3 +89,23 @@ def test_query_writer_targets_are_measured(role_datasets: dict[str, Path]) -> No
         assert all(ranks[q] <= r["meta"]["base_rank"] for q in target)
         improved += r["meta"]["best_rank"] < r["meta"]["base_rank"]
     assert improved >= 1
+
+
+def test_limit_samples_across_contracts_deterministically(examples_retriever: Any) -> None:
+    from rolora.adapters.data import BuildContext, doc_split, load_qa
+    from rolora.adapters.data.builders import AnalystBuilder
+
+    from conftest import EXAMPLES
+
+    qa = load_qa(EXAMPLES / "qa.jsonl")
+
+    def sample() -> dict[str, list[str]]:
+        ctx = BuildContext(examples_retriever, qa, seed=3, limit=4, progress=False)
+        recs = AnalystBuilder().records(ctx, lambda d: doc_split(d, 3, validation=0.2, test=0.2))
+        return {split: [r["q"].question for r in items] for split, items in recs.items()}
+
+    first = sample()
+    assert all(1 <= len(v) <= 4 for v in first.values())
+    assert first == sample()  # same seed, same sample
+    docs = {q.question: q.doc_id for q in qa}
+    assert len({docs.get(q, q) for q in first["train"]}) > 1  # drawn across contracts, not the file's first rows
