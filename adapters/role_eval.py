@@ -46,13 +46,10 @@ def token_f1(prediction: str, golds: Sequence[str]) -> float:
 
 def _fused_top(retriever: Any, queries: Sequence[str], k: int, rrf_k: int = 60) -> list[Any]:
     """Top ``k`` passages of the reciprocal-rank fusion of each query's ranking (one entry per chunk)."""
-    score: dict[str, float] = {}
-    first: dict[str, Any] = {}
-    for q in dict.fromkeys(q.strip() for q in queries if q.strip()):
-        for rank, h in enumerate(retriever.search(q, k=2 * k)):
-            score[h.chunk_id] = score.get(h.chunk_id, 0.0) + 1.0 / (rrf_k + rank + 1)
-            first.setdefault(h.chunk_id, h)
-    return [first[c] for c in sorted(score, key=lambda c: -score[c])[:k]]
+    from rolora.retrieval import rrf_fuse_items
+
+    rankings = [retriever.search(q, k=2 * k) for q in dict.fromkeys(q.strip() for q in queries if q.strip())]
+    return [h for h, _ in rrf_fuse_items(rankings, lambda h: h.chunk_id, rrf_k)[:k]]
 
 
 def role_metrics(

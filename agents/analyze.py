@@ -377,20 +377,8 @@ class _Document:
     embed: Callable[[list[str]], Any]  # texts -> L2-normalised vectors (numpy)
 
 
-def _passage_ref(p: Any) -> PassageRef:
-    return PassageRef(
-        doc_id=p.doc_id,
-        start=p.start,
-        end=p.end,
-        text=p.text,
-        score=float(getattr(p, "score", 0.0)),
-        chunk_id=p.chunk_id,
-        heading_path=p.heading_path,
-    )
-
-
 def _indexed_document(doc_id: str, retriever: Retriever) -> _Document:
-    chunks = [_passage_ref(p) for p in retriever.document_chunks(doc_id)]
+    chunks = [PassageRef.from_passage(p) for p in retriever.document_chunks(doc_id)]
     if not chunks:
         raise UserError(
             f"document '{doc_id}' is not in domain '{retriever.domain}'; give a contract file instead or ingest it "

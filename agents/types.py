@@ -31,6 +31,20 @@ class PassageRef(BaseModel):
     def citation(self) -> str:
         return f"{self.doc_id}[{self.start}:{self.end}]"
 
+    @classmethod
+    def from_passage(cls, p: Any, query: str = "") -> PassageRef:
+        """From a :class:`rolora.retrieval.Passage` (or anything with its fields)."""
+        return cls(
+            doc_id=p.doc_id,
+            start=p.start,
+            end=p.end,
+            text=p.text,
+            score=float(getattr(p, "score", 0.0)),
+            chunk_id=p.chunk_id,
+            heading_path=p.heading_path,
+            query=query,
+        )
+
 
 class Citation(BaseModel):
     """A quoted span of the source: ``doc_id[start:end]`` holds ``quote`` exactly when ``verified``."""

@@ -3,7 +3,7 @@
 from .chunking import ChunkingOptions, chunk_document
 from .embedder import Embedder, make_embedder, register_embedder
 from .ingest import IngestReport
-from .retriever import Retriever, rrf_fuse
+from .retriever import Retriever, rrf_fuse, rrf_fuse_items
 from .types import Chunk, LoadedDocument, Passage
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "make_embedder",
     "register_embedder",
     "rrf_fuse",
+    "rrf_fuse_items",
 ]

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -26,10 +26,11 @@ from .ingest import IngestReport, ingest_paths, rebuild_indexes
 from .store import Store
 from .types import Passage
 
-__all__ = ["Retriever", "SearchMode", "rrf_fuse"]
+__all__ = ["Retriever", "SearchMode", "rrf_fuse", "rrf_fuse_items"]
 
 log = logging.getLogger("rolora.retrieval")
 SearchMode = Literal["hybrid", "dense", "lexical"]
+T = TypeVar("T")
 Filters = dict[str, Any]
 
 
@@ -40,6 +41,25 @@ def rrf_fuse(rankings: Sequence[Sequence[int]], k: int = 60) -> list[tuple[int, 
         for rank, doc in enumerate(ranking, start=1):
             scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def rrf_fuse_items(
+    rankings: Sequence[Sequence[T]], key: Callable[[T], Hashable], k: int = 60
+) -> list[tuple[T, float]]:
+    """:func:`rrf_fuse` over items identified by ``key`` (e.g. passages by chunk id): the first item seen stands
+    for its key, and ties keep first-seen order."""
+    ids: dict[Hashable, int] = {}
+    first: list[T] = []
+    numbered = []
+    for ranking in rankings:
+        row = []
+        for item in ranking:
+            ident = ids.setdefault(key(item), len(first))
+            if ident == len(first):
+                first.append(item)
+            row.append(ident)
+        numbered.append(row)
+    return [(first[i], score) for i, score in rrf_fuse(numbered, k)]
 
 
 class Retriever:

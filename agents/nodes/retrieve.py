@@ -10,6 +10,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from rolora.adapters.data.prompts import QUERY_SCHEMA, query_writer_messages
+from rolora.retrieval import rrf_fuse_items
 
 from ..state import AgentContext, AgentState
 from ..types import PassageRef, TraceStep
@@ -20,15 +21,8 @@ __all__ = ["fuse", "retrieve"]
 
 def fuse(rankings: list[list[PassageRef]], k: int, rrf_k: int = 60) -> list[PassageRef]:
     """Reciprocal rank fusion over the rankings of several queries; one entry per chunk, best first."""
-    score: dict[str, float] = {}
-    first: dict[str, PassageRef] = {}
-    for ranking in rankings:
-        for rank, p in enumerate(ranking):
-            key = p.chunk_id or p.citation
-            score[key] = score.get(key, 0.0) + 1.0 / (rrf_k + rank + 1)
-            first.setdefault(key, p)
-    ordered = sorted(score, key=lambda c: -score[c])[:k]
-    return [first[c].model_copy(update={"score": round(score[c], 6)}) for c in ordered]
+    fused = rrf_fuse_items(rankings, lambda p: p.chunk_id or p.citation, rrf_k)[:k]
+    return [p.model_copy(update={"score": round(score, 6)}) for p, score in fused]
 
 
 async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -64,21 +58,7 @@ async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         out = []
         for q in queries:
             hits = retriever.search(q, k=2 * ctx.settings.k, mode=ctx.retrieval_mode)
-            out.append(
-                [
-                    PassageRef(
-                        doc_id=h.doc_id,
-                        start=h.start,
-                        end=h.end,
-                        text=h.text,
-                        score=h.score,
-                        chunk_id=h.chunk_id,
-                        heading_path=h.heading_path,
-                        query=q,
-                    )
-                    for h in hits
-                ]
-            )
+            out.append([PassageRef.from_passage(h, query=q) for h in hits])
         return out
 
     rankings = await asyncio.to_thread(search_all)
