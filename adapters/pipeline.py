@@ -16,7 +16,7 @@ from rolora.errors import UserError
 
 from .train import TrainConfig, TrainResult
 
-__all__ = ["RoleRun", "adapter_name", "train_role"]
+__all__ = ["RoleRun", "adapter_name", "regate", "train_role"]
 
 log = logging.getLogger("rolora.adapters")
 
@@ -50,6 +50,8 @@ def train_role(
     eval_limit: int = 40,
     probe_limit: int | None = None,
     seed: int = 0,
+    oracle_rate: float = 0.8,
+    max_refusal_share: float | None = 0.25,
     progress: bool = True,
 ) -> RoleRun:
     """Build the role's data from the domain, train, gate, and register the result as a candidate."""
@@ -57,11 +59,7 @@ def train_role(
     from rolora.retrieval import Retriever
 
     from .data import BUILDERS, BuildContext, doc_split, load_qa, save_dataset
-    from .gates import GateThresholds, load_probe_texts, run_gates
     from .registry import Registry
-    from .role_eval import ROLE_METRIC, role_metrics
-    from .serving.base import DirectoryAdapters
-    from .serving.inprocess import InProcessBackend
     from .train import train
 
     if role not in BUILDERS:
@@ -77,7 +75,15 @@ def train_role(
     home = config.home_dir
     data_dir = home / "data" / domain / role
     rows = load_qa(Path(qa_path))
-    ctx = BuildContext(retriever, rows, seed=seed, limit=limit, progress=progress)
+    ctx = BuildContext(
+        retriever,
+        rows,
+        seed=seed,
+        limit=limit,
+        oracle_rate=oracle_rate,
+        max_refusal_share=max_refusal_share,
+        progress=progress,
+    )
     ctx.extra["clause_docs"] = sorted({q.doc_id for q in rows})
     splits = BUILDERS[role]().build(ctx, lambda d: doc_split(d, seed))
     card = save_dataset(data_dir, role, domain, seed, splits, str(qa_path))
@@ -86,39 +92,8 @@ def train_role(
     run_dir = home / "runs" / adapter_name(domain, role, cfg.full)
     result = train(base_dir, data_dir, run_dir, cfg, resume=resume, progress=progress)
 
-    test_rows = _rows(data_dir / "test.jsonl")[:eval_limit]
-    metrics: dict[str, dict[str, float]] = {}
-    if cfg.full:
-        tuned = InProcessBackend(Path(result.output))
-        base = InProcessBackend(base_dir)
-        try:
-            metrics["tuned"] = role_metrics(role, tuned, None, test_rows, retriever)
-            metrics["base"] = role_metrics(role, base, None, test_rows, retriever)
-        finally:
-            tuned.close()
-            base.close()
-    else:
-        staging = run_dir / "staging"
-        staging.mkdir(exist_ok=True)
-        link = staging / "candidate@1"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(Path(result.output).resolve(), target_is_directory=True)
-        backend = InProcessBackend(base_dir, DirectoryAdapters(staging))
-        try:
-            metrics["tuned"] = role_metrics(role, backend, "candidate@1", test_rows, retriever)
-            metrics["base"] = role_metrics(role, backend, None, test_rows, retriever)
-        finally:
-            backend.close()
-    key = ROLE_METRIC[role]
-    val = [r["prompt"] + r["completion"] for r in _rows(data_dir / "validation.jsonl")][:eval_limit]
-    report = run_gates(
-        base_dir,
-        result.output,
-        val,
-        load_probe_texts(limit=probe_limit),
-        (key, metrics["tuned"].get(key, 0.0), metrics["base"].get(key, 0.0)),
-        GateThresholds.model_validate(config.gates.model_dump()),
+    metrics, report = _evaluate(
+        config, role, base_dir, Path(result.output), cfg.full, data_dir, run_dir, retriever, eval_limit, probe_limit
     )
     registry = Registry.from_config(config, base_dir)
     record = registry.register(
@@ -133,3 +108,98 @@ def train_role(
     )
     record = registry.record_gates(record.ref, report)
     return RoleRun(record, report, result, card, metrics)
+
+
+def _evaluate(
+    config: Config,
+    role: str,
+    base_dir: Path,
+    adapter_dir: Path,
+    full: bool,
+    data_dir: Path,
+    work_dir: Path,
+    retriever: Any,
+    eval_limit: int,
+    probe_limit: int | None,
+) -> tuple[dict[str, dict[str, float]], Any]:
+    """The role metric (tuned vs base, on the role's test split) and the quality gates of one trained adapter."""
+    from .gates import GateThresholds, load_probe_texts, run_gates
+    from .role_eval import ROLE_METRIC, role_metrics
+    from .serving.base import DirectoryAdapters
+    from .serving.inprocess import InProcessBackend
+
+    test_rows = _rows(data_dir / "test.jsonl")[:eval_limit]
+    metrics: dict[str, dict[str, float]] = {}
+    if full:
+        tuned = InProcessBackend(adapter_dir)
+        base = InProcessBackend(base_dir)
+        try:
+            metrics["tuned"] = role_metrics(role, tuned, None, test_rows, retriever)
+            metrics["base"] = role_metrics(role, base, None, test_rows, retriever)
+        finally:
+            tuned.close()
+            base.close()
+    else:
+        staging = work_dir / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        link = staging / "candidate@1"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(adapter_dir.resolve(), target_is_directory=True)
+        backend = InProcessBackend(base_dir, DirectoryAdapters(staging))
+        try:
+            metrics["tuned"] = role_metrics(role, backend, "candidate@1", test_rows, retriever)
+            metrics["base"] = role_metrics(role, backend, None, test_rows, retriever)
+        finally:
+            backend.close()
+    key = ROLE_METRIC[role]
+    val = [r["prompt"] + r["completion"] for r in _rows(data_dir / "validation.jsonl")][:eval_limit]
+    report = run_gates(
+        base_dir,
+        str(adapter_dir),
+        val,
+        load_probe_texts(limit=probe_limit),
+        (key, metrics["tuned"].get(key, 0.0), metrics["base"].get(key, 0.0)),
+        GateThresholds.model_validate(config.gates.model_dump()),
+    )
+    return metrics, report
+
+
+def regate(config: Config, ref: str, *, eval_limit: int = 40, probe_limit: int | None = None) -> tuple[Any, Any]:
+    """Run the role metric and the gates again on a registered adapter (after a change of thresholds or decoding),
+    on the data it was trained with; the manifest's ``metrics.role`` and ``gates`` are replaced. A promoted adapter
+    that now fails keeps its stage (``rolora adapters rollback`` retires it)."""
+    from rolora.models import resolve_generator
+    from rolora.retrieval import Retriever
+
+    from .data import dataset_digest
+    from .registry import Registry
+
+    base_dir = resolve_generator(config.models.generator, config.home_dir)
+    registry = Registry.from_config(config, base_dir)
+    rec = registry.check_base(ref, base_dir)
+    data_dir = config.home_dir / "data" / rec.domain / rec.role
+    digest = dataset_digest(data_dir)
+    if digest is None or digest != rec.data_card_hash:
+        raise UserError(
+            f"{rec.ref}: {data_dir} no longer holds the data it was trained on (digest {digest or 'missing'}, "
+            f"manifest {rec.data_card_hash}; a later `rolora train` rebuilt it); retrain instead"
+        )
+    retriever = Retriever.open(rec.domain, config)
+    try:
+        metrics, report = _evaluate(
+            config,
+            rec.role,
+            base_dir,
+            rec.path,
+            rec.kind == "full",
+            data_dir,
+            config.home_dir / "runs" / f"regate-{rec.name}",
+            retriever,
+            eval_limit,
+            probe_limit,
+        )
+    finally:
+        retriever.close()
+    registry.record_metrics(rec.ref, {"role": metrics})
+    return registry.record_gates(rec.ref, report), report

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from rolora import telemetry
 from rolora.config import Config
 from rolora.errors import UserError
 
@@ -100,6 +101,7 @@ class Agent:
             use_critic=settings.use_critic if use_critic is None else use_critic,
             settings=settings,
         )
+        telemetry.configure(config.telemetry)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="rolora-agent", daemon=True)
         self._thread.start()
@@ -202,12 +204,15 @@ class Agent:
     def _run_config(self, thread_id: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": thread_id}, "recursion_limit": 8 + 4 * self.settings.max_iterations}
 
-    async def _invoke(self, inputs: dict[str, Any] | None, thread_id: str) -> Answer:
+    async def _invoke(self, inputs: dict[str, Any] | None, thread_id: str, parent: Any = None) -> Answer:
         durability = "sync" if self._saver is not None else None
-        state = await self.graph.ainvoke(
-            inputs, self._run_config(thread_id), context=self.context, durability=durability
-        )
-        return self._answer(state, thread_id)
+        with telemetry.span("rolora.ask", _run_attributes(inputs, thread_id), parent) as span:
+            state = await self.graph.ainvoke(
+                inputs, self._run_config(thread_id), context=self.context, durability=durability
+            )
+            answer = self._answer(state, thread_id)
+            telemetry.set_attributes(span, _answer_attributes(answer.model_dump()))
+            return answer
 
     def _answer(self, state: Mapping[str, Any], thread_id: str) -> Answer:
         final = state.get("final")
@@ -238,7 +243,8 @@ class Agent:
         """Answer ``question``; ``domain=None`` routes it (among ``domains`` when given, e.g. a tenant's).
         The run is checkpointed under ``thread_id``."""
         tid = thread_id or uuid.uuid4().hex
-        return self._run(self._invoke(self._inputs(question, domain, domains), tid))
+        inputs = self._inputs(question, domain, domains)
+        return self._run(self._invoke(inputs, tid, telemetry.caller_context()))
 
     async def aask(
         self,
@@ -249,19 +255,20 @@ class Agent:
         domains: Sequence[str] | None = None,
     ) -> Answer:
         tid = thread_id or uuid.uuid4().hex
-        return await self._on_loop(self._invoke(self._inputs(question, domain, domains), tid))
+        inputs = self._inputs(question, domain, domains)
+        return await self._on_loop(self._invoke(inputs, tid, telemetry.caller_context()))
 
     def resume(self, thread_id: str) -> Answer:
         """Continue a run from its last checkpoint (after a crash, a kill or a human-review pause)."""
-        return self._run(self._resume(thread_id))
+        return self._run(self._resume(thread_id, telemetry.caller_context()))
 
-    async def _resume(self, thread_id: str) -> Answer:
+    async def _resume(self, thread_id: str, parent: Any = None) -> Answer:
         snapshot = await self.graph.aget_state(self._run_config(thread_id))
         if not snapshot.values:
             raise UserError(f"no run with thread id '{thread_id}' in the checkpointer; start it with ask()")
         if not snapshot.next and snapshot.values.get("final"):
             return self._answer(snapshot.values, thread_id)
-        return await self._invoke(None, thread_id)
+        return await self._invoke(None, thread_id, parent)
 
     def state(self, thread_id: str) -> dict[str, Any]:
         """The checkpointed state of a run (``values`` and the nodes still ``next``)."""
@@ -291,7 +298,13 @@ class Agent:
         def put(item: dict[str, Any] | None) -> None:
             caller.call_soon_threadsafe(queue.put_nowait, item)
 
+        parent = telemetry.caller_context()
+
         async def produce() -> None:
+            with telemetry.span("rolora.ask", _run_attributes(inputs, tid), parent) as span:
+                await stream(span)
+
+        async def stream(span: Any) -> None:
             try:
                 durability = "sync" if self._saver is not None else None
                 async for mode, chunk in self.graph.astream(
@@ -310,10 +323,12 @@ class Agent:
                 snap = await self.graph.aget_state(self._run_config(tid))
                 final = snap.values.get("final")
                 if final and not snap.next:
+                    telemetry.set_attributes(span, _answer_attributes(final))
                     put({"type": "answer", "thread_id": tid, "answer": {**final, "thread_id": tid}})
                 else:
                     put({"type": "interrupt", "thread_id": tid, "next": list(snap.next)})
             except Exception as e:  # surfaced to the consumer
+                span.record_exception(e)
                 put({"type": "error", "thread_id": tid, "error": str(e), "exception": e})
             finally:
                 put(None)
@@ -370,6 +385,7 @@ class Agent:
                 self._thread.join(timeout=10)
         for r in self._retrievers.values():
             r.close()
+        telemetry.flush()
         if self._owns_backend:
             self.backend.close()
 
@@ -378,6 +394,25 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _run_attributes(inputs: Mapping[str, Any] | None, thread_id: str) -> dict[str, Any]:
+    if inputs is None:
+        return {"rolora.thread_id": thread_id, "rolora.resumed": True}
+    return {
+        "rolora.thread_id": thread_id,
+        "rolora.question_chars": len(inputs["question"]),
+        "rolora.requested_domain": inputs.get("domain"),
+    }
+
+
+def _answer_attributes(answer: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "rolora.domain": answer.get("domain"),
+        "rolora.not_found": bool(answer.get("not_found")),
+        "rolora.citations": len(answer.get("citations") or []),
+        "rolora.iterations": answer.get("iterations"),
+    }
 
 
 def build_graph(config: Config, *, backend: Any = None, checkpointer: Any = None, **agent_kwargs: Any) -> Any:

@@ -19,6 +19,8 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from rolora import telemetry
+
 from .nodes import analyse, critique, finalise, retrieve, route
 from .state import AgentContext, AgentState
 
@@ -28,12 +30,20 @@ Node = Callable[[AgentState, Runtime[AgentContext]], Awaitable[dict[str, Any]]]
 
 
 def _with_default_context(node: Node, default: AgentContext | None) -> Node:
+    """The node with the default context bound, in an OpenTelemetry span carrying its trace step's figures."""
+
     async def run(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         if runtime.context is None:
             if default is None:
                 raise ValueError("the rolora graph needs context=AgentContext(...) or build_graph(config)")
             runtime = dataclasses.replace(runtime, context=default)
-        return await node(state, runtime)
+        with telemetry.span(f"rolora.{node.__name__}", {"rolora.iteration": state.get("iteration", 0)}) as span:
+            update = await node(state, runtime)
+            for step in update.get("trace", []):
+                if not step.get("role"):  # the node's own step (model calls have their own spans)
+                    detail = {f"rolora.{k}": v for k, v in (step.get("detail") or {}).items()}
+                    telemetry.set_attributes(span, {**detail, "rolora.domain": update.get("domain")})
+            return update
 
     run.__name__ = node.__name__
     return run

@@ -46,9 +46,7 @@ def main() -> None:
     step = max(1, len(rows) // args.questions)
     questions = [r.question for r in rows[::step]][: args.questions]
 
-    agent = Agent.from_config(
-        cfg, adapters=ADAPTERS_BASE if args.base else None, checkpointer=args.checkpointer
-    )
+    agent = Agent.from_config(cfg, adapters=ADAPTERS_BASE if args.base else None, checkpointer=args.checkpointer)
     agent.ask(questions[0], args.domain)  # warm-up: model load, grammar compiler, index load
     walls, llm, retrieval, overhead, calls = [], [], [], [], []
     try:

@@ -262,7 +262,6 @@ def answer_scores(q: EvalQuestion, answer: Answer) -> dict[str, float | None]:
 
 
 # -- grounding -------------------------------------------------------------------------------------------------------
-_CITED = re.compile(r"^(?P<doc>.*?)\[(?P<start>-?\d+):(?P<end>-?\d+)\](?:\s+(?P<note>.*))?$", re.S)
 
 
 def _valid_in_passages(doc: str, start: int, end: int, quote: str, answer: Answer) -> bool:
@@ -282,8 +281,8 @@ def citation_checks(answer: Answer) -> list[tuple[Span, bool]]:
     """Every citation of the final draft with its validity.
 
     The draft's citations (verified or not) are read from the analyst's last trace step (``detail["citations"]``:
-    dicts with doc_id/start/end/quote are re-checked here against the passages; ``"doc[s:e] ok|reason"`` strings
-    keep the graph's own check); without such a step, the answer's final citations are re-checked.
+    dicts with doc_id/start/end/quote, re-checked here against the passages); without such a step, the answer's
+    final citations are re-checked.
     """
     raw: list[Any] | None = None
     for step in reversed(answer.trace):
@@ -302,9 +301,6 @@ def citation_checks(answer: Answer) -> list[tuple[Span, bool]]:
             quote = str(item.get("quote", ""))
             ok = _valid_in_passages(*span, quote, answer) if quote else bool(item.get("verified"))
             out.append((span, ok))
-        elif isinstance(item, str) and (m := _CITED.match(item.strip())):
-            span = (m["doc"], int(m["start"]), int(m["end"]))
-            out.append((span, (m["note"] or "").strip() == "ok"))
     return out
 
 

@@ -55,6 +55,12 @@ def train_command(
     learning_rate: Annotated[float | None, typer.Option("--lr", help="default 2e-4 (LoRA), 2e-5 (full)")] = None,
     limit: Annotated[int | None, typer.Option(help="max examples per split (quick runs)")] = None,
     eval_limit: Annotated[int, typer.Option(help="test/validation examples used by the gates")] = 40,
+    oracle_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="analyst (RAFT): share of contexts holding the gold clause")
+    ] = 0.8,
+    refusal_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="analyst: most of the training mix that is the refusal target")
+    ] = 0.25,
     config: ConfigOpt = None,
 ) -> None:
     """Build the role's data from the domain, train an adapter, run the gates, register a candidate."""
@@ -73,7 +79,18 @@ def train_command(
         grad_accum=grad_accum,
         learning_rate=learning_rate,
     )
-    run = train_role(cfg, domain, role.value, train_config=tc, resume=resume, qa=qa, limit=limit, eval_limit=eval_limit)
+    run = train_role(
+        cfg,
+        domain,
+        role.value,
+        train_config=tc,
+        resume=resume,
+        qa=qa,
+        limit=limit,
+        eval_limit=eval_limit,
+        oracle_rate=oracle_rate,
+        max_refusal_share=refusal_share,
+    )
     rec, gates = run.record, run.gates
     console.print(f"registered [bold]{rec.ref}[/] ({rec.kind}, stage {rec.stage}) at {rec.path}")
     console.print(
@@ -110,6 +127,26 @@ def adapters_show(ref: str, config: ConfigOpt = None) -> None:
     """The manifest of one adapter (``name`` = latest promoted, ``name@N`` = that version)."""
     rec = _registry(_config(config)).show(ref)
     console.print_json(json.dumps({**rec.manifest(), "path": str(rec.path)}, default=str))
+
+
+@adapters_app.command("gate")
+def adapters_gate(
+    ref: Annotated[str, typer.Argument(help="name@version")],
+    eval_limit: Annotated[int, typer.Option(help="test/validation examples used by the gates")] = 40,
+    probe_limit: Annotated[int | None, typer.Option(help="probe paragraphs for the forgetting gate (all)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the role metric and the quality gates again on a registered adapter, on the data it was trained with."""
+    from rich.table import Table
+
+    from rolora.adapters.pipeline import regate
+
+    rec, report = regate(_config(config), ref, eval_limit=eval_limit, probe_limit=probe_limit)
+    table = Table("gate", "status", "figures", title=f"quality gates of {rec.ref} (stage {rec.stage})")
+    for g in report.gates:
+        table.add_row(g.name, g.status if g.passed else f"[red]{g.status}[/]", g.summary)
+    console.print(table)
+    console.print("passed" if report.passed else f"failed: {', '.join(rec.failed_gates)}")
 
 
 @adapters_app.command("promote")
@@ -196,6 +233,8 @@ def lora_vs_full(
     limit: Annotated[int | None, typer.Option(help="max examples per split")] = None,
     eval_limit: Annotated[int, typer.Option()] = 40,
     grad_accum: Annotated[int, typer.Option(help="examples per optimizer step (batch 1), both runs")] = 8,
+    lora_lr: Annotated[float, typer.Option(help="LoRA learning rate")] = 2e-4,
+    full_lr: Annotated[float, typer.Option(help="full fine-tuning learning rate")] = 2e-5,
     out: Annotated[Path | None, typer.Option(help="report folder (default: $ROLORA_HOME/experiments/…)")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -218,7 +257,8 @@ def lora_vs_full(
         common += ["--config", str(config)]
     for full in (False, True):
         console.rule(f"{'full fine-tuning' if full else 'LoRA'}: {max_steps} steps")
-        cmd = [sys.executable, "-m", "rolora.cli", "train", *common, *(["--full"] if full else [])]
+        cmd = [sys.executable, "-m", "rolora.cli", "train", *common, "--lr", str(full_lr if full else lora_lr)]
+        cmd += ["--full"] if full else []
         subprocess.run(cmd, check=True)
     registry = _registry(cfg)
     key = ROLE_METRIC[role.value]
@@ -241,11 +281,16 @@ def lora_vs_full(
         }
     folder = out or cfg.home_dir / "experiments" / f"lora-vs-full-{domain}-{role.value}"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps({"max_steps": max_steps, "rows": rows}, indent=2))
+    from rolora.fileutil import atomic_write_text
+
+    lrs = {"LoRA": lora_lr, "full": full_lr}
+    report = {"role": role.value, "domain": domain, "max_steps": max_steps, "grad_accum": grad_accum, "lr": lrs}
+    atomic_write_text(folder / "report.json", json.dumps({**report, "rows": rows}, indent=2))
     md = ["| metric | LoRA | full |", "|---|---|---|"]
     md += [f"| {k} | {_fmt(rows['LoRA'][k])} | {_fmt(rows['full'][k])} |" for k in rows["LoRA"]]
-    title = f"# LoRA vs full fine-tuning ({domain}/{role.value}, {max_steps} steps)\n\n"
-    (folder / "report.md").write_text(title + "\n".join(md) + "\n")
+    title = f"# LoRA vs full fine-tuning ({domain}/{role.value}, {max_steps} steps × {grad_accum} examples)\n\n"
+    title += f"Learning rates: LoRA {lora_lr:g}, full {full_lr:g}. Same data, same steps, batch 1.\n\n"
+    atomic_write_text(folder / "report.md", title + "\n".join(md) + "\n")
     _plot(rows, folder / "lora_vs_full.png")
     console.print("\n".join(md))
     console.print(f"report: {folder}/report.md, report.json, lora_vs_full.png")

@@ -27,6 +27,7 @@ __all__ = [
     "DomainConfig",
     "ModelsConfig",
     "RetrievalConfig",
+    "TelemetryConfig",
     "default_config_text",
     "load_config",
 ]
@@ -123,6 +124,14 @@ class ApiConfig(_Strict):
     max_concurrency: int = Field(4, ge=1, description="requests in flight; more get 429")
 
 
+class TelemetryConfig(_Strict):
+    """OpenTelemetry spans of agent runs (``rolora.telemetry``); an app's own tracer provider is used as is."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"  # none: env OTEL_TRACES_EXPORTER, else no export
+    endpoint: str | None = None  # otlp: e.g. http://collector:4318/v1/traces (default: the OTLP env/SDK default)
+    service_name: str = "rolora"
+
+
 class Config(_Strict):
     home: Path = Path("~/.cache/rolora")
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig())
@@ -132,6 +141,7 @@ class Config(_Strict):
     gates: GatesConfig = Field(default_factory=lambda: GatesConfig())
     agent: AgentConfig = Field(default_factory=lambda: AgentConfig())
     api: ApiConfig = Field(default_factory=lambda: ApiConfig())
+    telemetry: TelemetryConfig = Field(default_factory=lambda: TelemetryConfig())
 
     @field_validator("domains")
     @classmethod
@@ -220,6 +230,11 @@ api:                        # `rolora serve api`
   keys: []                  # e.g. [{key_env: ROLORA_KEY_ACME, domains: [contracts]}]; empty = no auth (local only)
   max_body_bytes: 65536
   max_concurrency: 4        # requests in flight; more get 429
+
+telemetry:                  # OpenTelemetry spans per run, node, model call and search
+  exporter: none            # none | console | otlp (otlp needs `pip install 'rolora[otel]'`)
+  endpoint: null            # otlp: e.g. http://localhost:4318/v1/traces
+  service_name: rolora
 """
 
 

@@ -109,3 +109,26 @@ def test_limit_samples_across_contracts_deterministically(examples_retriever: An
     assert first == sample()  # same seed, same sample
     docs = {q.question: q.doc_id for q in qa}
     assert len({docs.get(q, q) for q in first["train"]}) > 1  # drawn across contracts, not the file's first rows
+
+
+def test_refusal_share_of_the_training_mix_is_capped(examples_retriever: Any) -> None:
+    """RAFT's no-oracle and unanswerable rows all have one target; the training split holds at most the cap."""
+    from rolora.adapters.data import BuildContext, doc_split, load_qa
+    from rolora.adapters.data.builders import AnalystBuilder
+
+    from conftest import EXAMPLES
+
+    qa = load_qa(EXAMPLES / "qa.jsonl")
+
+    def mix(cap: float | None) -> tuple[float, int, int]:
+        ctx = BuildContext(examples_retriever, qa, seed=0, max_refusal_share=cap, progress=False)
+        ctx.extra["clause_docs"] = sorted({q.doc_id for q in qa})
+        recs = AnalystBuilder().records(ctx, lambda d: doc_split(d, 0, validation=0.2, test=0.2))
+        train = recs["train"]
+        refusals = sum(1 for r in train if r["target"]["not_found"])
+        return refusals / len(train), len(train), len(recs["test"])
+
+    natural, n_natural, test_natural = mix(None)
+    capped, n_capped, test_capped = mix(0.25)
+    assert natural > 0.25 and 0 < capped <= 0.25, (natural, capped)
+    assert n_capped < n_natural and test_capped == test_natural  # only refusals were left out, only of train

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import EXAMPLES, REPO, TEST_HOME, make_config
+from otlp_receiver import otlp_receiver
 
 pytestmark = pytest.mark.slow
 
@@ -120,6 +121,35 @@ def test_answers_with_verified_citations_and_refuses_the_unanswerable(
 
     assert refusal.not_found and refusal.citations == []
     assert refusal.answer == "Not in the provided clauses."
+
+
+def test_the_same_run_on_a_real_vllm_server(
+    vllm_server: Any, trained_analyst: Path, examples_retriever: Any, tmp_path: Path
+) -> None:
+    """The graph with `backend: vllm`: every role call goes to a real vLLM(-CPU) server, which loads the trained
+    analyst LoRA at run time; the answer's citations verify and the unanswerable question is refused."""
+    from rolora.adapters.serving import DirectoryAdapters
+    from rolora.adapters.serving.vllm_backend import VLLMBackend
+    from rolora.agents import Agent
+
+    backend = VLLMBackend([vllm_server.url], adapters=DirectoryAdapters(ADAPTERS_ROOT))
+    agent = Agent.from_config(agent_config(tmp_path), backend=backend, adapters=ADAPTERS)
+    try:
+        answer = agent.ask(ANSWERABLE[0], "contracts")
+        refusal = agent.ask(UNANSWERABLE, "contracts")
+    finally:
+        agent.close()
+        backend.close()
+    print(json.dumps(answer.model_dump(exclude={"passages"}), indent=1))
+    role_steps = [s for s in answer.trace + refusal.trace if s.role]
+    assert role_steps and all(s.backend == "vllm" for s in role_steps)
+    assert all(s.tokens_in > 0 and s.tokens_out > 0 for s in role_steps)
+    served = {s.role: s.adapter for s in answer.trace if s.role}
+    assert served["analyst"] == f"{ANALYST}@1" and served["query_writer"] == "base"
+    assert f"{ANALYST}@1" in backend.list_models()[vllm_server.url]  # loaded on the server at run time
+    assert not answer.not_found and answer.citations, answer.critique
+    _check_answer(answer, examples_retriever)
+    assert refusal.not_found and refusal.citations == [] and refusal.answer == "Not in the provided clauses."
 
 
 class _BadFirstCitation:
@@ -256,23 +286,53 @@ def test_killed_run_resumes_from_its_checkpoint(
     _check_answer(answer, examples_retriever)
 
 
-def test_stream_and_cli_show_nodes_and_adapters(agent_backend: Any, tmp_path: Path) -> None:
+def test_stream_shows_nodes_and_adapters_and_exports_spans(agent_backend: Any, tmp_path: Path) -> None:
+    """Streaming (node and token events) and, with `telemetry.exporter: otlp` in the config, OpenTelemetry spans
+    posted to a real OTLP/HTTP endpoint: one run span, a span per node, a span per model call and per search."""
+    from rolora import telemetry
     from rolora.agents import Agent
+    from rolora.config import TelemetryConfig
 
-    agent = Agent.from_config(agent_config(tmp_path), backend=agent_backend, adapters=ADAPTERS)
+    telemetry.reset()
+    with otlp_receiver() as rx:
+        cfg = agent_config(tmp_path)
+        cfg = cfg.model_copy(update={"telemetry": TelemetryConfig(exporter="otlp", endpoint=f"{rx.url}/v1/traces")})
+        agent = Agent.from_config(cfg, backend=agent_backend, adapters=ADAPTERS)
 
-    async def collect() -> list[dict[str, Any]]:
-        return [ev async for ev in agent.astream(ANSWERABLE[0], "contracts")]
+        async def collect() -> list[dict[str, Any]]:
+            return [ev async for ev in agent.astream(ANSWERABLE[0], "contracts")]
 
-    try:
-        events = asyncio.run(collect())
-    finally:
-        agent.close()
+        try:
+            events = asyncio.run(collect())
+        finally:
+            agent.close()  # flushes the spans
+            telemetry.reset()
+        spans = rx.spans()
     kinds = [e["type"] for e in events]
     assert kinds[-1] == "answer" and "step" in kinds and "passages" in kinds
     assert any(e["type"] == "token" and e["role"] == "analyst" for e in events)  # the analyst's text streamed
     steps = [e["node"] for e in events if e["type"] == "step"]
     assert steps[0] == "route" and steps[-1] == "finalise"
+
+    by_name: dict[str, list[Any]] = {}
+    for s in spans:
+        by_name.setdefault(s.name, []).append(s)
+    (run,) = by_name["rolora.ask"]
+    assert run.parent_span_id == "" and len({s.trace_id for s in spans}) == 1
+    answer = events[-1]["answer"]
+    assert run.attributes["rolora.domain"] == "contracts"
+    assert run.attributes["rolora.citations"] == len(answer["citations"])
+    for node in ("route", "retrieve", "analyse", "critique", "finalise"):
+        assert all(s.parent_span_id == run.span_id for s in by_name[f"rolora.{node}"]), node
+    assert by_name["rolora.route"][0].attributes["rolora.domain"] == "contracts"
+    analyse_ids = {s.span_id for s in by_name["rolora.analyse"]}
+    analyst_calls = by_name["rolora.llm.analyst"]
+    assert analyst_calls and all(s.parent_span_id in analyse_ids for s in analyst_calls)
+    traced = [e["step"] for e in events if e["type"] == "step" and e["step"]["role"] == "analyst"]
+    assert [s.attributes["gen_ai.usage.output_tokens"] for s in analyst_calls] == [t["tokens_out"] for t in traced]
+    assert all(s.attributes["rolora.adapter"] == f"{ANALYST}@1" for s in analyst_calls)
+    assert {s.parent_span_id for s in by_name["rolora.search"]} <= {s.span_id for s in by_name["rolora.retrieve"]}
+    assert by_name["rolora.llm.query_writer"][0].attributes["rolora.adapter"] == "base"
 
 
 def test_route_classifies_between_domains(agent_backend: Any, tmp_path: Path, embedder: Any) -> None:

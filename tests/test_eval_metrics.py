@@ -170,8 +170,10 @@ def test_citation_validity_reads_the_analysts_checks_from_the_trace() -> None:
     a = answer(
         passages=[passage(0, 60)],
         trace=[
-            _analyst_step(["d[32:48] ok", "d[0:3] quote does not match d[0:3]"]),
-            TraceStep(node="finalise", detail={"citations": ["d[32:48]"]}),  # not the analyst's: ignored
+            _analyst_step(  # without a quote to re-check, the graph's own verdict counts
+                [{"doc_id": "d", "start": 32, "end": 48, "verified": True}, {"doc_id": "d", "start": 0, "end": 3}]
+            ),
+            TraceStep(node="finalise", detail={"citations": [{"doc_id": "d", "start": 9, "end": 12}]}),  # ignored
         ],
     )
     checks = citation_checks(a)
@@ -207,12 +209,15 @@ def test_uncited_answer_is_not_verified_and_refusal_is_not_counted() -> None:
 
 
 # -- everything together ---------------------------------------------------------------------------------------------
+CITED = {"doc_id": "d", "start": 32, "end": 48, "quote": DOC[32:48], "verified": True}
+
+
 def test_score_questions_end_to_end_on_hand_made_answers() -> None:
     qs = [question(id="a"), question(answerable=False, id="u"), question(id="e")]
     trace = [
         TraceStep(node="retrieve", role="query_writer", tokens_in=60, tokens_out=20),
         TraceStep(node="retrieve"),
-        TraceStep(node="analyse", role="analyst", tokens_in=300, tokens_out=40, detail={"citations": ["d[32:48] ok"]}),
+        TraceStep(node="analyse", role="analyst", tokens_in=300, tokens_out=40, detail={"citations": [CITED]}),
     ]
     answers = [
         answer(

@@ -12,20 +12,23 @@ from conftest import EXAMPLES, TEST_HOME, make_config
 
 
 @pytest.mark.slow
-def test_train_role_registers_a_gated_candidate(examples_retriever: Any, generator_dir: Any) -> None:
+def test_train_role_registers_a_gated_candidate(embedder: Any, generator_dir: Any) -> None:
+    """On its own domain name (``ptest``), so its adapters never mix with ``contracts-*`` ones in the test home."""
     from rolora.adapters.pipeline import train_role
     from rolora.adapters.train import TrainConfig
     from rolora.cli import app
+    from rolora.retrieval import Retriever
 
     cfg = make_config(
-        TEST_HOME, contracts={"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"], "qa": str(EXAMPLES / "qa.jsonl")}
+        TEST_HOME, ptest={"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"], "qa": str(EXAMPLES / "qa.jsonl")}
     )
+    Retriever("ptest", cfg, embedder=embedder).ingest(progress=False)  # incremental: unchanged files are kept
     tc = TrainConfig(
         max_steps=4, eval_steps=2, batch_size=4, grad_accum=1, max_length=384, learning_rate=1e-3, r=8, alpha=16
     )
-    run = train_role(cfg, "contracts", "query_writer", train_config=tc, eval_limit=6, probe_limit=10, progress=False)
+    run = train_role(cfg, "ptest", "query_writer", train_config=tc, eval_limit=6, probe_limit=10, progress=False)
     rec = run.record
-    assert rec.name == "contracts-query-writer" and rec.stage == "candidate" and rec.role == "query_writer"
+    assert rec.name == "ptest-query-writer" and rec.stage == "candidate" and rec.role == "query_writer"
     assert rec.data_card_hash == run.data_card.digest and rec.training_config["max_steps"] == 4
     names = {g["name"] for g in rec.gates["gates"]}
     assert {"val_perplexity", "forgetting", "intruder_dimensions", "role_metric"} <= names
@@ -34,8 +37,8 @@ def test_train_role_registers_a_gated_candidate(examples_retriever: Any, generat
 
     config_file = TEST_HOME / "pipeline-test.yaml"
     config_file.write_text(
-        f"home: {TEST_HOME}\ndomains:\n  contracts:\n    corpus: [{EXAMPLES}]\n    exclude: ['qa*.jsonl']\n"
-        f"    roles:\n      query_writer: {{adapter: contracts-query-writer}}\n"
+        f"home: {TEST_HOME}\ndomains:\n  ptest:\n    corpus: [{EXAMPLES}]\n    exclude: ['qa*.jsonl']\n"
+        f"    roles:\n      query_writer: {{adapter: ptest-query-writer}}\n"
     )
     runner = CliRunner()
     listed = runner.invoke(app, ["adapters", "list", "--config", str(config_file)], env={"COLUMNS": "200"})
@@ -50,6 +53,24 @@ def test_train_role_registers_a_gated_candidate(examples_retriever: Any, generat
         promoted = runner.invoke(app, ["adapters", "promote", rec.ref, "--force", "--config", str(config_file)])
     assert promoted.exit_code == 0, promoted.output
     mods = runner.invoke(
-        app, ["adapters", "export", "--vllm", "contracts", "--config", str(config_file)], env={"COLUMNS": "400"}
+        app, ["adapters", "export", "--vllm", "ptest", "--config", str(config_file)], env={"COLUMNS": "400"}
     )
     assert mods.exit_code == 0 and f"{rec.ref}=" in mods.output.replace("\n", "")
+
+    # the gates again, on the same data (e.g. after a change of decoding): same validation perplexity
+    before = {g["name"]: g["figures"] for g in rec.gates["gates"]}
+    again = runner.invoke(
+        app, ["adapters", "gate", rec.ref, "--eval-limit", "6", "--probe-limit", "10", "--config", str(config_file)]
+    )
+    assert again.exit_code == 0, again.output
+    after = {
+        g["name"]: g["figures"]
+        for g in json.loads(runner.invoke(app, ["adapters", "show", rec.ref, "--config", str(config_file)]).output)[
+            "gates"
+        ]["gates"]
+    }
+    assert after["val_perplexity"]["adapter_ppl"] == pytest.approx(before["val_perplexity"]["adapter_ppl"], rel=1e-4)
+    data = TEST_HOME / "data" / "ptest" / "query_writer" / "test.jsonl"
+    data.write_text(data.read_text() + data.read_text().splitlines(keepends=True)[0])  # the data changed since
+    stale = runner.invoke(app, ["adapters", "gate", rec.ref, "--config", str(config_file)])
+    assert stale.exit_code != 0 and "no longer holds the data it was trained on" in str(stale.exception)

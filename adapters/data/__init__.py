@@ -1,7 +1,18 @@
 """Per-role training data built from a domain corpus."""
 
 from . import builders as _builders  # noqa: F401  (registers the built-in builders)
-from .base import BUILDERS, BuildContext, DataBuilder, DataCard, Example, QARow, doc_split, load_qa, save_dataset
+from .base import (
+    BUILDERS,
+    BuildContext,
+    DataBuilder,
+    DataCard,
+    Example,
+    QARow,
+    dataset_digest,
+    doc_split,
+    load_qa,
+    save_dataset,
+)
 
 __all__ = [
     "BUILDERS",
@@ -10,6 +21,7 @@ __all__ = [
     "DataCard",
     "Example",
     "QARow",
+    "dataset_digest",
     "doc_split",
     "load_qa",
     "save_dataset",

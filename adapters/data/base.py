@@ -109,6 +109,9 @@ class BuildContext:
     limit: int | None = None  # max examples per split (quick runs)
     distractors: int = 3
     oracle_rate: float = 0.8  # RAFT: share of examples whose context holds the gold chunk
+    # most the training split may hold of "not in the provided clauses" targets (no-oracle + unanswerable): short
+    # runs on a mix where that one string dominates learn to refuse everything. None: the data's own mix.
+    max_refusal_share: float | None = 0.25
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -146,6 +149,17 @@ class DataCard:
     @property
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.hashes, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dataset_digest(folder: Path) -> str | None:
+    """The digest a :class:`DataCard` would have for the split files in ``folder`` now (None when one is missing)."""
+    hashes = {}
+    for split in ("train", "validation", "test"):
+        path = folder / f"{split}.jsonl"
+        if not path.is_file():
+            return None
+        hashes[split] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save_dataset(

@@ -151,8 +151,13 @@ class AnalystBuilder:
                     break
                 continue
             rec = _analyst_record(q, ctx, rng)
-            if rec is not None:
-                out[split].append(rec)
+            if rec is None:
+                continue
+            if split == "train" and rec["target"]["not_found"] and ctx.max_refusal_share is not None:
+                refusals = sum(1 for r in out["train"] if r["target"]["not_found"])
+                if refusals + 1 > ctx.max_refusal_share * (len(out["train"]) + 1):
+                    continue  # keeps the training mix at most max_refusal_share refusals
+            out[split].append(rec)
         return out
 
     def build(self, ctx: BuildContext, split_of: Callable[[str], Split]) -> dict[Split, list[Example]]:

@@ -38,7 +38,14 @@ import httpx
 
 from rolora.errors import RoloraRuntimeError, UserError
 
-from .base import AdapterResolver, BackendBase, GenerationRequest, GenerationResult, parse_adapter_ref
+from .base import (
+    AdapterResolver,
+    BackendBase,
+    GenerationRequest,
+    GenerationResult,
+    json_schema_grammar,
+    parse_adapter_ref,
+)
 
 if TYPE_CHECKING:
     from rolora.config import Config
@@ -424,11 +431,8 @@ class VLLMBackend(BackendBase):
             body["stop"] = list(req.stop)
         if req.seed is not None:
             body["seed"] = req.seed
-        if req.json_schema is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": req.json_schema, "strict": True},
-            }
+        if req.json_schema is not None:  # the same grammar the in-process backend decodes with (format and order)
+            body["structured_outputs"] = {"grammar": json_schema_grammar(req.json_schema)}
         return body
 
     async def _generate_one(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from rolora import telemetry
 from rolora.adapters.serving.base import GenerationRequest, GenerationResult
 from rolora.errors import RoloraRuntimeError
 
@@ -53,20 +54,34 @@ async def call_role(
     result: GenerationResult | None = None
     parsed: dict[str, Any] | None = None
     llm_s = 0.0
-    for attempt in range(2):
-        t0 = time.perf_counter()
-        try:
-            result = await _generate(ctx, request, role, writer)
-        except RoloraRuntimeError:
-            raise
-        except Exception as e:  # name the role and adapter that failed
-            raise RoloraRuntimeError(f"{node}: the {role} call ({adapter or 'base model'}) failed: {e}") from e
-        llm_s += time.perf_counter() - t0
-        parsed = result.json if isinstance(result.json, dict) else parse_json(result.text)
-        if parsed is not None:
-            break
-        retries = attempt + 1
-    assert result is not None
+    with telemetry.span(f"rolora.llm.{role}", {"gen_ai.operation.name": "chat", "rolora.role": role}) as span:
+        for attempt in range(2):
+            t0 = time.perf_counter()
+            try:
+                result = await _generate(ctx, request, role, writer)
+            except RoloraRuntimeError:
+                raise
+            except Exception as e:  # name the role and adapter that failed
+                raise RoloraRuntimeError(f"{node}: the {role} call ({adapter or 'base model'}) failed: {e}") from e
+            llm_s += time.perf_counter() - t0
+            parsed = result.json if isinstance(result.json, dict) else parse_json(result.text)
+            if parsed is not None:
+                break
+            retries = attempt + 1
+        assert result is not None
+        telemetry.set_attributes(
+            span,
+            {
+                "gen_ai.request.model": result.adapter or "base",
+                "gen_ai.usage.input_tokens": result.prompt_tokens,
+                "gen_ai.usage.output_tokens": result.completion_tokens,
+                "gen_ai.response.finish_reasons": [result.finish_reason] if result.finish_reason else None,
+                "rolora.adapter": result.adapter or "base",
+                "rolora.backend": result.backend,
+                "rolora.retries": retries,
+                "rolora.parsed": parsed is not None,
+            },
+        )
     step = TraceStep(
         node=node,
         role=role,

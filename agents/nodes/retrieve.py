@@ -9,6 +9,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from rolora import telemetry
 from rolora.adapters.data.prompts import QUERY_SCHEMA, query_writer_messages
 from rolora.retrieval import rrf_fuse_items
 
@@ -61,7 +62,9 @@ async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
             out.append([PassageRef.from_passage(h, query=q) for h in hits])
         return out
 
-    rankings = await asyncio.to_thread(search_all)
+    attrs = {"rolora.domain": domain, "rolora.queries": len(queries), "rolora.mode": ctx.retrieval_mode or "config"}
+    with telemetry.span("rolora.search", attrs):
+        rankings = await asyncio.to_thread(search_all)
     retrieval_s = time.perf_counter() - t0
     passages = fuse(rankings, ctx.settings.k, ctx.config.retrieval.rrf_k)
     steps.append(step.model_dump())
