@@ -123,10 +123,10 @@ def _analyst_record(q: QARow, ctx: BuildContext, rng: random.Random) -> dict[str
                 if quote:
                     citations.append({"passage": i, "quote": quote})
         answer = (q.answers[0] if q.answers else citations[0]["quote"] if citations else "")[:300]
-        target = {"answer": answer, "citations": citations, "not_found": False}
+        target = {"citations": citations, "answer": answer, "not_found": False}  # ANALYST_SCHEMA's order
         source = "qa" if not q.id.startswith("clause-") else "clause"
     else:
-        target = {"answer": NOT_FOUND, "citations": [], "not_found": True}
+        target = {"citations": [], "answer": NOT_FOUND, "not_found": True}
         source = "no-oracle" if q.answerable else "unanswerable"
     return {"q": q, "passages": passages, "target": target, "source": source, "gold": gold}
 

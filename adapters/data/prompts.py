@@ -23,10 +23,11 @@ __all__ = [
 
 NOT_FOUND = "Not in the provided clauses."
 
+# Evidence first: the analyst quotes, then answers from what it quoted (a model that writes its answer first commits
+# to it, often the refusal, before it has looked for the clause). The order is the order of the training targets.
 ANALYST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "answer": {"type": "string", "maxLength": 400},
         "citations": {
             "type": "array",
             "maxItems": 3,
@@ -40,9 +41,10 @@ ANALYST_SCHEMA: dict[str, Any] = {
                 "additionalProperties": False,
             },
         },
+        "answer": {"type": "string", "maxLength": 400},
         "not_found": {"type": "boolean"},
     },
-    "required": ["answer", "citations", "not_found"],
+    "required": ["citations", "answer", "not_found"],
     "additionalProperties": False,
 }
 
@@ -66,9 +68,10 @@ QUERY_SCHEMA: dict[str, Any] = {
 }
 
 _ANALYST_SYSTEM = (
-    "You are a contract analyst. Answer the question only from the numbered clauses. Quote the exact words that "
-    'support the answer. Reply with JSON: {"answer": str, "citations": [{"passage": int, "quote": str}], '
-    f'"not_found": bool}}. If the clauses do not answer it, reply with answer "{NOT_FOUND}" and not_found true.'
+    "You are a contract analyst. Answer the question only from the numbered clauses. First quote the exact words "
+    'that answer it, then answer. Reply with JSON: {"citations": [{"passage": int, "quote": str}], "answer": str, '
+    f'"not_found": bool}}. If the clauses do not answer it, reply with no citations, answer "{NOT_FOUND}" and '
+    "not_found true."
 )
 _CRITIC_SYSTEM = (
     "You review a draft answer about a contract. Check that every statement and citation is supported by the "
@@ -96,9 +99,14 @@ def analyst_messages(question: str, passages: Sequence[Any], feedback: str | Non
 
 
 def critic_messages(question: str, passages: Sequence[Any], draft: dict[str, Any]) -> list[dict[str, str]]:
+    shown = {  # one canonical form, whatever order the analyst wrote it in
+        "answer": draft.get("answer", ""),
+        "citations": [{"passage": c.get("passage"), "quote": c.get("quote")} for c in draft.get("citations", [])],
+        "not_found": bool(draft.get("not_found", False)),
+    }
     user = (
         f"Question: {question}\n\nClauses:\n{format_passages(passages)}\n\n"
-        f"Draft answer: {json.dumps(draft, ensure_ascii=False)}"
+        f"Draft answer: {json.dumps(shown, ensure_ascii=False)}"
     )
     return [{"role": "system", "content": _CRITIC_SYSTEM}, {"role": "user", "content": user}]
 
