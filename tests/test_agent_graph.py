@@ -97,30 +97,37 @@ def _check_answer(answer: Any, retriever: Any) -> None:
         assert any(p.doc_id == c.doc_id and p.start <= c.start and c.end <= p.end for p in answer.passages)
 
 
-def test_answers_with_verified_citations_and_refuses_the_unanswerable(
-    agent_backend: Any, examples_retriever: Any, tmp_path: Path
-) -> None:
+def _answer_and_refusal(backend: Any, tmp_path: Path) -> tuple[Any, Any]:
+    """The answerable and the unanswerable question through the graph on ``backend``, with the trace checks both
+    backends share: the analyst's LoRA and the base query writer served every role call, all on ``backend``."""
     from rolora.agents import Agent
 
-    agent = Agent.from_config(agent_config(tmp_path), backend=agent_backend, adapters=ADAPTERS)
+    agent = Agent.from_config(agent_config(tmp_path), backend=backend, adapters=ADAPTERS)
     try:
         answer = agent.ask(ANSWERABLE[0], "contracts")
         refusal = agent.ask(UNANSWERABLE, "contracts")
     finally:
         agent.close()
     print(json.dumps(answer.model_dump(exclude={"passages"}), indent=1))
+    role_steps = [s for s in answer.trace + refusal.trace if s.role]
+    assert role_steps and all(s.backend == backend.name for s in role_steps)
+    assert all(s.tokens_in > 0 and s.tokens_out > 0 for s in role_steps)
+    served = {s.role: s.adapter for s in answer.trace if s.role}
+    assert served["analyst"] == f"{ANALYST}@1" and served["query_writer"] == "base"
+    assert answer.adapters == {"query_writer": "base", "analyst": ANALYST, "critic": "base"}
+    nodes = [s.node for s in answer.trace]
+    assert nodes[:2] == ["route", "retrieve"] and nodes[-1] == "finalise" and "critique" in nodes
+    assert refusal.not_found and refusal.citations == [] and refusal.answer == "Not in the provided clauses."
+    return answer, refusal
+
+
+def test_answers_with_verified_citations_and_refuses_the_unanswerable(
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+) -> None:
+    answer, _ = _answer_and_refusal(agent_backend, tmp_path)
     assert not answer.not_found and answer.citations, answer.critique
     _check_answer(answer, examples_retriever)
     assert any(c.doc_id == ANSWERABLE[1] for c in answer.citations)
-    nodes = [s.node for s in answer.trace]
-    assert nodes[:2] == ["route", "retrieve"] and nodes[-1] == "finalise" and "critique" in nodes
-    served = {s.role: s.adapter for s in answer.trace if s.role}
-    assert served["analyst"] == f"{ANALYST}@1" and served["query_writer"] == "base"
-    assert all(s.backend == "inprocess" for s in answer.trace if s.role)
-    assert answer.adapters == {"query_writer": "base", "analyst": ANALYST, "critic": "base"}
-
-    assert refusal.not_found and refusal.citations == []
-    assert refusal.answer == "Not in the provided clauses."
 
 
 def test_the_same_run_on_a_real_vllm_server(
@@ -130,26 +137,15 @@ def test_the_same_run_on_a_real_vllm_server(
     analyst LoRA at run time; the answer's citations verify and the unanswerable question is refused."""
     from rolora.adapters.serving import DirectoryAdapters
     from rolora.adapters.serving.vllm_backend import VLLMBackend
-    from rolora.agents import Agent
 
     backend = VLLMBackend([vllm_server.url], adapters=DirectoryAdapters(ADAPTERS_ROOT))
-    agent = Agent.from_config(agent_config(tmp_path), backend=backend, adapters=ADAPTERS)
     try:
-        answer = agent.ask(ANSWERABLE[0], "contracts")
-        refusal = agent.ask(UNANSWERABLE, "contracts")
+        answer, _ = _answer_and_refusal(backend, tmp_path)
+        assert f"{ANALYST}@1" in backend.list_models()[vllm_server.url]  # loaded on the server at run time
     finally:
-        agent.close()
         backend.close()
-    print(json.dumps(answer.model_dump(exclude={"passages"}), indent=1))
-    role_steps = [s for s in answer.trace + refusal.trace if s.role]
-    assert role_steps and all(s.backend == "vllm" for s in role_steps)
-    assert all(s.tokens_in > 0 and s.tokens_out > 0 for s in role_steps)
-    served = {s.role: s.adapter for s in answer.trace if s.role}
-    assert served["analyst"] == f"{ANALYST}@1" and served["query_writer"] == "base"
-    assert f"{ANALYST}@1" in backend.list_models()[vllm_server.url]  # loaded on the server at run time
     assert not answer.not_found and answer.citations, answer.critique
     _check_answer(answer, examples_retriever)
-    assert refusal.not_found and refusal.citations == [] and refusal.answer == "Not in the provided clauses."
 
 
 class _BadFirstCitation:

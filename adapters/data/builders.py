@@ -277,12 +277,16 @@ def query_candidates(q: QARow, gold: list[Passage]) -> list[str]:
 
 @register_builder("query_writer")
 class QueryWriterBuilder:
-    """Question -> search queries; targets are the rewrites that rank the gold chunk highest with the real retriever."""
+    """Question -> search queries. The graph searches with the question itself plus the written queries, fused by
+    reciprocal rank, so each target is measured that way with the real retriever: up to two rewrites, added greedily
+    while each one ranks the gold chunk strictly higher in the fusion; none helps -> the question alone (no harm)."""
 
     role = "query_writer"
     k = 20
 
     def build(self, ctx: BuildContext, split_of: Callable[[str], Split]) -> dict[Split, list[Example]]:
+        from rolora.retrieval import rrf_fuse_items
+
         out: dict[Split, list[Example]] = {"train": [], "validation": [], "test": []}
         counts = dict.fromkeys(out, 0)
         for q in ctx.qa:
@@ -293,25 +297,43 @@ class QueryWriterBuilder:
             if not gold:
                 continue
             gold_ids = {g.chunk_id for g in gold}
-            ranks: dict[str, int] = {}
-            for cand in query_candidates(q, gold):
-                hits = ctx.retriever.search(cand, k=self.k)
-                ranks[cand] = next((i for i, h in enumerate(hits, 1) if h.chunk_id in gold_ids), self.k + 1)
+            hits = {cand: ctx.retriever.search(cand, k=self.k) for cand in query_candidates(q, gold)}
+
+            def rank(queries: list[str], hits: dict[str, list[Passage]] = hits, gold_ids: set[str] = gold_ids) -> int:
+                fused = rrf_fuse_items([hits[c] for c in dict.fromkeys(queries)], lambda h: h.chunk_id)
+                return next((i for i, (h, _) in enumerate(fused, 1) if h.chunk_id in gold_ids), self.k + 1)
+
+            ranks = {cand: rank([cand]) for cand in hits}
             base_rank = ranks[q.question]
-            best = sorted(ranks, key=lambda c: (ranks[c], len(c)))
-            chosen = [c for c in best if ranks[c] <= base_rank][:2]
+            chosen: list[str] = []
+            best_rank = base_rank
+            for _ in range(2):
+                options = [c for c in hits if c != q.question and c not in chosen]
+                if not options:
+                    break
+                pick = min(options, key=lambda c: (rank([q.question, *chosen, c]), len(c)))
+                fused_rank = rank([q.question, *chosen, pick])
+                if fused_rank >= best_rank:
+                    break
+                chosen.append(pick)
+                best_rank = fused_rank
             out[split].append(
                 Example(
                     query_writer_messages(q.question),
-                    [{"role": "assistant", "content": json.dumps({"queries": chosen}, ensure_ascii=False)}],
+                    [
+                        {
+                            "role": "assistant",
+                            "content": json.dumps({"queries": chosen or [q.question]}, ensure_ascii=False),
+                        }
+                    ],
                     q.doc_id,
                     "query_writer",
                     "measured",
                     {
                         "qa_id": q.id,
-                        "ranks": ranks,
-                        "base_rank": base_rank,
-                        "best_rank": ranks[chosen[0]],
+                        "ranks": ranks,  # each candidate alone
+                        "base_rank": base_rank,  # the question alone
+                        "best_rank": best_rank,  # the question fused with the chosen rewrites
                         "evidence": [list(e) for e in q.evidence],
                     },
                 )
