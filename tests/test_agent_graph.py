@@ -42,12 +42,12 @@ def agent_config(checkpoints: Path, **agent: Any) -> Any:
 
 
 def _build_answering_data(retriever: Any, out: Path) -> None:
-    """The analyst's data with the gold clause always in context (RAFT oracle rate 1.0): a 16-step adapter trained
-    on the default mix (a third of targets are the one refusal string) learns to refuse everything."""
+    """The analyst's data with the gold clause nearly always in context (RAFT oracle rate 0.9; the default 0.8 and
+    the unanswerable questions make a mix that a short run learns to refuse everything from)."""
     from rolora.adapters.data import BUILDERS, BuildContext, doc_split, load_qa, save_dataset
 
     qa = load_qa(EXAMPLES / "qa.jsonl")
-    ctx = BuildContext(retriever, qa, seed=0, oracle_rate=1.0, progress=False)
+    ctx = BuildContext(retriever, qa, seed=0, oracle_rate=0.9, progress=False)
     ctx.extra["clause_docs"] = sorted({q.doc_id for q in qa})
     splits = BUILDERS["analyst"]().build(ctx, lambda d: doc_split(d, 0, validation=0.2, test=0.2))
     save_dataset(out, "analyst", "contracts", 0, splits, str(EXAMPLES / "qa.jsonl"))
@@ -66,7 +66,7 @@ def trained_analyst(examples_retriever: Any, generator_dir: Path) -> Path:
     val = data / "validation.jsonl"  # a few validation rows: the final evaluation is not what this test is about
     val.write_text("".join(val.read_text(encoding="utf-8").splitlines(keepends=True)[:4]), encoding="utf-8")
     tc = TrainConfig(
-        max_steps=16, batch_size=1, grad_accum=2, r=8, alpha=16, learning_rate=1e-3, eval_steps=100, max_length=1024
+        max_steps=24, batch_size=1, grad_accum=2, r=8, alpha=16, learning_rate=1e-3, eval_steps=100, max_length=1024
     )
     result = train(generator_dir, data, TEST_HOME / "agent-runs" / "analyst", tc, progress=False)
     ADAPTERS_ROOT.mkdir(parents=True, exist_ok=True)
@@ -200,6 +200,44 @@ def test_critique_loop_drops_unverifiable_citations(
     first_critique = next(s for s in answer.trace if s.node == "critique")
     assert first_critique.detail["next"] == "analyse" and first_critique.detail["failed_citations"] == 1
     assert all("Ontario" not in c.quote for c in answer.citations)
+    _check_answer(answer, examples_retriever)
+
+
+class _DeclinesAfterQuoting(_BadFirstCitation):
+    """Wraps the real backend; the analyst's first draft quotes a real sentence of the passages, then declines."""
+
+    async def agenerate(self, requests: Sequence[Any]) -> list[Any]:
+        from rolora.adapters.data.prompts import NOT_FOUND
+
+        results = await self.inner.agenerate(requests)
+        out = []
+        for req, res in zip(requests, results, strict=True):
+            props = (req.json_schema or {}).get("properties", {})
+            if "citations" in props and self.injected == 0:
+                self.injected += 1
+                sentence = props["citations"]["items"]["properties"]["quote"]["enum"][0]  # a sentence it may quote
+                self.quote = sentence
+                declined = {"citations": [{"passage": 1, "quote": sentence}], "answer": NOT_FOUND, "not_found": True}
+                res = dataclasses.replace(res, json=declined, text=json.dumps(declined))
+            out.append(res)
+        return out
+
+
+def test_a_quote_then_a_refusal_becomes_the_extractive_answer(
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+) -> None:
+    from rolora.agents import Agent
+
+    backend = _DeclinesAfterQuoting(agent_backend)
+    agent = Agent.from_config(agent_config(tmp_path), backend=backend, adapters=ADAPTERS, use_critic=False)
+    try:
+        answer = agent.ask(ANSWERABLE[0], "contracts")
+    finally:
+        agent.close()
+    first = next(s for s in answer.trace if s.node == "analyse")
+    assert backend.injected == 1 and first.detail["answer_from"] == "quote"
+    assert not answer.not_found and answer.answer == backend.quote
+    assert [c.quote for c in answer.citations] == [backend.quote]
     _check_answer(answer, examples_retriever)
 
 

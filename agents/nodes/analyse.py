@@ -83,5 +83,11 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
         }
         for c in checked
     ]
+    verified = [c for c in checked if c.verified]
+    if draft["not_found"] and verified:
+        # it quoted a clause of the passages and then declined: the evidence wins, the clause itself becomes the
+        # (extractive) answer, and the critique node judges it like any other draft
+        draft = {**draft, "answer": verified[0].quote, "not_found": False}
+        step.detail["answer_from"] = "quote"
     step.latency_s = time.perf_counter() - started
     return {"draft": draft, "citations": [c.model_dump() for c in checked], "trace": [step.model_dump()]}
