@@ -96,6 +96,10 @@ class AgentConfig(_Strict):
     max_iterations: int = Field(2, ge=1, le=10, description="analyse/critique rounds before the answer is final")
     use_critic: bool = True
     route_min_confidence: float = Field(0.2, ge=0, le=1)
+    # mean cosine (MiniLM) of the question with the routed domain's 3 nearest chunks; below it the question is off
+    # topic for the corpus and is refused without a model call (sample corpus: its questions score >= 0.48,
+    # general-knowledge questions <= 0.15). 0 disables the check.
+    min_relevance: float = Field(0.25, ge=0, le=1)
     on_low_confidence: Literal["default", "ask"] = "default"  # answer from default_domain, or ask which domain
     default_domain: str | None = None  # None: the first configured domain
     checkpointer: Literal["sqlite", "memory", "postgres"] = "sqlite"
@@ -218,6 +222,7 @@ agent:                      # the LangGraph graph behind `rolora ask`
   max_iterations: 2         # analyse/critique rounds before the answer is final
   use_critic: true
   route_min_confidence: 0.2 # below it: answer from default_domain, or ask (on_low_confidence: ask)
+  min_relevance: 0.25       # off-topic for the domain's corpus (cosine of its nearest chunks): refused, no model call
   on_low_confidence: default
   default_domain: null      # null = the first configured domain
   checkpointer: sqlite      # sqlite | memory | postgres (durable runs resume on the same thread id)

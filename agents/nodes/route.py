@@ -9,16 +9,23 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from rolora.adapters.data.prompts import NOT_FOUND
 from rolora.errors import IndexError_
 
 from ..state import ROLES, AgentContext, AgentState
 from ..types import TraceStep
 
-__all__ = ["classify_domain", "route"]
+__all__ = ["classify_domain", "domain_relevance", "route"]
 
 # Typical cosine of MiniLM's best on-topic chunk matches; a best match far below it lowers the confidence.
 _ON_TOPIC_COSINE = 0.35
 _TEMPERATURE = 0.05
+
+
+def domain_relevance(ctx: AgentContext, domain: str, question: str) -> float:
+    """Mean cosine of the question with the domain's 3 nearest chunks (dense search in its own index)."""
+    hits = ctx.retriever(domain).search(question, k=3, mode="dense")
+    return sum(h.score for h in hits) / len(hits) if hits else 0.0
 
 
 def classify_domain(
@@ -33,10 +40,9 @@ def classify_domain(
     relevance: dict[str, float] = {}
     for name in allowed or list(ctx.config.domains):
         try:
-            hits = ctx.retriever(name).search(question, k=3, mode="dense")
+            relevance[name] = domain_relevance(ctx, name, question)
         except IndexError_:  # configured but not ingested yet: it cannot be the answer's domain
             continue
-        relevance[name] = sum(h.score for h in hits) / len(hits) if hits else 0.0
     if not relevance:
         raise IndexError_("no configured domain has an index yet; run `rolora ingest PATH --domain NAME` first")
     best = max(relevance, key=lambda d: relevance[d])
@@ -53,6 +59,7 @@ async def route(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     domain = state.get("domain")
     confidence = 1.0
     nxt = "retrieve"
+    relevance: dict[str, float] = {}
     if domain:
         ctx.config.domain(domain)  # a one-line error naming the configured domains
         detail["how"] = "explicit"
@@ -73,6 +80,19 @@ async def route(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
                 detail["low_confidence"] = f"below {settings.route_min_confidence}: default domain {fallback}"
                 domain = fallback
     assert domain is not None
+    update: dict[str, Any] = {}
+    if nxt == "retrieve" and settings.min_relevance > 0:
+        if detail.get("how") == "classified" and domain in relevance:
+            rel = relevance[domain]
+        else:
+            rel = await asyncio.to_thread(domain_relevance, ctx, domain, state["question"])
+        if detail.get("how") == "explicit":
+            detail["relevance"] = round(rel, 4)
+        if rel < settings.min_relevance:  # nothing in this corpus is close to the question: no model call
+            why = f"the question is off topic for {domain} (relevance {rel:.2f} < agent.min_relevance)"
+            detail["off_topic"] = why
+            nxt = "finalise"
+            update = {"draft": {"answer": NOT_FOUND, "citations": [], "not_found": True}, "critique": [why]}
     adapters: dict[str, str] = {}
     notes: dict[str, str] = {}
     for role, ref in ctx.role_adapters(domain).items():
@@ -93,4 +113,5 @@ async def route(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
         "feedback": None,
         "next": nxt,
         "trace": [step.model_dump()],
+        **update,
     }
