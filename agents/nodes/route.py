@@ -85,7 +85,9 @@ async def route(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
         if detail.get("how") == "classified" and domain in relevance:
             rel = relevance[domain]
         else:
+            t0 = time.perf_counter()
             rel = await asyncio.to_thread(domain_relevance, ctx, domain, state["question"])
+            detail["retrieval_s"] = round(time.perf_counter() - t0, 4)
         if detail.get("how") == "explicit":
             detail["relevance"] = round(rel, 4)
         if rel < settings.min_relevance:  # nothing in this corpus is close to the question: no model call
