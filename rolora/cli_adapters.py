@@ -64,7 +64,6 @@ def train_command(
     config: ConfigOpt = None,
 ) -> None:
     """Build the role's data from the domain, train an adapter, run the gates, register a candidate."""
-    from rich.table import Table
 
     from rolora.adapters.pipeline import train_role
     from rolora.adapters.train import TrainConfig
@@ -96,10 +95,7 @@ def train_command(
     console.print(
         f"data: {run.data_card.counts}; loss {run.train.train_loss_first:.3f} -> {run.train.train_loss_last:.3f}"
     )
-    table = Table("gate", "status", "figures", title="quality gates")
-    for g in gates.gates:
-        table.add_row(g.name, g.status if g.passed else f"[red]{g.status}[/]", g.summary)
-    console.print(table)
+    _print_gates(gates, "quality gates")
     console.print(
         "promote with `rolora adapters promote " + rec.ref + "`" if gates.passed else "gates failed: not promotable"
     )
@@ -129,23 +125,28 @@ def adapters_show(ref: str, config: ConfigOpt = None) -> None:
     console.print_json(json.dumps({**rec.manifest(), "path": str(rec.path)}, default=str))
 
 
+def _print_gates(report: Any, title: str) -> None:
+    from rich.table import Table
+
+    table = Table("gate", "status", "figures", title=title)
+    for g in report.gates:
+        table.add_row(g.name, g.status if g.passed else f"[red]{g.status}[/]", g.summary)
+    console.print(table)
+
+
 @adapters_app.command("gate")
 def adapters_gate(
     ref: Annotated[str, typer.Argument(help="name@version")],
-    eval_limit: Annotated[int, typer.Option(help="test/validation examples used by the gates")] = 40,
+    eval_limit: Annotated[int, typer.Option(help="test/validation examples used by the gates")] = 20,
     probe_limit: Annotated[int | None, typer.Option(help="probe paragraphs for the forgetting gate (all)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the role metric and the quality gates again on a registered adapter, on the data it was trained with."""
-    from rich.table import Table
 
     from rolora.adapters.pipeline import regate
 
     rec, report = regate(_config(config), ref, eval_limit=eval_limit, probe_limit=probe_limit)
-    table = Table("gate", "status", "figures", title=f"quality gates of {rec.ref} (stage {rec.stage})")
-    for g in report.gates:
-        table.add_row(g.name, g.status if g.passed else f"[red]{g.status}[/]", g.summary)
-    console.print(table)
+    _print_gates(report, f"quality gates of {rec.ref} (stage {rec.stage})")
     console.print("passed" if report.passed else f"failed: {', '.join(rec.failed_gates)}")
 
 

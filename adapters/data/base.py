@@ -148,7 +148,11 @@ class DataCard:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.hashes, sort_keys=True).encode()).hexdigest()[:16]
+        return _digest(self.hashes)
+
+
+def _digest(hashes: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def dataset_digest(folder: Path) -> str | None:
@@ -159,7 +163,7 @@ def dataset_digest(folder: Path) -> str | None:
         if not path.is_file():
             return None
         hashes[split] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest(hashes)
 
 
 def save_dataset(

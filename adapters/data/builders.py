@@ -311,8 +311,9 @@ class QueryWriterBuilder:
                 options = [c for c in hits if c != q.question and c not in chosen]
                 if not options:
                     break
-                pick = min(options, key=lambda c: (rank([q.question, *chosen, c]), len(c)))
-                fused_rank = rank([q.question, *chosen, pick])
+                fused = {c: rank([q.question, *chosen, c]) for c in options}
+                pick = min(options, key=lambda c: (fused[c], len(c)))
+                fused_rank = fused[pick]
                 if fused_rank >= best_rank:
                     break
                 chosen.append(pick)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from rolora.errors import RoloraRuntimeError, UserError
 
-from .base import BASE, JSON_SEPARATORS, AdapterResolver, BackendBase, GenerationRequest, GenerationResult
+from .base import BASE, AdapterResolver, BackendBase, GenerationRequest, GenerationResult, json_schema_grammar
 
 if TYPE_CHECKING:
     from rolora.config import Config
@@ -267,19 +267,13 @@ class InProcessBackend(BackendBase):
     def _grammar(self, schema: dict[str, Any]) -> Any:
         import xgrammar as xgr
 
-        key = json.dumps(schema)  # not sorted: properties are written in the schema's order, as in training
-        if key not in self._grammars:
+        ebnf = json_schema_grammar(schema)  # the grammar the vLLM backend sends: one format on every backend
+        if ebnf not in self._grammars:
             if self._compiler is None:
                 info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self._model.config.vocab_size)
                 self._compiler = xgr.GrammarCompiler(info)
-            try:
-                # json.dumps' separators, no free whitespace: what the role adapters were trained to write
-                self._grammars[key] = self._compiler.compile_json_schema(
-                    key, any_whitespace=False, separators=JSON_SEPARATORS
-                )
-            except Exception as e:
-                raise UserError(f"json_schema is not a valid JSON schema: {e}") from e
-        return self._grammars[key]
+            self._grammars[ebnf] = self._compiler.compile_grammar(ebnf)
+        return self._grammars[ebnf]
 
     def _generate(self, jobs: list[_Job]) -> None:
         import torch

@@ -82,14 +82,11 @@ async def route(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     assert domain is not None
     update: dict[str, Any] = {}
     if nxt == "retrieve" and settings.min_relevance > 0:
-        if detail.get("how") == "classified" and domain in relevance:
-            rel = relevance[domain]
-        else:
+        rel = relevance.get(domain)  # classified: measured already
+        if rel is None:
             t0 = time.perf_counter()
             rel = await asyncio.to_thread(domain_relevance, ctx, domain, state["question"])
-            detail["retrieval_s"] = round(time.perf_counter() - t0, 4)
-        if detail.get("how") == "explicit":
-            detail["relevance"] = round(rel, 4)
+            detail.update(relevance=round(rel, 4), retrieval_s=round(time.perf_counter() - t0, 4))
         if rel < settings.min_relevance:  # nothing in this corpus is close to the question: no model call
             why = f"the question is off topic for {domain} (relevance {rel:.2f} < agent.min_relevance)"
             detail["off_topic"] = why
