@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from rolora.cli_adapters import adapters_app, experiment_app, train_command
-from rolora.cli_agents import analyze_command
-from rolora.cli_ask import ask_command
-from rolora.cli_eval import eval_command
-from rolora.cli_serve import serve_app
+from rolora.cli.adapters import adapters_app, experiment_app, train_command
+from rolora.cli.analyze import analyze_command
+from rolora.cli.ask import ask_command
+from rolora.cli.eval import eval_command
+from rolora.cli.serve import serve_app
 from rolora.errors import RoloraError
 
 if TYPE_CHECKING:
