@@ -47,7 +47,7 @@ def train_role(
     resume: bool = False,
     qa: Path | None = None,
     limit: int | None = None,
-    eval_limit: int = 40,
+    eval_limit: int | None = None,
     probe_limit: int | None = None,
     seed: int = 0,
     oracle_rate: float = 0.8,
@@ -93,7 +93,16 @@ def train_role(
     result = train(base_dir, data_dir, run_dir, cfg, resume=resume, progress=progress)
 
     metrics, report = _evaluate(
-        config, role, base_dir, Path(result.output), cfg.full, data_dir, run_dir, retriever, eval_limit, probe_limit
+        config,
+        role,
+        base_dir,
+        Path(result.output),
+        cfg.full,
+        data_dir,
+        run_dir,
+        retriever,
+        eval_limit or config.gates.eval_limit,
+        probe_limit,
     )
     registry = Registry.from_config(config, base_dir)
     record = registry.register(
@@ -160,12 +169,14 @@ def _evaluate(
         val,
         load_probe_texts(limit=probe_limit),
         (key, metrics["tuned"].get(key, 0.0), metrics["base"].get(key, 0.0)),
-        GateThresholds.model_validate(config.gates.model_dump()),
+        GateThresholds.model_validate(config.gates.model_dump(exclude={"eval_limit"})),
     )
     return metrics, report
 
 
-def regate(config: Config, ref: str, *, eval_limit: int = 40, probe_limit: int | None = None) -> tuple[Any, Any]:
+def regate(
+    config: Config, ref: str, *, eval_limit: int | None = None, probe_limit: int | None = None
+) -> tuple[Any, Any]:
     """Run the role metric and the gates again on a registered adapter (after a change of thresholds or decoding),
     on the data it was trained with; the manifest's ``metrics.role`` and ``gates`` are replaced. A promoted adapter
     that now fails keeps its stage (``rolora adapters rollback`` retires it)."""
@@ -196,7 +207,7 @@ def regate(config: Config, ref: str, *, eval_limit: int = 40, probe_limit: int |
             data_dir,
             config.home_dir / "runs" / f"regate-{rec.name}",
             retriever,
-            eval_limit,
+            eval_limit or config.gates.eval_limit,
             probe_limit,
         )
     finally:

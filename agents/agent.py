@@ -28,7 +28,7 @@ from rolora.config import Config
 from rolora.errors import UserError
 
 from .graph import compile_graph
-from .state import ROLES, AgentContext
+from .state import ROLES, AgentContext, new_run
 from .types import Answer
 
 __all__ = ["ADAPTERS_BASE", "Agent", "build_graph", "make_backend"]
@@ -230,7 +230,7 @@ class Agent:
             self.config.domain(d)
         if domain is not None and domains is not None and domain not in domains:
             raise UserError(f"domain '{domain}' is not one of the allowed domains ({', '.join(domains)})")
-        return {"question": question, "domain": domain, "allowed_domains": list(domains or []) or None, "trace": []}
+        return new_run(question, domain, list(domains or []) or None)
 
     def ask(
         self,

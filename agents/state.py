@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypedDict
 
 from rolora.config import AgentConfig, Config
 
-__all__ = ["ROLES", "AgentContext", "AgentState", "Next"]
+__all__ = ["ROLES", "AgentContext", "AgentState", "Next", "new_run"]
 
 ROLES = ("query_writer", "analyst", "critic")
 Next = Literal["retrieve", "analyse", "finalise"]
@@ -36,6 +36,31 @@ class AgentState(TypedDict, total=False):
     iteration: int
     trace: Annotated[list[dict[str, Any]], operator.add]  # TraceStep dumps, appended by every node
     final: dict[str, Any] | None  # the Answer dump, set by finalise
+
+
+def new_run(question: str, domain: str | None, allowed_domains: list[str] | None) -> dict[str, Any]:
+    """The input of a new question: every per-run field set to its starting value, so that nothing of an earlier
+    run on the same thread (its passages, trace, draft, citations, feedback, answer) reaches this one."""
+    from langgraph.types import Overwrite
+
+    return {
+        "question": question,
+        "domain": domain,
+        "allowed_domains": allowed_domains,
+        "route_confidence": 1.0,
+        "adapters": {},
+        "queries": [],
+        "passages": [],
+        "draft": None,
+        "citations": [],
+        "verdict": "skipped",
+        "critique": [],
+        "feedback": None,
+        "next": "retrieve",
+        "iteration": 0,
+        "trace": Overwrite([]),  # the reducer appends; a new run starts from an empty trace
+        "final": None,
+    }
 
 
 @dataclass

@@ -86,6 +86,7 @@ class GatesConfig(_Strict):
     intruder_epsilon: float = Field(0.5, gt=0, lt=1)
     max_intruders: int | None = None
     min_role_metric_delta: float = 0.0
+    eval_limit: int = Field(20, ge=1, description="test/validation rows the role metric and perplexity gates read")
 
 
 class AgentConfig(_Strict):
@@ -161,6 +162,19 @@ class Config(_Strict):
             known = ", ".join(sorted(self.domains)) or "none"
             raise ConfigError(f"domain '{name}' is not configured (configured: {known}); add it under `domains:`")
         return self.domains[name]
+
+    def default_domain(self, name: str | None = None) -> str:
+        """``name`` when given and configured; else the only configured domain; else a one-line error that lists
+        the domains to choose from (``--domain``)."""
+        if name is not None:
+            self.domain(name)
+            return name
+        if len(self.domains) == 1:
+            return next(iter(self.domains))
+        if not self.domains:
+            raise ConfigError("no domain is configured; add one under `domains:` in rolora.yaml (see `rolora init`)")
+        known = ", ".join(sorted(self.domains))
+        raise ConfigError(f"several domains are configured ({known}); choose one with --domain")
 
     @property
     def home_dir(self) -> Path:

@@ -13,26 +13,24 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from rolora.cli.common import ConfigOpt, DomainOpt, command_group, domain_of, load
+
 if TYPE_CHECKING:
     from rolora.config import Config
 
-adapters_app = typer.Typer(no_args_is_help=True, help="List, inspect, promote, roll back and export adapters.")
-experiment_app = typer.Typer(no_args_is_help=True, help="Measured experiments (LoRA vs full fine-tuning).")
+adapters_app = command_group("List, inspect, promote, roll back and export adapters.")
+experiment_app = command_group("Measured experiments (LoRA vs full fine-tuning).")
 console = Console()
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="rolora.yaml")]
+EvalLimitOpt = Annotated[
+    int | None, typer.Option(min=1, help="test/validation rows the gates read (default: gates.eval_limit)")
+]
 
 
 class Role(StrEnum):
     analyst = "analyst"
     critic = "critic"
     query_writer = "query_writer"
-
-
-def _config(path: Path | None) -> Config:
-    from rolora.config import load_config
-
-    return load_config(path)
 
 
 def _registry(cfg: Config) -> Any:
@@ -44,7 +42,7 @@ def _registry(cfg: Config) -> Any:
 
 def train_command(
     role: Annotated[Role, typer.Option(help="which role's adapter to train")],
-    domain: Annotated[str, typer.Option("--domain", "-d")] = "contracts",
+    domain: DomainOpt = None,
     full: Annotated[bool, typer.Option(help="full fine-tuning instead of LoRA (for comparison)")] = False,
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint of this role's run")] = False,
     qa: Annotated[Path | None, typer.Option(help="annotated questions (default: domains.D.qa)")] = None,
@@ -54,7 +52,7 @@ def train_command(
     grad_accum: Annotated[int, typer.Option(help="examples per optimizer step (batch 1)")] = 2,
     learning_rate: Annotated[float | None, typer.Option("--lr", help="default 1e-3 (LoRA), 2e-5 (full)")] = None,
     limit: Annotated[int | None, typer.Option(help="max examples per split (quick runs)")] = None,
-    eval_limit: Annotated[int, typer.Option(help="test/validation examples used by the gates")] = 20,
+    eval_limit: EvalLimitOpt = None,
     oracle_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="analyst (RAFT): share of contexts holding the gold clause")
     ] = 0.8,
@@ -68,7 +66,8 @@ def train_command(
     from rolora.adapters.pipeline import train_role
     from rolora.adapters.train import TrainConfig
 
-    cfg = _config(config)
+    cfg = load(config)
+    domain = domain_of(cfg, domain)
     tc = TrainConfig(
         full=full,
         max_steps=max_steps,
@@ -111,7 +110,7 @@ def adapters_list(
     from rich.table import Table
 
     table = Table("adapter", "kind", "role", "domain", "stage", "gates", "created")
-    for rec in _registry(_config(config)).list(domain=domain, role=role):
+    for rec in _registry(load(config)).list(domain=domain, role=role):
         failed = rec.failed_gates
         gates = "-" if not rec.gates else ("passed" if not failed else "failed: " + ", ".join(failed))
         table.add_row(rec.ref, rec.kind, rec.role, rec.domain, rec.stage, gates, rec.created)
@@ -121,7 +120,7 @@ def adapters_list(
 @adapters_app.command("show")
 def adapters_show(ref: str, config: ConfigOpt = None) -> None:
     """The manifest of one adapter (``name`` = latest promoted, ``name@N`` = that version)."""
-    rec = _registry(_config(config)).show(ref)
+    rec = _registry(load(config)).show(ref)
     console.print_json(json.dumps({**rec.manifest(), "path": str(rec.path)}, default=str))
 
 
@@ -137,7 +136,7 @@ def _print_gates(report: Any, title: str) -> None:
 @adapters_app.command("gate")
 def adapters_gate(
     ref: Annotated[str, typer.Argument(help="name@version")],
-    eval_limit: Annotated[int, typer.Option(help="test/validation examples used by the gates")] = 20,
+    eval_limit: EvalLimitOpt = None,
     probe_limit: Annotated[int | None, typer.Option(help="probe paragraphs for the forgetting gate (all)")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -145,7 +144,7 @@ def adapters_gate(
 
     from rolora.adapters.pipeline import regate
 
-    rec, report = regate(_config(config), ref, eval_limit=eval_limit, probe_limit=probe_limit)
+    rec, report = regate(load(config), ref, eval_limit=eval_limit, probe_limit=probe_limit)
     _print_gates(report, f"quality gates of {rec.ref} (stage {rec.stage})")
     console.print("passed" if report.passed else f"failed: {', '.join(rec.failed_gates)}")
 
@@ -157,14 +156,14 @@ def adapters_promote(
     config: ConfigOpt = None,
 ) -> None:
     """Promote a candidate (refused when a gate failed, unless --force)."""
-    rec = _registry(_config(config)).promote(ref, force=force)
+    rec = _registry(load(config)).promote(ref, force=force)
     console.print(f"promoted {rec.ref}")
 
 
 @adapters_app.command("rollback")
 def adapters_rollback(name: str, config: ConfigOpt = None) -> None:
     """Retire the promoted version of ``name`` and promote the previous one."""
-    rec = _registry(_config(config)).rollback(name)
+    rec = _registry(load(config)).rollback(name)
     console.print(f"rolled back: {rec.ref} is promoted")
 
 
@@ -179,7 +178,7 @@ def adapters_export(
     """Export a merged full model for a single-role deployment, or the vLLM --lora-modules of a domain."""
     from rolora.models import resolve_generator
 
-    cfg = _config(config)
+    cfg = load(config)
     registry = _registry(cfg)
     if vllm_domain:
         refs = list(registry.role_adapters(cfg, vllm_domain).values())
@@ -229,10 +228,10 @@ def _plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
 @experiment_app.command("lora-vs-full")
 def lora_vs_full(
     role: Annotated[Role, typer.Option()] = Role.analyst,
-    domain: Annotated[str, typer.Option("--domain", "-d")] = "contracts",
+    domain: DomainOpt = None,
     max_steps: Annotated[int, typer.Option(help="the same step budget for both runs")] = 30,
     limit: Annotated[int | None, typer.Option(help="max examples per split")] = None,
-    eval_limit: Annotated[int, typer.Option()] = 20,
+    eval_limit: EvalLimitOpt = None,
     grad_accum: Annotated[int, typer.Option(help="examples per optimizer step (batch 1), both runs")] = 2,
     lora_lr: Annotated[float, typer.Option(help="LoRA learning rate")] = 1e-3,
     full_lr: Annotated[float, typer.Option(help="full fine-tuning learning rate")] = 2e-5,
@@ -249,7 +248,9 @@ def lora_vs_full(
     from rolora.adapters.pipeline import adapter_name
     from rolora.adapters.role_eval import ROLE_METRIC
 
-    cfg = _config(config)
+    cfg = load(config)
+    domain = domain_of(cfg, domain)
+    eval_limit = eval_limit or cfg.gates.eval_limit
     common = ["--role", role.value, "--domain", domain, "--max-steps", str(max_steps), "--eval-limit", str(eval_limit)]
     common += ["--grad-accum", str(grad_accum)]
     if limit:

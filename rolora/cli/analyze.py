@@ -5,24 +5,16 @@ Heavy imports (torch, transformers, the agent graph) stay inside the commands so
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from rolora.cli.common import ConfigOpt, DomainOpt, console, domain_of, err_console, load
 from rolora.errors import UserError
 
 __all__ = ["analyze_command"]
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="rolora.yaml (default: $ROLORA_CONFIG, ./rolora.yaml, built-in)"),
-]
 _RISK_STYLE = {"high": "bold red", "medium": "yellow", "low": "green", "unknown": "dim"}
 _FILE_SUFFIXES = {".txt", ".md", ".html", ".htm", ".pdf", ".docx", ".jsonl"}
 
@@ -39,9 +31,7 @@ def _source(contract: str) -> str | Path:
 
 def analyze_command(
     contract: Annotated[str, typer.Argument(help="a contract file, or the doc_id of a contract ingested in DOMAIN")],
-    domain: Annotated[str, typer.Option("--domain", "-d", help="domain whose analyst adapter (and index) to use")] = (
-        "contracts"
-    ),
+    domain: DomainOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the analysis as JSON to FILE")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="write a Markdown report to FILE")] = None,
     categories: Annotated[
@@ -62,11 +52,10 @@ def analyze_command(
 
     from rolora.agents import make_backend
     from rolora.agents.analyze import analyze_contract, select_categories
-    from rolora.config import load_config
     from rolora.fileutil import atomic_write_text
 
-    cfg = load_config(config)
-    cfg.domain(domain)
+    cfg = load(config)
+    domain = domain_of(cfg, domain)
     names = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     select_categories(names)  # unknown names fail before any model loads
     source = _source(contract)

@@ -6,20 +6,17 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from rolora.cli.adapters import adapters_app, experiment_app, train_command
 from rolora.cli.analyze import analyze_command
 from rolora.cli.ask import ask_command
+from rolora.cli.common import ConfigOpt, DomainOpt, command_group, console, domain_of, err_console, load
 from rolora.cli.eval import eval_command
 from rolora.cli.serve import serve_app
 from rolora.errors import RoloraError
-
-if TYPE_CHECKING:
-    from rolora.config import Config
 
 
 class SearchModeName(StrEnum):
@@ -28,8 +25,8 @@ class SearchModeName(StrEnum):
     lexical = "lexical"
 
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="rolora: per-role LoRA experts for agentic RAG.")
-models_app = typer.Typer(no_args_is_help=True, help="List and prepare the base models.")
+app = command_group("rolora: per-role LoRA experts for agentic RAG.")
+models_app = command_group("List and prepare the base models.")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
 app.add_typer(adapters_app, name="adapters")
@@ -38,21 +35,6 @@ app.command("train")(train_command)
 app.command("analyze")(analyze_command)
 app.command("eval")(eval_command)
 app.command("ask")(ask_command)
-
-console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables when piped or logged
-err_console = Console(stderr=True)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="rolora.yaml (default: $ROLORA_CONFIG, ./rolora.yaml, built-in)"),
-]
-DomainOpt = Annotated[str, typer.Option("--domain", "-d", help="domain name from the config")]
-
-
-def _config(path: Path | None) -> Config:
-    from rolora.config import load_config
-
-    return load_config(path)
 
 
 @app.command()
@@ -77,7 +59,7 @@ def models_list(config: ConfigOpt = None) -> None:
 
     from rolora.models import list_models
 
-    cfg = _config(config)
+    cfg = load(config)
     table = Table("kind", "alias", "source", "prepared")
     for m in list_models(cfg.home_dir):
         table.add_row(m.kind, m.alias, m.source, m.prepared)
@@ -93,7 +75,7 @@ def models_prepare(
     """Convert the configured generator to a safetensors folder (once) and check the embedder loads."""
     from rolora.models import prepare_generator, resolve_embedder
 
-    cfg = _config(config)
+    cfg = load(config)
     with console.status(f"preparing {cfg.models.generator}"):
         folder = prepare_generator(cfg.models.generator, cfg.home_dir, force=force)
     console.print(f"generator {cfg.models.generator}: {folder}")
@@ -103,7 +85,7 @@ def models_prepare(
 @app.command()
 def ingest(
     paths: Annotated[list[Path] | None, typer.Argument(help="files or folders (default: the domain's corpus)")] = None,
-    domain: DomainOpt = "contracts",
+    domain: DomainOpt = None,
     config: ConfigOpt = None,
     rebuild: Annotated[bool, typer.Option(help="drop the domain's index and ingest from scratch")] = False,
 ) -> None:
@@ -112,7 +94,8 @@ def ingest(
 
     from rolora.retrieval import Retriever
 
-    retriever = Retriever.open(domain, _config(config))
+    cfg = load(config)
+    retriever = Retriever.open(domain_of(cfg, domain), cfg)
     report = retriever.ingest(paths or None, rebuild=rebuild, progress=sys.stderr.isatty())
     console.print(report.summary())
     if report.skipped or report.flagged:
@@ -129,7 +112,7 @@ def ingest(
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="what to look for")],
-    domain: DomainOpt = "contracts",
+    domain: DomainOpt = None,
     k: Annotated[int, typer.Option("-k", help="passages to return")] = 5,
     mode: Annotated[SearchModeName | None, typer.Option(help="retrieval mode")] = None,
     doc: Annotated[str | None, typer.Option(help="only this doc_id")] = None,
@@ -141,7 +124,9 @@ def search(
 
     from rolora.retrieval import Retriever
 
-    retriever = Retriever.open(domain, _config(config))
+    cfg = load(config)
+    domain = domain_of(cfg, domain)
+    retriever = Retriever.open(domain, cfg)
     passages = retriever.search(
         query, k=k, mode=mode.value if mode else None, filters={"doc_id": doc} if doc else None, mmr=mmr
     )

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["ask_command"]
+from rolora.cli.common import ConfigOpt, console, load
 
-console = Console(width=None if sys.stdout.isatty() else 160)
+__all__ = ["ask_command"]
 
 
 def _step_line(step: dict[str, Any]) -> str:
@@ -37,7 +34,7 @@ def _step_line(step: dict[str, Any]) -> str:
 
 
 def ask_command(
-    question: Annotated[str, typer.Argument(help="the question")],
+    question: Annotated[str | None, typer.Argument(help="the question (none with --resume)")] = None,
     domain: Annotated[str | None, typer.Option("--domain", "-d", help="domain (default: routed)")] = None,
     thread_id: Annotated[
         str | None, typer.Option("--thread", help="checkpoint thread id (to resume: --resume)")
@@ -45,16 +42,19 @@ def ask_command(
     resume: Annotated[bool, typer.Option(help="continue the run --thread from its last checkpoint")] = False,
     base: Annotated[bool, typer.Option(help="every role on the base model (no adapters)")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the answer as JSON (no step lines)")] = False,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="rolora.yaml")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Answer a question from the domain's corpus, with citations to exact source spans."""
     from rolora.agents import ADAPTERS_BASE, Agent, Answer
-    from rolora.config import load_config
     from rolora.errors import UserError
 
     if resume and not thread_id:
         raise UserError("--resume needs --thread ID (the thread id printed by the run to continue)")
-    cfg = load_config(config)
+    if resume and question:
+        raise UserError("--resume continues the thread's own question; give no QUESTION with it")
+    if not resume and not question:
+        raise UserError("give a QUESTION, or --resume --thread ID to continue a paused or interrupted run")
+    cfg = load(config)
     agent = Agent.from_config(cfg, adapters=ADAPTERS_BASE if base else None)
 
     async def run() -> Answer | None:

@@ -14,11 +14,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from rolora.cli.common import command_group
 from rolora.errors import RoloraRuntimeError
 
 __all__ = ["serve_app"]
 
-serve_app = typer.Typer(no_args_is_help=True, help="Start the serving processes (vLLM, the HTTP API).")
+serve_app = command_group("Start the serving processes (vLLM, the HTTP API).")
 
 console = Console(stderr=True)
 out = Console()
