@@ -270,14 +270,19 @@ class Agent:
             return self._answer(snapshot.values, thread_id)
         return await self._invoke(None, thread_id, parent)
 
+    async def aresume(self, thread_id: str) -> Answer:
+        return await self._on_loop(self._resume(thread_id, telemetry.caller_context()))
+
+    async def _state(self, thread_id: str) -> dict[str, Any]:
+        snap = await self.graph.aget_state(self._run_config(thread_id))
+        return {"values": dict(snap.values), "next": list(snap.next)}
+
     def state(self, thread_id: str) -> dict[str, Any]:
-        """The checkpointed state of a run (``values`` and the nodes still ``next``)."""
+        """The checkpointed state of a run (``values`` and the nodes still ``next``; empty values: no such run)."""
+        return self._run(self._state(thread_id))
 
-        async def get() -> dict[str, Any]:
-            snap = await self.graph.aget_state(self._run_config(thread_id))
-            return {"values": dict(snap.values), "next": list(snap.next)}
-
-        return self._run(get())
+    async def astate(self, thread_id: str) -> dict[str, Any]:
+        return await self._on_loop(self._state(thread_id))
 
     async def astream(
         self,

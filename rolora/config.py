@@ -54,6 +54,17 @@ class RetrievalConfig(_Strict):
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
     rrf_k: int = Field(60, ge=1)
     candidates: int = Field(100, ge=1, description="hits taken from each of dense and lexical before fusion")
+    dense_weight: float = Field(1.0, ge=0, description="weight of the dense ranking in reciprocal rank fusion")
+    lexical_weight: float = Field(1.0, ge=0, description="weight of the BM25 ranking in reciprocal rank fusion")
+    stemmer: Literal["english", "none"] = "english"  # BM25 tokens stemmed (PyStemmer); applied at the next --rebuild
+    contextual: bool = True  # embed and BM25-index each chunk with its contract's title/parties and heading path
+    # Contract resolution (Retriever.resolve): a question that names a contract (title, parties, short name, file
+    # name) is searched inside it. Candidates: BM25 score >= best / resolve_ratio; scoped only when the best score
+    # is >= resolve_min_score and at most resolve_max_candidates are that close (chosen on CUAD's train split).
+    resolve: bool = True
+    resolve_min_score: float = Field(6.0, ge=0)
+    resolve_ratio: float = Field(1.1, ge=1.0)
+    resolve_max_candidates: int = Field(3, ge=1, le=50)
     batch_size: int = Field(64, ge=1, le=4096)
     max_file_mb: float = Field(20.0, gt=0)
 
@@ -75,6 +86,9 @@ class BackendConfig(_Strict):
     kind: Literal["inprocess", "vllm"] = "inprocess"
     endpoints: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000"])
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
+    timeout_s: float = Field(120.0, gt=0, description="vllm: seconds one HTTP call may take (a long generation)")
+    max_retries: int = Field(3, ge=0, description="vllm: extra tries on connection errors, timeouts, 408/409/429/5xx")
+    api_key_env: str | None = Field(None, description="vllm: environment variable holding the servers' --api-key")
 
 
 class GatesConfig(_Strict):
@@ -116,6 +130,7 @@ class ApiKey(_Strict):
     key_env: str | None = None
     domains: list[str] = Field(default_factory=list)
     name: str = ""
+    max_concurrency: int | None = Field(None, ge=1, description="this key's request units in flight")
 
 
 class ApiConfig(_Strict):
@@ -126,7 +141,13 @@ class ApiConfig(_Strict):
     keys: list[ApiKey] = Field(default_factory=list)  # empty: no auth, every domain (local use only)
     max_body_bytes: int = Field(65536, ge=1024)
     max_question_chars: int = Field(4000, ge=10)
-    max_concurrency: int = Field(4, ge=1, description="requests in flight; more get 429")
+    # Request units in flight, all tenants together; more get 429. An ask or a search is one unit; an analyze is
+    # weighed by its model calls (one per clause category; five calls make one unit, about what an ask makes).
+    max_concurrency: int = Field(4, ge=1, description="request units in flight; more get 429")
+    tenant_max_concurrency: int | None = Field(
+        None, ge=1, description="request units in flight per API key (None: max_concurrency); keys may override"
+    )
+    request_timeout_s: float = Field(300.0, gt=0, description="deadline of one request; past it: 504")
 
 
 class TelemetryConfig(_Strict):
@@ -202,6 +223,14 @@ retrieval:
   mode: hybrid              # hybrid | dense | lexical
   rrf_k: 60                 # reciprocal-rank-fusion constant
   candidates: 100           # hits taken from each of dense and lexical before fusion
+  dense_weight: 1.0         # reciprocal-rank-fusion weight of the dense ranking
+  lexical_weight: 1.0       # ... and of the BM25 ranking
+  stemmer: english          # english | none: BM25 stemming (takes effect at `rolora ingest --rebuild`)
+  contextual: true          # index each chunk with its contract's title/parties and heading path (offsets unchanged)
+  resolve: true             # a question naming a contract (title, parties, file name) is searched inside it
+  resolve_min_score: 6.0    # BM25 score of the best contract below which nothing is resolved
+  resolve_ratio: 1.1        # contracts within best/ratio are candidates ...
+  resolve_max_candidates: 3 # ... and more than this many near-ties resolve nothing
   batch_size: 64            # embedding batch size
   max_file_mb: 20           # larger files are skipped and reported
 
@@ -229,6 +258,9 @@ backend:
   kind: inprocess           # inprocess | vllm (env: ROLORA_BACKEND)
   endpoints: ["http://127.0.0.1:8000"]
   torch_threads: 0          # 0 = torch default
+  timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)
+  max_retries: 3            # vllm: extra tries on connection errors, timeouts, 408/409/429/5xx
+  api_key_env: null         # vllm: env variable with the servers' API key (needed for runtime adapter loading)
 
 agent:                      # the LangGraph graph behind `rolora ask`
   k: 5                      # passages given to the analyst
@@ -248,7 +280,9 @@ api:                        # `rolora serve api`
   port: 8080
   keys: []                  # e.g. [{key_env: ROLORA_KEY_ACME, domains: [contracts]}]; empty = no auth (local only)
   max_body_bytes: 65536
-  max_concurrency: 4        # requests in flight; more get 429
+  max_concurrency: 4        # request units in flight (ask/search 1, analyze by its model calls); more get 429
+  tenant_max_concurrency: null  # per API key (null = max_concurrency); a key may set its own max_concurrency
+  request_timeout_s: 300    # past it a request ends with 504 (streams: an error event)
 
 telemetry:                  # OpenTelemetry spans per run, node, model call and search
   exporter: none            # none | console | otlp (otlp needs `pip install 'rolora[otel]'`)

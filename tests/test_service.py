@@ -1,6 +1,7 @@
 """The HTTP API on real parts: the real agent and MiniLM retrieval on the sample contracts (domain ``contracts``) and
-on a second tenant's corpus (``tenant-b``: two sample contracts copied into the test home), SmolLM2 in-process for
-``/v1/ask`` and ``/v1/analyze``. Tenancy (401/403), size limits (413), concurrency (429) and SSE are checked."""
+on a second tenant's corpus (``tenant-b``: two sample contracts copied into the test home under doc ids of their own,
+so a leak of B's passages to A is visible), SmolLM2 in-process for ``/v1/ask`` and ``/v1/analyze``. Tenancy
+(401/403, thread ownership), size limits (413), concurrency (429), deadlines (504), error bodies and SSE."""
 
 from __future__ import annotations
 
@@ -15,17 +16,19 @@ import pytest
 
 from conftest import EXAMPLES, TEST_HOME
 
-B_DOCS = ("supply_agreement", "commercial_lease")
+B_SOURCES = {"tenant_b_supply": "supply_agreement", "tenant_b_lease": "commercial_lease"}  # doc id -> sample file
+B_DOCS = tuple(B_SOURCES)
 A_KEY, B_KEY, AB_KEY, ALL_KEY = "key-tenant-a", "key-tenant-b", "key-a-and-b", "key-all-domains"
 
 
-def _config() -> Any:
+def _config(**agent: Any) -> Any:
     from rolora.config import Config
 
     corpus_b = TEST_HOME / "corpora" / "tenant-b"
-    corpus_b.mkdir(parents=True, exist_ok=True)
-    for name in B_DOCS:
-        shutil.copyfile(EXAMPLES / f"{name}.txt", corpus_b / f"{name}.txt")
+    shutil.rmtree(corpus_b, ignore_errors=True)
+    corpus_b.mkdir(parents=True)
+    for doc_id, name in B_SOURCES.items():
+        shutil.copyfile(EXAMPLES / f"{name}.txt", corpus_b / f"{doc_id}.txt")
     return Config.model_validate(
         {
             "home": str(TEST_HOME),
@@ -33,7 +36,14 @@ def _config() -> Any:
                 "contracts": {"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"]},
                 "tenant-b": {"corpus": [str(corpus_b)]},
             },
-            "agent": {"k": 3, "max_queries": 1, "max_iterations": 1, "use_critic": False, "checkpointer": "memory"},
+            "agent": {
+                "k": 3,
+                "max_queries": 1,
+                "max_iterations": 1,
+                "use_critic": False,
+                "checkpointer": "memory",
+                **agent,
+            },
             "api": {
                 "keys": [
                     {"key": A_KEY, "domains": ["contracts"], "name": "tenant-a"},
@@ -61,7 +71,7 @@ def service(
     from rolora.service import create_app
 
     cfg = _config()
-    Retriever("tenant-b", cfg, embedder=embedder).ingest(progress=False)
+    Retriever("tenant-b", cfg, embedder=embedder).ingest(progress=False, rebuild=True)
 
     def agent_factory(config: Any) -> Any:
         return Agent.from_config(config, backend=inprocess_backend, checkpointer="memory")
@@ -83,9 +93,12 @@ def _search(client: Any, domain: str, headers: dict[str, str], **extra: Any) -> 
     )
 
 
-def test_healthz_needs_no_key_and_reports_domains(service: tuple[Any, Any]) -> None:
+def test_healthz_says_up_without_a_key_and_details_only_with_one(service: tuple[Any, Any]) -> None:
     client, _ = service
     r = client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "up"}  # no domains, no errors, no backend
+    assert client.get("/healthz", headers=_auth("not-a-key")).status_code == 401
+    r = client.get("/healthz", headers=_auth(A_KEY))
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "ok" and body["auth"] is True and body["max_concurrency"] == 1
@@ -184,9 +197,13 @@ def test_missing_key_env_fails_at_startup(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def _sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The events of an SSE body, keep-alive comments (``: ping``) skipped as the SSE spec says."""
     out = []
     for block in text.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        lines = [line for line in block.splitlines() if line and not line.startswith(":")]
+        if not lines:
+            continue
+        fields = dict(line.split(": ", 1) for line in lines)
         out.append((fields["event"], json.loads(fields["data"])))
     return out
 
@@ -275,3 +292,181 @@ def test_body_limit_counts_the_bytes_received() -> None:
 
     assert asyncio.run(call([b"x" * 600, b"y" * 600])) == 413 and seen == []
     assert asyncio.run(call([b"x" * 500, b"y" * 500])) == 200 and seen == [b"x" * 500 + b"y" * 500]
+
+
+# -- tenant isolation on a real HTTP server ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def http_service(
+    service: tuple[Any, Any], inprocess_backend: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A second app on uvicorn on a free loopback port (a real HTTP server), its runs in a real SQLite file."""
+    import socket
+
+    import uvicorn
+
+    from rolora.agents import Agent
+    from rolora.service import create_app
+
+    runs = tmp_path_factory.mktemp("runs") / "runs.sqlite"
+    cfg = _config(checkpointer="sqlite", checkpoint_path=str(runs))
+    cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"max_concurrency": 4})})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROLORA_TEST_KEY_B", B_KEY)
+        app = create_app(cfg, lambda config: Agent.from_config(config, backend=inprocess_backend))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def _leaks(body: Any) -> list[str]:
+    """Tenant B's doc ids found anywhere in a response body."""
+    text = json.dumps(body)
+    return [d for d in B_DOCS if d in text]
+
+
+@pytest.mark.slow
+def test_a_thread_belongs_to_the_key_that_started_it(http_service: str) -> None:
+    """B asks on thread T; A then sends an off-topic question on the same T: A gets a fresh run of its own, with no
+    trace of B's passages, and can neither read nor resume B's run; B's run is intact."""
+    import httpx
+
+    thread = "shared-thread-1"
+    with httpx.Client(base_url=http_service, timeout=600) as http:
+        b = http.post(
+            "/v1/ask",
+            json={"question": "Which law governs the supply agreement?", "domain": "tenant-b", "thread_id": thread},
+            headers={"X-API-Key": B_KEY},
+        )
+        assert b.status_code == 200, b.text
+        b_answer = b.json()
+        assert b_answer["thread_id"] == thread
+        assert b_answer["passages"] and {p["doc_id"] for p in b_answer["passages"]} <= set(B_DOCS)
+
+        a = http.post(
+            "/v1/ask",
+            json={"question": "What is the boiling point of water at sea level?", "thread_id": thread},
+            headers=_auth(A_KEY),
+        )
+        assert a.status_code == 200, a.text
+        a_answer = a.json()
+        assert a_answer["not_found"] and a_answer["domain"] == "contracts"
+        assert a_answer["passages"] == [] and _leaks(a_answer) == []
+        assert [s["node"] for s in a_answer["trace"]] == ["route", "finalise"]  # this run's steps only
+
+        a_view = http.get(f"/v1/threads/{thread}", headers=_auth(A_KEY))
+        assert a_view.status_code == 200 and _leaks(a_view.json()) == []  # A sees its own run, only
+        for key in (ALL_KEY, AB_KEY):  # keys that never used the thread: it does not exist for them
+            for r in (
+                http.get(f"/v1/threads/{thread}", headers=_auth(key)),
+                http.post(f"/v1/threads/{thread}/resume", json={}, headers=_auth(key)),
+                http.post(f"/v1/threads/{thread}/resume", json={"stream": True}, headers=_auth(key)),
+            ):
+                assert r.status_code == 404 and r.json()["detail"] == f"no run with thread id '{thread}'"
+                assert _leaks(r.json()) == []
+
+        b_view = http.get(f"/v1/threads/{thread}", headers={"X-API-Key": B_KEY})
+        assert b_view.status_code == 200
+        kept = b_view.json()["answer"]
+        assert kept["question"] == b_answer["question"] and kept["passages"] == b_answer["passages"]
+        assert kept["thread_id"] == thread
+
+        resumed = http.post(f"/v1/threads/{thread}/resume", json={}, headers={"X-API-Key": B_KEY})
+        assert resumed.status_code == 200 and resumed.json()["answer"] == b_answer["answer"]
+
+        # a new question on B's own thread starts from empty per-run state, too
+        again = http.post(
+            "/v1/ask",
+            json={"question": "Who won the football world cup in 1998?", "domain": "tenant-b", "thread_id": thread},
+            headers={"X-API-Key": B_KEY},
+        )
+        assert again.status_code == 200, again.text
+        body = again.json()
+        assert body["not_found"] and body["passages"] == [] and body["citations"] == []
+        assert [s["node"] for s in body["trace"]] == ["route", "finalise"]
+
+
+def test_error_bodies_carry_a_request_id_and_no_exception_text(
+    service: tuple[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server-side failure says what failed and the request id; the exception text is only in the log."""
+    client, app = service
+    svc = app.state.rolora
+    secret = "/srv/secret/path/index.faiss is corrupt"
+    real = svc.agent.retriever
+
+    def broken(domain: str) -> Any:
+        raise RuntimeError(secret)
+
+    svc.agent.retriever = broken
+    try:
+        with caplog.at_level("ERROR", logger="rolora.service"):
+            r = _search(client, "contracts", _auth(A_KEY))
+    finally:
+        svc.agent.retriever = real
+    assert r.status_code == 500
+    body = r.json()
+    rid = r.headers["x-request-id"]
+    assert body["request_id"] == rid and rid in body["detail"]
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    assert any(rid in rec.getMessage() and secret in rec.getMessage() for rec in caplog.records)
+    # the caller's own mistakes keep their message, with the id too
+    denied = _search(client, "tenant-b", _auth(A_KEY))
+    assert denied.status_code == 403 and denied.json()["request_id"] == denied.headers["x-request-id"]
+
+
+def test_per_key_quota_and_weighted_analyze() -> None:
+    """Request units: the global limit and each key's quota; an analyze is weighed by its model calls."""
+    from fastapi import HTTPException
+
+    from rolora.service import Limiter
+    from rolora.service.limits import units_for_model_calls
+
+    lim = Limiter(4, tenant_limit=2)
+    a1, a2 = lim.acquire("a"), lim.acquire("a")
+    with pytest.raises(HTTPException) as busy:
+        lim.acquire("a")  # A's quota is spent, the service is not
+    assert busy.value.status_code == 429 and busy.value.headers == {"Retry-After": "1"}
+    assert "quota is 2" in str(busy.value.detail)
+    b1 = lim.acquire("b")
+    assert lim.in_flight == 3 and lim.by_tenant == {"a": 2, "b": 1}
+    with pytest.raises(HTTPException, match="max_concurrency=4"):
+        lim.acquire("c", units=2)  # two units do not fit in the one left
+    assert lim.acquire("vip", units=1, tenant_limit=3) is not None  # a key's own quota
+    for release in (a1, a2, a2, b1):  # releasing twice is harmless
+        release()
+    assert lim.in_flight == 1
+    assert units_for_model_calls(22, capacity=8) == 5  # all 22 categories: about five asks' worth of model calls
+    assert units_for_model_calls(1, capacity=8) == 1
+    assert units_for_model_calls(22, capacity=2) == 2  # never more than the whole capacity: it can still run
+
+
+def test_a_request_past_its_deadline_is_504(service: tuple[Any, Any]) -> None:
+    client, app = service
+    svc = app.state.rolora
+    real_config = svc.config
+    real = svc.agent.retriever
+
+    def slow(domain: str) -> Any:
+        time.sleep(0.5)
+        return real(domain)
+
+    svc.config = real_config.model_copy(update={"api": real_config.api.model_copy(update={"request_timeout_s": 0.1})})
+    svc.agent.retriever = slow
+    try:
+        r = _search(client, "contracts", _auth(A_KEY))
+    finally:
+        svc.agent.retriever = real
+        svc.config = real_config
+    assert r.status_code == 504 and "request_timeout_s" in r.json()["detail"]
+    time.sleep(0.6)  # the abandoned search finishes in its thread
+    assert svc.limiter.in_flight == 0

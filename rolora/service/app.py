@@ -2,20 +2,30 @@
 
 Endpoints:
 
-- ``GET /healthz`` (no auth): model, backend, each domain's index status, requests in flight.
+- ``GET /healthz``: without a key, only that the service is up; with a key (or with no keys configured), the model,
+  backend, each domain's index status and the request units in flight.
 - ``POST /v1/ask`` ``{question, domain?, thread_id?, stream?}``: the agent's :class:`~rolora.agents.types.Answer` as
   JSON, or server-sent events when ``stream`` is true or the request sends ``Accept: text/event-stream``: one
   ``step`` event per graph node as it completes (plus ``passages``/``token`` events), then one ``answer`` event
-  (``error`` on failure).
+  (``error`` on failure). Keep-alive pings every 15 s; a client that disconnects cancels its run's stream.
+- ``GET /v1/threads/{thread_id}``: a run of the caller's (its answer, or the nodes it is paused before).
+- ``POST /v1/threads/{thread_id}/resume`` ``{stream?}``: continue a run of the caller's from its last checkpoint.
 - ``POST /v1/search`` ``{query, domain, k?, mode?, doc_id?}``: cited passages (``doc_id[start:end]``).
 - ``POST /v1/analyze`` ``{domain, doc_id | text, categories?}``: a :class:`~rolora.agents.analyze.ContractAnalysis`.
 
-Tenancy: ``api.keys`` maps each key (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) to the domains it may
-use (``"*"`` = all). A missing or unknown key is 401, a domain outside the key's list is 403. With no keys
-configured there is no auth (local use; a warning is logged). Limits: a body over ``api.max_body_bytes`` is 413
-(the Content-Length header and the bytes actually received are both checked), a question over
-``api.max_question_chars`` is 413, and more than ``api.max_concurrency`` requests in flight get 429 with
-``Retry-After``. The agent (backend, retrievers, checkpointer) is built once at startup and shared.
+Tenancy (:mod:`rolora.service.tenants`): ``api.keys`` maps each key (``Authorization: Bearer KEY`` or
+``X-API-Key: KEY``) to the domains it may use (``"*"`` = all). A missing or unknown key is 401, a domain outside the
+key's list is 403. Threads belong to the key that started them: another key's thread answers 404, as if it did not
+exist, and each new question on a thread starts from empty per-run state. With no keys configured there is no auth
+(local use; a warning is logged).
+
+Limits (:mod:`rolora.service.limits`): a body over ``api.max_body_bytes`` is 413, a question over
+``api.max_question_chars`` is 413; request units in flight over ``api.max_concurrency`` (all keys) or over the key's
+quota get 429 with ``Retry-After``; a request past ``api.request_timeout_s`` ends with 504.
+
+Errors: every response carries ``X-Request-ID``. A request's own mistakes (4xx) say what to change; a server-side
+failure (5xx) says only what failed and the request id, and the exception is in the server log under that id.
+The agent (backend, retrievers, checkpointer) is built once at startup and shared.
 
 >>> app = create_app(load_config("rolora.yaml"))   # doctest: +SKIP
 >>> uvicorn.run(app, host="127.0.0.1", port=8080)  # doctest: +SKIP
@@ -24,26 +34,33 @@ configured there is no auth (local use; a warning is logged). Limits: a body ove
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextvars
 import json
 import logging
-import os
-from collections.abc import AsyncIterator, Callable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rolora.config import ApiConfig, Config
-from rolora.errors import ConfigError, IndexError_, RoloraError, RoloraRuntimeError, UserError
+from rolora.config import Config
+from rolora.errors import IndexError_, RoloraError, UserError
 
-__all__ = ["AnalyzeRequest", "AskRequest", "SearchRequest", "ServiceAgent", "create_app", "resolve_api_keys"]
+from .limits import BodyLimitMiddleware, Limiter, units_for_model_calls
+from .tenants import Tenant, authenticate, resolve_api_keys
+
+__all__ = ["AnalyzeRequest", "AskRequest", "SearchRequest", "ServiceAgent", "create_app", "serve"]
 
 log = logging.getLogger("rolora.service")
+T = TypeVar("T")
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("rolora_request_id", default="-")
+_THREAD_ID = r"^[A-Za-z0-9_.:-]+$"  # no "/": the tenant namespace separator (see tenants.py)
 
 
 class ServiceAgent(Protocol):
@@ -59,6 +76,10 @@ class ServiceAgent(Protocol):
         self, question: str | None, domain: str | None = None, *, thread_id: str | None = None
     ) -> AsyncIterator[dict[str, Any]]: ...
 
+    async def astate(self, thread_id: str) -> dict[str, Any]: ...
+
+    async def aresume(self, thread_id: str) -> Any: ...
+
     def close(self) -> None: ...
 
 
@@ -73,7 +94,11 @@ class _Request(BaseModel):
 class AskRequest(_Request):
     question: str = Field(min_length=1)
     domain: str | None = None  # None: the key's only domain, or routed by the agent (keys with "*" / no auth)
-    thread_id: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    thread_id: str | None = Field(None, max_length=128, pattern=_THREAD_ID)
+    stream: bool = False
+
+
+class ResumeRequest(_Request):
     stream: bool = False
 
 
@@ -98,139 +123,65 @@ class AnalyzeRequest(_Request):
         return self
 
 
-# -- auth ----------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Tenant:
-    """An API key's holder: its name and the domains it may use (``"*"`` = all)."""
+# -- request ids and errors ----------------------------------------------------------------------------------------
+class RequestIdMiddleware:
+    """A fresh id for every request: set for the handlers (logs, error bodies) and sent as ``X-Request-ID``. An
+    exception no handler took becomes a 500 that names only the request id; the log has the exception."""
 
-    name: str
-    domains: frozenset[str]
-
-    def allows(self, domain: str) -> bool:
-        return "*" in self.domains or domain in self.domains
-
-    def only_domain(self) -> str | None:
-        return next(iter(self.domains)) if len(self.domains) == 1 and "*" not in self.domains else None
-
-
-def resolve_api_keys(api: ApiConfig, env: Mapping[str, str] | None = None) -> list[tuple[str, Tenant]]:
-    """``(key, tenant)`` for every configured key; a ``key_env`` that is not set is a ConfigError naming it."""
-    env = os.environ if env is None else env
-    out: list[tuple[str, Tenant]] = []
-    for i, k in enumerate(api.keys):
-        value = k.key if k.key is not None else env.get(k.key_env or "")
-        if not value:
-            raise ConfigError(f"api.keys.{i}.key_env: environment variable {k.key_env} is not set; export it")
-        out.append((value, Tenant(k.name or f"key {i}", frozenset(k.domains))))
-    return out
-
-
-def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("x-api-key") or None
-
-
-# -- limits --------------------------------------------------------------------------------------------------------
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
-
-
-class BodyLimitMiddleware:
-    """413 for a body over ``max_bytes``: by its Content-Length, and by the bytes actually received (a chunked or
-    lying client). The body is buffered (it is small by construction) and replayed to the app."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = {"detail": f"request body is over {self.max_bytes} bytes (api.max_body_bytes)"}
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                await _send_json(send, 400, {"detail": "invalid Content-Length header"})
-                return
-            if declared > self.max_bytes:
-                await _send_json(send, 413, too_big)
-                return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await _send_json(send, 413, too_big)
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
+        rid = uuid.uuid4().hex[:16]
+        token = _request_id.set(rid)
+        started = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
 
-        await self.app(scope, replay, send)
-
-
-class _Limiter:
-    """At most ``limit`` requests in flight; the rest are refused at once (429), never queued."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-
-    def acquire(self) -> Callable[[], None]:
-        """A release function (idempotent), or HTTP 429 when full. Runs on the event loop: no lock needed."""
-        if self.in_flight >= self.limit:
-            raise HTTPException(
-                429,
-                f"busy: {self.in_flight} requests in flight (api.max_concurrency={self.limit}); retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        self.in_flight += 1
-        done = False
-
-        def release() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                self.in_flight -= 1
-
-        return release
-
-
-class _ReleasingStream(StreamingResponse):
-    """A streaming response that frees its concurrency slot however the stream ends (done, error, disconnect)."""
-
-    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._release = release
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await self.app(scope, receive, send_with_id)
+        except Exception as e:
+            status, body = _error_body(e, f"{scope.get('method')} {scope.get('path')}")
+            if started:  # the status line is out: nothing left to tell the client
+                return
+            data = json.dumps(body).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+            await send_with_id({"type": "http.response.start", "status": status, "headers": headers})
+            await send_with_id({"type": "http.response.body", "body": data})
         finally:
-            self._release()
+            _request_id.reset(token)
+
+
+def _status_of(e: BaseException) -> int:
+    if isinstance(e, IndexError_):
+        return 503
+    if isinstance(e, UserError):
+        return 400
+    if isinstance(e, TimeoutError):
+        return 504
+    return 500
+
+
+def _error_body(e: BaseException, what: str) -> tuple[int, dict[str, Any]]:
+    """The status and body for an error: the message of a request's own mistake (4xx, written for the caller);
+    for anything else only what failed and the request id. The exception itself goes to the server log."""
+    status, rid = _status_of(e), _request_id.get()
+    if status < 500:
+        return status, {"detail": str(e), "request_id": rid}
+    log.error("request %s: %s failed: %s: %s", rid, what, type(e).__name__, e, exc_info=status == 500)
+    detail = {
+        503: "the domain's index is not ready",
+        504: "the request ran past api.request_timeout_s; a run with a thread id can be resumed",
+    }.get(status, "internal error")
+    return status, {"detail": f"{detail} (request id {rid}; the server log has the details)", "request_id": rid}
 
 
 # -- the app -------------------------------------------------------------------------------------------------------
@@ -239,46 +190,47 @@ class _Service:
     config: Config
     agent: ServiceAgent
     keys: list[tuple[str, Tenant]]
-    limiter: _Limiter
+    limiter: Limiter
     startup_errors: dict[str, str] = field(default_factory=dict)
 
-    def authenticate(self, request: Request) -> Tenant | None:
-        """The caller's tenant; None when no keys are configured (open mode). 401 for a missing/unknown key."""
-        if not self.keys:
-            return None
-        presented = _presented_key(request)
-        if presented is None:
-            raise HTTPException(
-                401,
-                "missing API key: send Authorization: Bearer KEY or X-API-Key: KEY",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        tenant = None
-        for key, t in self.keys:  # compare with every key in constant time
-            if hmac.compare_digest(key.encode(), presented.encode()):
-                tenant = t
-        if tenant is None:
-            raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-        return tenant
+    def tenant(self, request: Request) -> Tenant:
+        t = authenticate(self.keys, request)
+        assert t is not None  # required=True raises instead
+        return t
 
-    def check_domain(self, tenant: Tenant | None, domain: str) -> None:
-        if tenant is not None and not tenant.allows(domain):
+    def acquire(self, tenant: Tenant, units: int = 1) -> Callable[[], None]:
+        return self.limiter.acquire(tenant.namespace, units, tenant.max_concurrency)
+
+    def check_domain(self, tenant: Tenant, domain: str) -> None:
+        if not tenant.allows(domain):
             allowed = ", ".join(sorted(tenant.domains)) or "none"
             raise HTTPException(403, f"this API key may not use domain '{domain}' (allowed: {allowed})")
         if domain not in self.config.domains:
             raise HTTPException(404, f"domain '{domain}' is not configured")
 
-    def ask_domain(self, tenant: Tenant | None, domain: str | None) -> str | None:
+    def ask_domain(self, tenant: Tenant, domain: str | None) -> str | None:
         if domain is not None:
             self.check_domain(tenant, domain)
             return domain
-        if tenant is None or "*" in tenant.domains:
+        if "*" in tenant.domains:
             return None  # the agent routes
         only = tenant.only_domain()
         if only is None:
             allowed = ", ".join(sorted(tenant.domains))
             raise HTTPException(422, f"give a domain: this API key may use several ({allowed})")
         return only
+
+    async def own_run(self, tenant: Tenant, thread_id: str) -> dict[str, Any]:
+        """The caller's run on ``thread_id``, or 404 — the same answer whether the thread is another key's or none's."""
+        state = await self.agent.astate(tenant.thread(thread_id))
+        domain = (state.get("values") or {}).get("domain")
+        if not state.get("values") or (domain is not None and not tenant.allows(domain)):
+            raise HTTPException(404, f"no run with thread id '{thread_id}'")
+        return state
+
+    async def deadline(self, work: Awaitable[T]) -> T:
+        async with asyncio.timeout(self.config.api.request_timeout_s):
+            return await work
 
 
 def _open_index(agent: ServiceAgent, domain: str) -> None:
@@ -292,16 +244,48 @@ def _default_agent(config: Config) -> ServiceAgent:
     return agent
 
 
-def _sse(event: str, data: Mapping[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"
+class _ReleasingEvents(EventSourceResponse):
+    """Server-sent events (keep-alive pings, disconnect handling) that free their request units however the stream
+    ends: done, error, deadline or a client that went away."""
+
+    def __init__(self, content: AsyncIterator[ServerSentEvent], release: Callable[[], None]) -> None:
+        super().__init__(content, ping=15, sep="\n", headers={"Cache-Control": "no-cache"})
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
-def _error_status(e: RoloraError) -> int:
-    if isinstance(e, IndexError_):
-        return 503
-    if isinstance(e, UserError):
-        return 400
-    return 500
+def _event(kind: str, data: Mapping[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(json.dumps(data, ensure_ascii=False, default=str), event=kind, sep="\n")
+
+
+def _public_event(ev: dict[str, Any], tenant: Tenant) -> dict[str, Any]:
+    """An agent event as the caller sees it: its own thread id, never the namespaced one."""
+    out = dict(ev)
+    if "thread_id" in out:
+        out["thread_id"] = tenant.public(str(out["thread_id"]))
+    if isinstance(out.get("answer"), dict) and "thread_id" in out["answer"]:
+        out["answer"] = {**out["answer"], "thread_id": tenant.public(str(out["answer"]["thread_id"]))}
+    return out
+
+
+def _stream_run(
+    svc: _Service, tenant: Tenant, release: Callable[[], None], question: str | None, domain: str | None, tid: str
+) -> _ReleasingEvents:
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        try:
+            async with asyncio.timeout(svc.config.api.request_timeout_s):
+                async for ev in svc.agent.astream(question, domain, thread_id=tenant.thread(tid)):
+                    yield _event(str(ev.get("type", "message")), _public_event(ev, tenant))
+        except Exception as e:  # the stream has started: report in-band, the status line is already sent
+            status, body = _error_body(e, "streamed run")
+            yield _event("error", {"type": "error", "status": status, "thread_id": tid, **body})
+
+    return _ReleasingEvents(events(), release)
 
 
 def create_app(config: Config, agent_factory: AgentFactory | None = None) -> FastAPI:
@@ -314,11 +298,12 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
     if not keys:
         log.warning("api.keys is empty: no authentication and every domain is open (local use only)")
     factory = agent_factory or _default_agent
+    api = config.api
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         agent = await asyncio.to_thread(factory, config)
-        service = _Service(config, agent, keys, _Limiter(config.api.max_concurrency))
+        service = _Service(config, agent, keys, Limiter(api.max_concurrency, api.tenant_max_concurrency))
         for domain in config.domains:  # open each index now, so the first request does not pay for it
             try:
                 await asyncio.to_thread(_open_index, agent, domain)
@@ -332,13 +317,24 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
             await asyncio.to_thread(agent.close)
 
     app = FastAPI(title="rolora", version="1", lifespan=lifespan, summary="Agentic RAG over contracts, with citations")
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.api.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
 
     @app.exception_handler(RoloraError)
     async def _rolora_error(request: Request, exc: RoloraError) -> JSONResponse:
-        if isinstance(exc, RoloraRuntimeError):
-            log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": str(exc)}, status_code=_error_status(exc))
+        status, body = _error_body(exc, f"{request.method} {request.url.path}")
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(TimeoutError)
+    async def _timeout(request: Request, exc: TimeoutError) -> JSONResponse:
+        status, body = _error_body(exc, f"{request.method} {request.url.path}")
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.detail, "request_id": _request_id.get()}, status_code=exc.status_code, headers=exc.headers
+        )
 
     def service_of(request: Request) -> _Service:
         svc: _Service = request.app.state.rolora
@@ -347,6 +343,8 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:
         svc = service_of(request)
+        if authenticate(svc.keys, request, required=False) is None:
+            return {"status": "up"}  # details (domains, errors) need a key
 
         def domains() -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -373,12 +371,13 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
     @app.post("/v1/search")
     async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
         svc = service_of(request)
-        svc.check_domain(svc.authenticate(request), body.domain)
-        release = svc.limiter.acquire()
+        tenant = svc.tenant(request)
+        svc.check_domain(tenant, body.domain)
+        release = svc.acquire(tenant)
         try:
             retriever = svc.agent.retriever(body.domain)
             filters = {"doc_id": body.doc_id} if body.doc_id else None
-            hits = await asyncio.to_thread(retriever.search, body.query, body.k, filters, body.mode)
+            hits = await svc.deadline(asyncio.to_thread(retriever.search, body.query, body.k, filters, body.mode))
         finally:
             release()
         passages = [
@@ -399,54 +398,74 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
     @app.post("/v1/ask", response_model=None)
     async def ask(body: AskRequest, request: Request) -> Any:
         svc = service_of(request)
-        tenant = svc.authenticate(request)
-        limit = config.api.max_question_chars
+        tenant = svc.tenant(request)
+        limit = api.max_question_chars
         if len(body.question) > limit:
             raise HTTPException(
                 413, f"question is {len(body.question)} characters, over api.max_question_chars={limit}"
             )
         domain = svc.ask_domain(tenant, body.domain)
+        tid = body.thread_id or uuid.uuid4().hex
         stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
-        release = svc.limiter.acquire()
-        if not stream:
-            try:
-                answer = await svc.agent.aask(body.question, domain, thread_id=body.thread_id)
-            finally:
-                release()
-            return answer.model_dump(mode="json")
+        release = svc.acquire(tenant)
+        if stream:
+            return _stream_run(svc, tenant, release, body.question, domain, tid)
+        try:
+            answer = await svc.deadline(svc.agent.aask(body.question, domain, thread_id=tenant.thread(tid)))
+        finally:
+            release()
+        return {**answer.model_dump(mode="json"), "thread_id": tid}
 
-        async def events() -> AsyncIterator[str]:
-            try:
-                async for ev in svc.agent.astream(body.question, domain, thread_id=body.thread_id):
-                    yield _sse(str(ev.get("type", "message")), ev)
-            except RoloraError as e:
-                yield _sse("error", {"type": "error", "status": _error_status(e), "error": str(e)})
-            except Exception as e:  # the stream has started: report in-band, the status line is already sent
-                log.exception("streamed /v1/ask failed")
-                yield _sse("error", {"type": "error", "status": 500, "error": f"{type(e).__name__}: {e}"})
+    @app.get("/v1/threads/{thread_id}")
+    async def thread(thread_id: str, request: Request) -> dict[str, Any]:
+        svc = service_of(request)
+        tenant = svc.tenant(request)
+        state = await svc.own_run(tenant, thread_id)
+        final = state["values"].get("final")
+        done = bool(final) and not state["next"]
+        return {
+            "thread_id": thread_id,
+            "status": "done" if done else "paused",
+            "next": state["next"],
+            "answer": {**final, "thread_id": thread_id} if done else None,
+        }
 
-        return _ReleasingStream(
-            events(), release, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+    @app.post("/v1/threads/{thread_id}/resume", response_model=None)
+    async def resume(thread_id: str, request: Request, body: ResumeRequest | None = None) -> Any:
+        svc = service_of(request)
+        tenant = svc.tenant(request)
+        await svc.own_run(tenant, thread_id)
+        stream = (body is not None and body.stream) or "text/event-stream" in request.headers.get("accept", "")
+        release = svc.acquire(tenant)
+        if stream:
+            return _stream_run(svc, tenant, release, None, None, thread_id)
+        try:
+            answer = await svc.deadline(svc.agent.aresume(tenant.thread(thread_id)))
+        finally:
+            release()
+        return {**answer.model_dump(mode="json"), "thread_id": thread_id}
 
     @app.post("/v1/analyze")
     async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
         from rolora.agents.analyze import aanalyze_contract, select_categories, text_document
 
         svc = service_of(request)
-        svc.check_domain(svc.authenticate(request), body.domain)
-        select_categories(body.categories)  # 400 for unknown names before taking a slot
-        release = svc.limiter.acquire()
+        tenant = svc.tenant(request)
+        svc.check_domain(tenant, body.domain)
+        chosen = select_categories(body.categories)  # 400 for unknown names before taking a slot
+        release = svc.acquire(tenant, units_for_model_calls(len(chosen), svc.limiter.limit))
         try:
             retriever = svc.agent.retriever(body.domain)
             source = text_document(body.text) if body.text is not None else str(body.doc_id)
-            result = await aanalyze_contract(
-                source,
-                body.domain,
-                config=config,
-                backend=svc.agent.backend,
-                retriever=retriever,
-                categories=body.categories,
+            result = await svc.deadline(
+                aanalyze_contract(
+                    source,
+                    body.domain,
+                    config=config,
+                    backend=svc.agent.backend,
+                    retriever=retriever,
+                    categories=body.categories,
+                )
             )
         finally:
             release()
