@@ -19,6 +19,7 @@ import asyncio
 import logging
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -73,6 +74,7 @@ class Agent:
         max_iterations: int | None = None,
         embedder: Any = None,
         owns_backend: bool = False,
+        compile: bool = True,
     ) -> None:
         unknown = set(adapters or {}) - set(ROLES)
         if unknown:
@@ -108,7 +110,7 @@ class Agent:
         self._checkpointer_kind: Checkpointer = checkpointer or settings.checkpointer
         self._saver: Any = None
         self._conn: Any = None
-        self.graph = self._run(self._compile())
+        self.graph: Any = self._run(self._compile()) if compile else None  # None: only subgraph() is used
 
     @classmethod
     def from_config(cls, config: Config, *, backend: Any = None, **kwargs: Any) -> Agent:
@@ -222,7 +224,13 @@ class Agent:
             )
         return Answer.model_validate({**final, "thread_id": thread_id})
 
-    def _inputs(self, question: str, domain: str | None, domains: Sequence[str] | None = None) -> dict[str, Any]:
+    def _inputs(
+        self,
+        question: str,
+        domain: str | None,
+        domains: Sequence[str] | None = None,
+        doc_ids: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
         question = question.strip()
         if not question:
             raise UserError("the question is empty")
@@ -230,7 +238,9 @@ class Agent:
             self.config.domain(d)
         if domain is not None and domains is not None and domain not in domains:
             raise UserError(f"domain '{domain}' is not one of the allowed domains ({', '.join(domains)})")
-        return new_run(question, domain, list(domains or []) or None)
+        if doc_ids and domain is not None:  # routed runs check them in the routed domain's retrieve step
+            self.retriever(domain).check_doc_ids(list(doc_ids))
+        return new_run(question, domain, list(domains or []) or None, list(doc_ids or []) or None)
 
     def ask(
         self,
@@ -239,11 +249,13 @@ class Agent:
         *,
         thread_id: str | None = None,
         domains: Sequence[str] | None = None,
+        doc_ids: Sequence[str] | None = None,
     ) -> Answer:
         """Answer ``question``; ``domain=None`` routes it (among ``domains`` when given, e.g. a tenant's).
-        The run is checkpointed under ``thread_id``."""
+        ``doc_ids`` restricts retrieval to those documents (otherwise the contract the question names, if the
+        retriever resolves one, else the whole domain). The run is checkpointed under ``thread_id``."""
         tid = thread_id or uuid.uuid4().hex
-        inputs = self._inputs(question, domain, domains)
+        inputs = self._inputs(question, domain, domains, doc_ids)
         return self._run(self._invoke(inputs, tid, telemetry.caller_context()))
 
     async def aask(
@@ -253,9 +265,10 @@ class Agent:
         *,
         thread_id: str | None = None,
         domains: Sequence[str] | None = None,
+        doc_ids: Sequence[str] | None = None,
     ) -> Answer:
         tid = thread_id or uuid.uuid4().hex
-        inputs = self._inputs(question, domain, domains)
+        inputs = self._inputs(question, domain, domains, doc_ids)
         return await self._on_loop(self._invoke(inputs, tid, telemetry.caller_context()))
 
     def resume(self, thread_id: str) -> Answer:
@@ -291,12 +304,13 @@ class Agent:
         *,
         thread_id: str | None = None,
         domains: Sequence[str] | None = None,
+        doc_ids: Sequence[str] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Events as the run goes: ``{"type": "step", "step": {...}}`` per trace step, ``{"type": "token", ...}``
         while the analyst writes, ``{"type": "passages", ...}`` after retrieval, then ``{"type": "answer", ...}``
         (or ``{"type": "interrupt", ...}`` when paused for review). ``question=None`` resumes ``thread_id``."""
         tid = thread_id or uuid.uuid4().hex
-        inputs = None if question is None else self._inputs(question, domain, domains)
+        inputs = None if question is None else self._inputs(question, domain, domains, doc_ids)
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         caller = asyncio.get_running_loop()
 
@@ -350,6 +364,11 @@ class Agent:
         finally:
             if not fut.done():
                 fut.cancel()
+
+    def subgraph(self, checkpointer: Any = None) -> Any:
+        """The graph compiled on this agent's dependencies, for use inside another LangGraph app (as a node or a
+        subgraph; it then checkpoints with the parent's checkpointer). Valid until :meth:`close`."""
+        return compile_graph(self.context, checkpointer=checkpointer)
 
     def as_tool(self, domain: str | None = None) -> Any:
         """A LangChain tool (``ask_contracts``-style) that answers with cited spans, for other agents to call."""
@@ -422,6 +441,12 @@ def _answer_attributes(answer: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_graph(config: Config, *, backend: Any = None, checkpointer: Any = None, **agent_kwargs: Any) -> Any:
     """A compiled LangGraph graph answering ``{"question": ..., "domain": ...}`` with ``state["final"]`` an
-    :class:`Answer` dict; its dependencies are bound, so it runs on its own or as a subgraph of another app."""
-    agent = Agent.from_config(config, backend=backend, checkpointer="none", **agent_kwargs)
-    return compile_graph(agent.context, checkpointer=checkpointer)
+    :class:`Answer` dict; its dependencies are bound, so it runs on its own or as a subgraph of another app.
+
+    Its nodes are async: run it (or the app it is part of) with ``ainvoke``/``astream``. The graph is compiled once.
+    Its agent (retrievers, and the backend when none is given) is closed when the graph is garbage-collected or the
+    interpreter exits; for an explicit lifetime use ``with Agent.from_config(config) as agent: agent.subgraph()``."""
+    agent = Agent.from_config(config, backend=backend, checkpointer="none", compile=False, **agent_kwargs)
+    graph = agent.subgraph(checkpointer)
+    weakref.finalize(graph, agent.close)
+    return graph
