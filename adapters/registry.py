@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rolora.errors import RoloraRuntimeError, UserError
 from rolora.fileutil import atomic_write_text
 
-from .serving.base import check_adapter_folder, parse_adapter_ref
+from .serving.base import MANIFEST, check_adapter_folder, parse_adapter_ref, verify_adapter_files
 
 if TYPE_CHECKING:
     from rolora.config import Config
@@ -69,7 +69,6 @@ __all__ = [
 
 log = logging.getLogger("rolora.adapters")
 
-MANIFEST = "manifest.json"
 ROLES = ("query_writer", "analyst", "critic", "domain")
 Stage = Literal["candidate", "promoted", "retired"]
 Kind = Literal["lora", "full"]
@@ -494,10 +493,12 @@ class Registry:
     def resolve(self, ref: str) -> tuple[str, Path]:
         """``"name@3"`` -> that version; ``"name"`` -> the latest promoted one. Returns (canonical ref, folder).
 
-        Refuses pickled weights and, when the registry has a base model, adapters trained on another base.
+        Refuses pickled weights, files whose sha256 is not the one recorded at registration, and, when the
+        registry has a base model, adapters trained on another base.
         """
         rec = self._get(ref, "promoted")
         _check_weights(rec.ref, rec.path, rec.kind)
+        verify_adapter_files(rec.ref, rec.path)
         base_dir = self.base_dir
         if base_dir is not None:
             self.check_base(rec.ref, base_dir)
@@ -568,19 +569,12 @@ class Registry:
     # -- writing --------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        """An exclusive lock on the registry for writers (a no-op where fcntl is missing)."""
+        """An exclusive lock on the registry for writers (``filelock``: flock on POSIX, msvcrt on Windows)."""
+        from filelock import FileLock
+
         self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
+        with FileLock(self.root / _LOCK):
             yield
-            return
-        with open(self.root / _LOCK, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _save(self, rec: AdapterRecord) -> AdapterRecord:
         _write_json_atomic(rec.path / MANIFEST, rec.manifest())
@@ -771,6 +765,7 @@ class Registry:
             raise UserError(f"{out} exists and is not empty; choose another folder or pass overwrite")
         rec = self.check_base(ref, base_dir)
         _check_weights(rec.ref, rec.path, rec.kind)
+        verify_adapter_files(rec.ref, rec.path)
         if rec.kind != "lora":
             raise UserError(f"'{rec.ref}' is already a full model; use its folder {rec.path} directly")
         import torch

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -85,14 +86,18 @@ def main() -> None:
 
         adapters = {name: root / name for name in ("alpha@1", "beta@1", "gamma@1")}
         server = VLLMServer(
-            base_dir, lora_modules=adapters, served_model_name="smollm2-135m-instruct", port=free_port()
+            base_dir,
+            lora_modules=adapters,
+            served_model_name="smollm2-135m-instruct",
+            port=free_port(),
+            api_key=secrets.token_urlsafe(24),  # runtime LoRA loading is on: the server checks a key
         )
         if server.device == "cpu":
             server.python = ensure_cpu_venv(default_cpu_venv(TEST_HOME))
         server.start()
         server.wait_ready(timeout=600)
         try:
-            vllm = VLLMBackend([server.url], DirectoryAdapters(root))
+            vllm = VLLMBackend([server.url], DirectoryAdapters(root), api_key=server.api_key)
             rows["vLLM-CPU base"], _ = run(vllm, requests(n, tok, mixed=False))
             rows["vLLM-CPU mixed"], _ = run(vllm, requests(n, tok, mixed=True))
             vllm.close()

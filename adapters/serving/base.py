@@ -11,18 +11,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from rolora.errors import UserError
+from rolora.errors import RoloraRuntimeError, UserError
 
 __all__ = [
     "BASE",
     "JSON_SEPARATORS",
+    "MANIFEST",
     "AdapterResolver",
     "Backend",
     "BackendBase",
@@ -31,6 +35,7 @@ __all__ = [
     "GenerationResult",
     "json_schema_grammar",
     "parse_adapter_ref",
+    "verify_adapter_files",
 ]
 
 BASE = "__base__"  # the adapter name PEFT uses for "no adapter" in a mixed batch
@@ -193,3 +198,62 @@ def check_adapter_folder(ref: str, folder: Path) -> str:
             )
         raise UserError(f"adapter '{ref}': {folder} has no adapter_model.safetensors")
     return ref
+
+
+MANIFEST = "manifest.json"  # the registry's record beside each adapter; ``files`` maps file name -> sha256
+_HASHES: OrderedDict[tuple[str, int, int, int, int], str] = OrderedDict()  # (path, inode, size, mtime, ctime) -> sha
+_HASHES_MAX = 256
+_HASHES_LOCK = threading.Lock()
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of ``path``, computed again whenever the file's inode, size, mtime or ctime differ from the last time
+    (any write changes ctime, which no user can set back), so an unchanged adapter is not re-read on every load."""
+    from rolora.models import sha256_file
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _HASHES_LOCK:
+        if key in _HASHES:
+            _HASHES.move_to_end(key)
+            return _HASHES[key]
+    sha = sha256_file(path)
+    with _HASHES_LOCK:
+        _HASHES[key] = sha
+        while len(_HASHES) > _HASHES_MAX:
+            _HASHES.popitem(last=False)
+    return sha
+
+
+def verify_adapter_files(ref: str, folder: Path) -> None:
+    """Refuse an adapter whose files are not the bytes recorded when it was registered.
+
+    Reads ``folder/manifest.json`` (written by the registry); a folder without one (a plain PEFT folder served
+    through ``DirectoryAdapters``) has nothing recorded and passes. A changed or missing file raises a one-line
+    ``RoloraRuntimeError`` naming the adapter and the command that registers it again.
+    """
+    manifest = Path(folder) / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        recorded = dict(data.get("files") or {})
+    except (OSError, ValueError, AttributeError) as e:
+        raise RoloraRuntimeError(f"adapter '{ref}': {manifest} is unreadable ({e}); re-register the adapter") from e
+    role, domain = data.get("role") or "ROLE", data.get("domain") or "DOMAIN"
+    fix = (
+        f"re-register it with `rolora train {role} --domain {domain}` (a new version), or restore the file from "
+        "the training output"
+    )
+    for name, expected in sorted(recorded.items()):
+        path = Path(folder) / name
+        if os.sep in name or name.startswith(".."):
+            raise RoloraRuntimeError(f"adapter '{ref}': {manifest} records a file outside its folder ({name!r})")
+        if not path.is_file():
+            raise RoloraRuntimeError(f"adapter '{ref}': {name} is missing from {folder}; {fix}")
+        actual = _sha256(path)
+        if actual != expected:
+            raise RoloraRuntimeError(
+                f"adapter '{ref}': {name} has sha256 {actual[:12]}…, not the {str(expected)[:12]}… recorded when it "
+                f"was registered (changed since); {fix}"
+            )

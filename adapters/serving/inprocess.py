@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from rolora.errors import RoloraRuntimeError, UserError
 
-from .base import BASE, AdapterResolver, BackendBase, GenerationRequest, GenerationResult, json_schema_grammar
+from .base import (
+    BASE,
+    AdapterResolver,
+    BackendBase,
+    GenerationRequest,
+    GenerationResult,
+    json_schema_grammar,
+    verify_adapter_files,
+)
 
 if TYPE_CHECKING:
     from rolora.config import Config
@@ -251,6 +259,7 @@ class InProcessBackend(BackendBase):
                     self._peft.delete_adapter(victim)
                 del self._loaded[victim]
                 log.info("evicted adapter %s (max_loaded=%d)", victim, self.max_loaded)
+            verify_adapter_files(name, folder)  # the bytes registered, checked right before they are read
             try:
                 if self._peft is None:
                     self._peft = PeftModel.from_pretrained(self._model, str(folder), adapter_name=name)

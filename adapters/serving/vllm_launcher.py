@@ -9,18 +9,20 @@ torchcodec, which it drags in and which break it, are uninstalled.
 
 The server runs in its own process group with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` (so ``VLLMBackend`` can load
 adapters on demand), its output goes to a log file, and ``stop()`` terminates the group, then kills it after a
-timeout.
+timeout. Runtime loading lets a client make the server read any adapter folder it can see (vLLM calls it risky in
+production), so it needs an API key (``VLLM_API_KEY``, which guards every ``/v1`` route): a server with runtime
+loading on and no key is refused.
 
->>> with VLLMServer(model_dir, lora_modules={"contracts-analyst@1": folder}, port=8000) as server:  # doctest: +SKIP
+>>> key = secrets.token_urlsafe(24)  # doctest: +SKIP
+>>> with VLLMServer(model_dir, lora_modules={"contracts-analyst@1": folder}, api_key=key) as server:  # doctest: +SKIP
 ...     server.wait_ready(600)
-...     backend = VLLMBackend([server.url], adapters=DirectoryAdapters(root))
+...     backend = VLLMBackend([server.url], adapters=DirectoryAdapters(root), api_key=key)
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import importlib.util
 import json
 import os
@@ -35,6 +37,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
+
+from filelock import FileLock
 
 from rolora.errors import RoloraRuntimeError, UserError
 
@@ -135,8 +139,7 @@ def ensure_cpu_venv(
     say = progress or (lambda _line: None)
     venv.parent.mkdir(parents=True, exist_ok=True)
     log = venv.parent / f"{venv.name}-install.log"
-    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second `rolora serve vllm` waits for the first install
+    with FileLock(venv.parent / f".{venv.name}.lock"):  # a second `rolora serve vllm` waits for the first install
         if _cpu_venv_ready(venv):
             return _venv_python(venv)
         t0 = time.monotonic()
@@ -227,7 +230,8 @@ class VLLMServer:
     ``device``: ``"auto"`` (GPU when ``nvidia-smi`` lists one and ``vllm`` is installed, else CPU), ``"cpu"`` or
     ``"gpu"``. ``python``: the interpreter that runs vLLM (default: the CPU virtualenv ``venv``, created by
     ``start()`` if missing, or this interpreter on a GPU). ``lora_modules``: ``{name@version: folder}`` loaded at
-    start. ``max_lora_rank`` is raised to the largest adapter rank when needed.
+    start. ``max_lora_rank`` is raised to the largest adapter rank when needed. ``api_key``: the key every ``/v1``
+    request must carry (``Authorization: Bearer KEY``); required while ``allow_runtime_lora`` is on.
     """
 
     def __init__(
@@ -247,6 +251,7 @@ class VLLMServer:
         max_loras: int = 4,
         kv_cache_gb: float = 2,
         allow_runtime_lora: bool = True,
+        api_key: str | None = None,
         extra_args: Sequence[str] = (),
         log_file: Path | None = None,
         progress: Progress | None = None,
@@ -271,7 +276,14 @@ class VLLMServer:
         self.max_lora_rank = next((r for r in _LORA_RANKS if r >= need), need)
         self.max_loras = max(max_loras, 1)
         self.kv_cache_gb = kv_cache_gb
+        if allow_runtime_lora and not api_key:
+            raise UserError(
+                "runtime adapter loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING) lets any client make vLLM load files "
+                "from its disk, so it needs an API key: give one (rolora serve vllm --api-key-env VAR, or "
+                "api_key=) or turn runtime loading off (--no-runtime-lora)"
+            )
         self.allow_runtime_lora = allow_runtime_lora
+        self.api_key = api_key
         self.extra_args = list(extra_args)
         self.log_file = Path(log_file) if log_file else Path(tempfile.gettempdir()) / f"rolora-vllm-{port}.log"
         self.progress = progress
@@ -344,6 +356,10 @@ class VLLMServer:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         else:
             env.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)
+        if self.api_key:  # in the environment, not on the command line where `ps` shows it
+            env["VLLM_API_KEY"] = self.api_key
+        else:
+            env.pop("VLLM_API_KEY", None)
         if self.device == "cpu":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.kv_cache_gb:g}")
         return env

