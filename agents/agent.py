@@ -325,6 +325,8 @@ class Agent:
 
         async def stream(span: Any) -> None:
             try:
+                if inputs is None and not (await self.graph.aget_state(self._run_config(tid))).values:
+                    raise UserError(f"no run with thread id '{tid}' in the checkpointer; start it with a question")
                 durability = "sync" if self._saver is not None else None
                 async for mode, chunk in self.graph.astream(
                     inputs,
