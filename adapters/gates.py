@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rolora.errors import RoloraRuntimeError, UserError
 
 from .registry import base_model_info, check_base_compatible, check_model_folder
+from .serving.base import verify_adapter_files
 
 __all__ = [
     "GateReport",
@@ -592,6 +593,7 @@ def run_gates(
     if kind == "lora":
         from peft import PeftModel
 
+        verify_adapter_files(folder.name, folder)  # a registered adapter: its recorded bytes, or refused
         model = PeftModel.from_pretrained(base, str(folder))
         model.eval()
         intruders = lora_intruders(model, thr.intruder_top_k, thr.intruder_epsilon, modules=intruder_modules)
@@ -650,6 +652,7 @@ def mitigate_intruders(
         raise UserError(f"{out} exists; choose a new folder for the mitigated adapter")
     info = base_model_info(base_dir)
     base = AutoModelForCausalLM.from_pretrained(info.path, dtype=torch.float32)
+    verify_adapter_files(folder.name, folder)
     model = PeftModel.from_pretrained(base, str(folder))
     new_name = "intruder_reduced"
     with _one_thread():

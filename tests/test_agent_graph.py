@@ -15,11 +15,12 @@ import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, REPO, TEST_HOME, make_config
+from conftest import EXAMPLES, REPO, TEST_HOME, cached, make_config
 from otlp_receiver import otlp_receiver
 
 pytestmark = pytest.mark.slow
@@ -41,40 +42,16 @@ def agent_config(checkpoints: Path, **agent: Any) -> Any:
     )
 
 
-def _build_answering_data(retriever: Any, out: Path) -> None:
-    """The analyst's data with the gold clause nearly always in context (RAFT oracle rate 0.9; the default 0.8 and
-    the unanswerable questions make a mix that a short run learns to refuse everything from)."""
-    from rolora.adapters.data import BUILDERS, BuildContext, doc_split, load_qa, save_dataset
-
-    qa = load_qa(EXAMPLES / "qa.jsonl")
-    ctx = BuildContext(retriever, qa, seed=0, oracle_rate=0.9, progress=False)
-    ctx.extra["clause_docs"] = sorted({q.doc_id for q in qa})
-    splits = BUILDERS["analyst"]().build(ctx, lambda d: doc_split(d, 0, validation=0.2, test=0.2))
-    save_dataset(out, "analyst", "contracts", 0, splits, str(EXAMPLES / "qa.jsonl"))
-
-
 @pytest.fixture(scope="session")
-def trained_analyst(examples_retriever: Any, generator_dir: Path) -> Path:
-    """A real analyst LoRA, trained briefly on the sample corpus's analyst data (cached in TEST_HOME)."""
-    from rolora.adapters.train import TrainConfig, train
-
-    out = ADAPTERS_ROOT / f"{ANALYST}@1"
-    if (out / "adapter_model.safetensors").is_file():
-        return out
-    data = TEST_HOME / "agent-data" / "analyst"
-    _build_answering_data(examples_retriever, data)
-    val = data / "validation.jsonl"  # a few validation rows: the final evaluation is not what this test is about
-    val.write_text("".join(val.read_text(encoding="utf-8").splitlines(keepends=True)[:4]), encoding="utf-8")
-    tc = TrainConfig(
-        max_steps=24, batch_size=1, grad_accum=2, r=8, alpha=16, learning_rate=1e-3, eval_steps=100, max_length=1024
-    )
-    result = train(generator_dir, data, TEST_HOME / "agent-runs" / "analyst", tc, progress=False)
+def trained_analyst(trained_analyst_run: SimpleNamespace) -> Path:
+    """The session's real analyst LoRA (``conftest.trained_analyst_run``: 24 steps on the sample corpus's analyst
+    data, oracle rate 0.9), served from ADAPTERS_ROOT as ``test-answering-analyst@1`` (kept under the same key)."""
     ADAPTERS_ROOT.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(result.output, tmp)
-    tmp.rename(out)
-    return out
+    return cached(
+        ADAPTERS_ROOT / f"{ANALYST}@1",
+        trained_analyst_run.key,
+        lambda out: shutil.copytree(trained_analyst_run.adapter, out, dirs_exist_ok=True),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +121,7 @@ def test_the_same_run_on_a_real_vllm_server(
     from rolora.adapters.serving import DirectoryAdapters
     from rolora.adapters.serving.vllm_backend import VLLMBackend
 
-    backend = VLLMBackend([vllm_server.url], adapters=DirectoryAdapters(ADAPTERS_ROOT))
+    backend = VLLMBackend([vllm_server.url], adapters=DirectoryAdapters(ADAPTERS_ROOT), api_key=vllm_server.api_key)
     try:
         answer, _ = _answer_and_refusal(backend, tmp_path)
         assert f"{ANALYST}@1" in backend.list_models()[vllm_server.url]  # loaded on the server at run time
@@ -213,7 +190,7 @@ class _DeclinesAfterQuoting(_BadFirstCitation):
     """Wraps the real backend; the analyst's first draft quotes a real sentence of the passages, then declines."""
 
     async def agenerate(self, requests: Sequence[Any]) -> list[Any]:
-        from rolora.adapters.data.prompts import NOT_FOUND
+        from rolora.roles import NOT_FOUND
 
         results = await self.inner.agenerate(requests)
         out = []
