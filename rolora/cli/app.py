@@ -14,6 +14,7 @@ from rolora.cli.adapters import adapters_app, experiment_app, train_command
 from rolora.cli.analyze import analyze_command
 from rolora.cli.ask import ask_command
 from rolora.cli.common import ConfigOpt, DomainOpt, command_group, console, domain_of, err_console, load
+from rolora.cli.data import data_app
 from rolora.cli.eval import eval_command
 from rolora.cli.serve import serve_app
 from rolora.errors import RoloraError
@@ -31,6 +32,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(data_app, name="data")
 app.command("train")(train_command)
 app.command("analyze")(analyze_command)
 app.command("eval")(eval_command)
