@@ -23,6 +23,7 @@ class AgentState(TypedDict, total=False):
     question: str
     domain: str | None
     allowed_domains: list[str] | None  # routing picks among these only (a tenant's domains); None = all
+    doc_ids: list[str] | None  # search inside these documents only (the caller's scope); None = resolve or all
     route_confidence: float
     adapters: dict[str, str]  # role -> "name@version" | "base"
     queries: list[str]
@@ -38,7 +39,9 @@ class AgentState(TypedDict, total=False):
     final: dict[str, Any] | None  # the Answer dump, set by finalise
 
 
-def new_run(question: str, domain: str | None, allowed_domains: list[str] | None) -> dict[str, Any]:
+def new_run(
+    question: str, domain: str | None, allowed_domains: list[str] | None, doc_ids: list[str] | None = None
+) -> dict[str, Any]:
     """The input of a new question: every per-run field set to its starting value, so that nothing of an earlier
     run on the same thread (its passages, trace, draft, citations, feedback, answer) reaches this one."""
     from langgraph.types import Overwrite
@@ -47,6 +50,7 @@ def new_run(question: str, domain: str | None, allowed_domains: list[str] | None
         "question": question,
         "domain": domain,
         "allowed_domains": allowed_domains,
+        "doc_ids": doc_ids,
         "route_confidence": 1.0,
         "adapters": {},
         "queries": [],

@@ -1,8 +1,16 @@
-"""Retrieval benchmark: rolora's Retriever against the raw encoder + FAISS, and against LangChain's FAISS store.
+"""Retrieval benchmark: quality on unseen CUAD contracts, and speed against the raw encoder + FAISS and LangChain.
 
-Prints ratios measured in one run (these machines are noisy; compare ratios, not absolute times).
-
+    .venv/bin/python bench/retrieval.py --quality [--work /tmp/rolora-quality] [--chunk-sizes 1000,500]
+    .venv/bin/python bench/retrieval.py --cuad-full [--work DIR]    # all 401 contracts, the fixed 100-contract sample
     .venv/bin/python bench/retrieval.py [--chunks 50000] [--queries 200] [--ingest-chunks 1000]
+
+Quality (``--quality``): character-level span recall (LegalBench-RAG's definition, overlapping passages merged) of
+CUAD questions on the contracts of the test split of ``rolora.adapters.data.doc_split`` (never used for tuning),
+with the index built from those contracts only; one cumulative row per improvement (contract resolution,
+contextual chunks, stemmed BM25 with fusion weights chosen on the validation split), unscoped and scoped to the
+right contract. Indexes and embeddings are cached under ``--work``: a second run embeds nothing.
+
+Speed: prints ratios measured in one run (these machines are noisy; compare ratios, not absolute times).
 
 Search: a synthetic corpus of ``--chunks`` contract-like chunks. Their vectors are random unit vectors written
 into rolora's embedding cache before the ingest (flat search time does not depend on the values, and embedding
@@ -14,11 +22,14 @@ Index kinds: flat vs HNSW vs IVF search time and recall@10 against flat on rando
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +236,304 @@ def bench_index_kinds(dim: int, sizes: list[int], n_queries: int = 200) -> list[
     return rows
 
 
+# -- retrieval quality on CUAD (bench --quality) ---------------------------------------------------------------------
+CUAD_DIR = Path(os.environ.get("ROLORA_CUAD_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "cuad"))
+KS = (1, 5, 20, 64)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One cumulative row of the quality table: how the index is built and whether questions are resolved."""
+
+    name: str
+    resolve: bool
+    contextual: bool
+    stemmer: str
+    chunk_max_chars: int = 1000
+    dense_weight: float = 1.0
+    lexical_weight: float = 1.0
+    rrf_k: int = 60
+
+
+def cuad_questions(split: str) -> list[dict[str, Any]]:
+    """Answerable CUAD questions of the contracts in ``split`` of ``doc_split`` (the adapters' contract-level split)."""
+    from rolora.adapters.data.base import doc_split
+
+    rows = [json.loads(line) for line in (CUAD_DIR / "qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [r for r in rows if r["answerable"] and r["evidence"] and doc_split(r["doc_id"]) == split]
+
+
+def split_contracts(split: str, max_contracts: int | None = None) -> list[str]:
+    """The split's contract ids; a seeded sample of ``max_contracts`` of them when given."""
+    from rolora.adapters.data.base import doc_split
+
+    ids = sorted(f.stem for f in (CUAD_DIR / "contracts").glob("*.txt") if doc_split(f.stem) == split)
+    if max_contracts is not None and max_contracts < len(ids):
+        ids = sorted(random.Random(0).sample(ids, max_contracts))
+    return ids
+
+
+def split_corpus(split: str, work: Path, max_contracts: int | None = None) -> Path:
+    """A folder of symlinks to the split's contracts (CUAD stays where it is; nothing is copied)."""
+    folder = work / f"corpus-{split}" if max_contracts is None else work / f"corpus-{split}-{max_contracts}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for doc_id in split_contracts(split, max_contracts):
+        if not (folder / f"{doc_id}.txt").exists():
+            (folder / f"{doc_id}.txt").symlink_to(CUAD_DIR / "contracts" / f"{doc_id}.txt")
+    return folder
+
+
+def open_variant(
+    v: Variant, split: str, work: Path, emb: Any, max_contracts: int | None = None
+) -> tuple[Any, float | None]:
+    """The variant's index of the split's contracts (built once, cached under ``work``) and its ingest chunks/s."""
+    from rolora.config import Config
+    from rolora.retrieval import Retriever
+
+    sample = "" if max_contracts is None else f"-{max_contracts}"
+    domain = f"{split}{sample}-c{v.chunk_max_chars}-{'ctx' if v.contextual else 'plain'}"  # stemmer: BM25 rebuild
+    cfg = Config.model_validate(
+        {
+            "home": str(work / "home"),
+            "retrieval": {
+                "chunk_max_chars": v.chunk_max_chars,
+                "contextual": v.contextual,
+                "stemmer": v.stemmer,
+                "resolve": v.resolve,
+                "dense_weight": v.dense_weight,
+                "lexical_weight": v.lexical_weight,
+                "rrf_k": v.rrf_k,
+            },
+            "domains": {domain: {"corpus": [str(split_corpus(split, work, max_contracts))]}},
+        }
+    )
+    rates_file = work / "ingest-rates.json"
+    rates = json.loads(rates_file.read_text()) if rates_file.is_file() else {}
+    r = Retriever(domain, cfg, emb)
+    t = time.perf_counter()
+    rep = r.ingest(progress=sys.stderr.isatty())
+    if rep.embedded:
+        rates[domain] = rep.chunks_total / (time.perf_counter() - t)
+        rates_file.write_text(json.dumps(rates, indent=1))
+    return r, rates.get(domain)
+
+
+def _recalls(gold: list[tuple[str, int, int]], passages: list[Any]) -> list[float]:
+    from rolora.evals.metrics import span_recall
+
+    spans = [(p.doc_id, p.start, p.end) for p in passages]
+    return [span_recall(gold, spans[:k]) or 0.0 for k in KS]
+
+
+def rankings(r: Any, qs: list[dict[str, Any]], resolve: bool, scoped: bool) -> list[dict[str, Any]]:
+    """Per question: the dense and lexical top 100 (inside the gold contract when ``scoped``, inside the resolved
+    contracts when ``resolve`` finds any), the resolution, and the wall time of resolution + both searches."""
+    out = []
+    for q in qs:
+        t = time.perf_counter()
+        scope = r.resolve(q["question"]) if resolve and not scoped else []
+        doc_ids = [q["doc_id"]] if scoped else ([d for d, _ in scope] or None)
+        dense = r.search(q["question"], k=100, mode="dense", doc_ids=doc_ids)
+        lexical = r.search(q["question"], k=100, mode="lexical", doc_ids=doc_ids)
+        out.append({"q": q, "scope": scope, "dense": dense, "lexical": lexical, "s": time.perf_counter() - t})
+    return out
+
+
+def fused(row: dict[str, Any], weights: tuple[float, float], rrf_k: int) -> list[Any]:
+    from rolora.retrieval import rrf_fuse_items
+
+    ranked = [row["dense"], row["lexical"]]
+    if weights == (1.0, 1.0):
+        return [p for p, _ in rrf_fuse_items(ranked, lambda p: p.chunk_id, rrf_k)][:64]
+    scores: dict[str, float] = {}
+    first: dict[str, Any] = {}
+    for w, ranking in zip(weights, ranked, strict=True):
+        for rank, p in enumerate(ranking, start=1):
+            scores[p.chunk_id] = scores.get(p.chunk_id, 0.0) + w / (rrf_k + rank)
+            first.setdefault(p.chunk_id, p)
+    return [first[c] for c, _ in sorted(scores.items(), key=lambda kv: -kv[1])][:64]
+
+
+def score_rows(rows: list[dict[str, Any]], weights: tuple[float, float], rrf_k: int) -> dict[str, list[list[float]]]:
+    """mode -> per question [recall@1, @5, @20, @64]."""
+    out: dict[str, list[list[float]]] = {"hybrid": [], "dense": [], "lexical": []}
+    for row in rows:
+        gold = [(e["doc_id"], e["start"], e["end"]) for e in row["q"]["evidence"]]
+        out["hybrid"].append(_recalls(gold, fused(row, weights, rrf_k)))
+        out["dense"].append(_recalls(gold, row["dense"]))
+        out["lexical"].append(_recalls(gold, row["lexical"]))
+    return out
+
+
+def resolution_accuracy(rows: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """(accuracy when resolved: the gold contract among the candidates, share resolved, mean candidates)."""
+    resolved = [r for r in rows if r["scope"]]
+    if not resolved:
+        return 0.0, 0.0, 0.0
+    ok = sum(r["q"]["doc_id"] in {d for d, _ in r["scope"]} for r in resolved)
+    return ok / len(resolved), len(resolved) / len(rows), statistics.mean(len(r["scope"]) for r in resolved)
+
+
+def resolution_all_contracts(split: str) -> tuple[float, float, float, int]:
+    """Resolution of ``split``'s questions against all 401 CUAD contracts (no embedding needed: profiles only)."""
+    from rolora.config import RetrievalConfig
+    from rolora.retrieval.profile import extract_profile
+    from rolora.retrieval.resolve import DocResolver
+
+    cfg = RetrievalConfig()
+    files = sorted((CUAD_DIR / "contracts").glob("*.txt"))
+    profiles = [extract_profile(f.stem, f.read_text(encoding="utf-8")) for f in files]
+    resolver = DocResolver([p.doc_id for p in profiles], [p.search_text() for p in profiles], cfg.stemmer)
+    rows = []
+    for q in cuad_questions(split):
+        scope = resolver.resolve(q["question"], cfg.resolve_min_score, cfg.resolve_ratio, cfg.resolve_max_candidates)
+        rows.append({"q": q, "scope": scope})
+    acc, share, cands = resolution_accuracy(rows)
+    return acc, share, cands, len(files)
+
+
+def tune_fusion(rows: list[dict[str, Any]]) -> tuple[tuple[float, float], int]:
+    """Fusion weights and RRF k that maximise mean hybrid recall @1/@5/@20 on these (validation) rows, among the
+    settings where hybrid is >= dense and >= lexical at each of them."""
+    best: tuple[float, tuple[float, float], int] | None = None
+    for rrf_k in (10, 30, 60):
+        for wd in (0.5, 0.75, 1.0, 1.5, 2.0, 3.0):
+            s = score_rows(rows, (wd, 1.0), rrf_k)
+            means = {m: [statistics.mean(col) for col in zip(*v, strict=True)] for m, v in s.items()}
+            obj = statistics.mean(means["hybrid"][:3])
+            ok = all(means["hybrid"][i] >= max(means["dense"][i], means["lexical"][i]) for i in range(3))
+            print(f"  rrf_k {rrf_k:>2} dense weight {wd:4.2f}: hybrid {[round(x, 3) for x in means['hybrid']]} "
+                  f"dense {[round(x, 3) for x in means['dense']]} lexical {[round(x, 3) for x in means['lexical']]}"
+                  f"{'' if ok else '  (loses to a part)'}")  # fmt: skip
+            if ok and (best is None or obj > best[0]):
+                best = (obj, (wd, 1.0), rrf_k)
+    if best is None:
+        return (1.0, 1.0), 60
+    return best[1], best[2]
+
+
+def ensure_stemmer(r: Any, v: Variant) -> Any:
+    """Rebuild the variant's BM25 when its stemmer differs from the index's (embeddings come from the cache)."""
+    from rolora.retrieval.index import read_manifest
+
+    m = read_manifest(r.dir)
+    if m is not None and m.stemmer != v.stemmer:
+        rep = r.ingest(rebuild=True, progress=False)
+        assert rep.embedded == 0, "a stemmer change must not re-embed"
+    return r
+
+
+def bench_quality(work: Path, chunk_sizes: list[int], limit: int | None, max_contracts: int | None) -> None:
+    from rolora.evals.bootstrap import bootstrap_mean
+    from rolora.retrieval import make_embedder
+
+    emb = make_embedder("all-minilm-l6-v2")
+    work.mkdir(parents=True, exist_ok=True)
+    val_qs = cuad_questions("validation")
+    test_docs = set(split_contracts("test", max_contracts))
+    test_qs = [q for q in cuad_questions("test") if q["doc_id"] in test_docs]
+    if limit:
+        val_qs, test_qs = val_qs[:limit], test_qs[:limit]
+    n_val_docs = len({q["doc_id"] for q in val_qs})
+    n_test_docs = len({q["doc_id"] for q in test_qs})
+    print("== contract resolution against all CUAD contracts (profiles only; thresholds from the train split)")
+    for split in ("validation", "test"):
+        acc, share, cands, n = resolution_all_contracts(split)
+        print(f"  {split}: {len(cuad_questions(split))} questions, {n} contracts: accuracy when resolved {acc:.3f}, "
+              f"resolved {share:.3f}, mean candidates {cands:.2f}")  # fmt: skip
+
+    print(f"== validation split ({len(val_qs)} questions, {n_val_docs} contracts): chunk size and fusion")
+    best_size, best_r5 = chunk_sizes[0], -1.0
+    tuned: tuple[tuple[float, float], int] = ((1.0, 1.0), 60)
+    for size in chunk_sizes:
+        v = Variant("val", True, True, "english", size)
+        r, _ = open_variant(v, "validation", work, emb)
+        ensure_stemmer(r, v)
+        rows = rankings(r, val_qs, resolve=True, scoped=False)
+        print(f" chunk_max_chars {size}:")
+        weights, rrf_k = tune_fusion(rows)
+        s = score_rows(rows, weights, rrf_k)
+        r5 = statistics.mean(x[1] for x in s["hybrid"])
+        print(f"  -> dense weight {weights[0]}, rrf_k {rrf_k}: hybrid @5 {r5:.3f}")
+        if r5 > best_r5:
+            best_size, best_r5, tuned = size, r5, (weights, rrf_k)
+    (wd, wl), rrf_k = tuned
+    print(f"  chosen: chunk_max_chars {best_size}, dense weight {wd}, lexical weight {wl}, rrf_k {rrf_k}")
+
+    variants = [
+        Variant("base (1000-char chunks, RRF 1:1, unstemmed BM25)", False, False, "none"),
+        Variant("+ contract resolution", True, False, "none"),
+        Variant("+ contextual chunks", True, True, "none"),
+        Variant(f"+ stemmed BM25, fusion {wd:g}:{wl:g} k={rrf_k}", True, True, "english", 1000, wd, wl, rrf_k),
+    ]
+    if best_size != 1000:
+        variants.append(Variant(f"+ {best_size}-char chunks", True, True, "english", best_size, wd, wl, rrf_k))
+    print(f"== test split: {len(test_qs)} questions on {n_test_docs} contracts (the corpus: the test split's "
+          f"{len(test_docs)} contracts only{'' if max_contracts is None else ', a seeded sample'})")  # fmt: skip
+    table = []
+    for v in variants:
+        r, rate = open_variant(v, "test", work, emb, max_contracts)
+        ensure_stemmer(r, v)
+        rows = rankings(r, test_qs, resolve=v.resolve, scoped=False)
+        scoped = rankings(r, test_qs, resolve=False, scoped=True)
+        w = (v.dense_weight, v.lexical_weight)
+        s, ss = score_rows(rows, w, v.rrf_k), score_rows(scoped, w, v.rrf_k)
+        times = []
+        for q in test_qs[:200]:
+            t = time.perf_counter()
+            scope = r.resolve(q["question"]) if v.resolve else []
+            r.search(q["question"], k=5, doc_ids=[d for d, _ in scope] or None)
+            times.append(time.perf_counter() - t)
+        res_acc = resolution_accuracy(rows) if v.resolve else None
+        ci = bootstrap_mean([x[1] for x in s["hybrid"]], samples=2000, seed=0)
+        table.append((v, s, ss, res_acc, rate, statistics.median(times) * 1e3, ci))
+        print(
+            f"  {v.name}: unscoped hybrid @5 {ci.fmt()}  dense/lexical @5 "
+            f"{statistics.mean(x[1] for x in s['dense']):.3f}/{statistics.mean(x[1] for x in s['lexical']):.3f}"
+        )
+    print()
+    print("| | unscoped @1 | @5 | @20 | @64 | scoped @1 | @5 | @20 | @64 | resolution | ingest chunks/s | p50 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for v, s, ss, racc, rate, p50ms, ci in table:
+        u = [statistics.mean(col) for col in zip(*s["hybrid"], strict=True)]
+        sc = [statistics.mean(col) for col in zip(*ss["hybrid"], strict=True)]
+        res = "–" if racc is None else f"{racc[0]:.3f} ({racc[1]:.0%} resolved)"
+        print(f"| {v.name} | {u[0]:.3f} | {ci.fmt()} | {u[2]:.3f} | {u[3]:.3f} | "
+              f"{sc[0]:.3f} | {sc[1]:.3f} | {sc[2]:.3f} | {sc[3]:.3f} | {res} | "
+              f"{'–' if rate is None else f'{rate:.0f}'} | {p50ms:.1f} |")  # fmt: skip
+    last = table[-1]
+    for mode in ("dense", "lexical"):
+        m = [statistics.mean(col) for col in zip(*last[1][mode], strict=True)]
+        print(f"  last row, {mode} alone (unscoped): " + " ".join(f"@{k} {x:.3f}" for k, x in zip(KS, m, strict=True)))
+
+
+def bench_cuad_full(work: Path) -> None:
+    """All 401 CUAD contracts in one index; hybrid/dense/lexical span recall on the fixed sample of 100 contracts
+    (seed 0) that tests/test_cuad_retrieval.py used; the index is cached under ``work``."""
+    import random as _random
+
+    from rolora.config import Config
+    from rolora.retrieval import Retriever, make_embedder
+
+    rows = [json.loads(line) for line in (CUAD_DIR / "qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    docs = sorted({r["doc_id"] for r in rows})
+    chosen = set(_random.Random(0).sample(docs, 100))
+    qs = [r for r in rows if r["doc_id"] in chosen and r["answerable"]]
+    cfg = Config.model_validate(
+        {"home": str(work / "home"), "domains": {"cuad": {"corpus": [str(CUAD_DIR / "contracts")]}}}
+    )
+    r = Retriever("cuad", cfg, make_embedder("all-minilm-l6-v2"))
+    r.ingest(progress=sys.stderr.isatty())
+    for resolve in (False, True):
+        res = rankings(r, qs, resolve=resolve, scoped=False)
+        s = score_rows(res, (cfg.retrieval.dense_weight, cfg.retrieval.lexical_weight), cfg.retrieval.rrf_k)
+        label = "with contract resolution" if resolve else "unscoped, no resolution"
+        for mode, vals in s.items():
+            m = [statistics.mean(col) for col in zip(*vals, strict=True)]
+            print(f"  CUAD 401 contracts, {len(qs)} questions, {label}, {mode}: "
+                  + " ".join(f"@{k} {x:.3f}" for k, x in zip(KS, m, strict=True)))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chunks", type=int, default=50_000)
@@ -232,7 +541,19 @@ def main() -> None:
     ap.add_argument("--ingest-chunks", type=int, default=1000)
     ap.add_argument("--kinds-sizes", default="50000,200000")
     ap.add_argument("--only", choices=["search", "ingest", "kinds"], help="run one part")
+    ap.add_argument("--quality", action="store_true", help="span recall on the CUAD test split (see above)")
+    ap.add_argument("--cuad-full", action="store_true", help="span recall with all 401 CUAD contracts indexed")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "rolora-quality")
+    ap.add_argument("--chunk-sizes", default="1000", help="chunk_max_chars values compared on the validation split")
+    ap.add_argument("--limit", type=int, default=None, help="questions per split (quick runs)")
+    ap.add_argument("--max-contracts", type=int, default=None, help="a seeded sample of the test split's contracts")
     args = ap.parse_args()
+    if args.quality or args.cuad_full:
+        if args.quality:
+            bench_quality(args.work, [int(x) for x in args.chunk_sizes.split(",")], args.limit, args.max_contracts)
+        if args.cuad_full:
+            bench_cuad_full(args.work)
+        return
 
     from rolora.retrieval import make_embedder
 

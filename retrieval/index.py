@@ -28,10 +28,22 @@ import numpy as np
 from rolora.errors import IndexError_
 from rolora.fileutil import atomic_write_text
 
-__all__ = ["DenseIndex", "IndexManifest", "LexicalIndex", "build_dense", "read_manifest", "write_generation"]
+__all__ = [
+    "INDEX_VERSION",
+    "DenseIndex",
+    "IndexManifest",
+    "LexicalIndex",
+    "build_dense",
+    "read_manifest",
+    "tokenize",
+    "write_generation",
+]
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 MANIFEST = "manifest.json"
+# 2: chunks indexed with their context (retrieval.contextual), BM25 stemming recorded, document profiles in the
+# store for contract resolution. An index of an older version is refused with the command that rebuilds it.
+INDEX_VERSION = 2
 
 
 @dataclass
@@ -46,6 +58,9 @@ class IndexManifest:
     folder: str
     checksums: dict[str, str]
     created: float
+    version: int = 1  # manifests written before versioning had none
+    stemmer: str = "none"  # how BM25 tokens were stemmed; queries are tokenised the same way
+    contextual: bool = False
 
 
 def _faiss() -> Any:
@@ -63,28 +78,40 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _tokenize(texts: list[str]) -> list[list[str]]:
+_STEMMERS: dict[str, Any] = {}
+
+
+def tokenize(texts: list[str], stemmer: str = "none") -> list[list[str]]:
+    """bm25s tokens (lower case, English stopwords removed), stemmed by PyStemmer unless ``stemmer`` is ``none``."""
     import bm25s
 
-    tokens = bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+    stem = None
+    if stemmer != "none":
+        if stemmer not in _STEMMERS:
+            import Stemmer
+
+            _STEMMERS[stemmer] = Stemmer.Stemmer(stemmer)
+        stem = _STEMMERS[stemmer]
+    tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stem, return_ids=False, show_progress=False)
     return list(tokens)
 
 
 class LexicalIndex:
     """BM25 over chunk texts (bm25s), positions mapped to chunk ids."""
 
-    def __init__(self, retriever: Any, ids: np.ndarray) -> None:
+    def __init__(self, retriever: Any, ids: np.ndarray, stemmer: str = "none") -> None:
         self._bm25 = retriever
         self.ids = ids
+        self.stemmer = stemmer
 
     @classmethod
-    def build(cls, ids: np.ndarray, texts: list[str]) -> LexicalIndex:
+    def build(cls, ids: np.ndarray, texts: list[str], stemmer: str = "none") -> LexicalIndex:
         import bm25s
 
         bm25 = bm25s.BM25()
         if texts:
-            bm25.index(_tokenize(texts), show_progress=False)
-        return cls(bm25, ids)
+            bm25.index(tokenize(texts, stemmer), show_progress=False)
+        return cls(bm25, ids, stemmer)
 
     def save(self, folder: Path) -> None:
         (folder / "lexical").mkdir()
@@ -93,19 +120,19 @@ class LexicalIndex:
         np.save(folder / "lexical_ids.npy", self.ids)
 
     @classmethod
-    def load(cls, folder: Path) -> LexicalIndex:
+    def load(cls, folder: Path, stemmer: str = "none") -> LexicalIndex:
         import bm25s
 
         ids = np.load(folder / "lexical_ids.npy")
         bm25 = bm25s.BM25.load(str(folder / "lexical")) if len(ids) else bm25s.BM25()
-        return cls(bm25, ids)
+        return cls(bm25, ids, stemmer)
 
     def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """Top ``k`` (chunk id, BM25 score) with score > 0; ``allowed`` is a boolean mask over positions."""
         n = len(self.ids)
         if n == 0 or k <= 0:
             return []
-        tokens = _tokenize([query])
+        tokens = tokenize([query], self.stemmer)
         if not tokens[0]:
             return []
         mask = None if allowed is None else allowed.astype(np.float32)
@@ -136,10 +163,14 @@ class DenseIndex:
             return [[] for _ in range(len(vectors))]
         params: Any = None
         sel = faiss.IDSelectorBatch(allowed_ids) if allowed_ids is not None else None
+        # A selective filter (one contract of many: a scoped or resolved search) leaves few allowed vectors in the
+        # probed IVF lists or on the HNSW path: probe every list / widen the beam so they are still found.
+        selective = allowed_ids is not None and len(allowed_ids) * 10 < self.ntotal
         if self.kind == "ivf":
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=self._nprobe())
+            nprobe = int(faiss.extract_index_ivf(self.index).nlist) if selective else self._nprobe()
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
         elif self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(64, 2 * k))
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(512 if selective else 64, 2 * k))
         elif sel is not None:
             params = faiss.SearchParameters(sel=sel)
         # A query or two: one faiss thread. Its OpenMP pool otherwise spins against torch's (the encoder's) on
@@ -210,6 +241,7 @@ def write_generation(
     dim: int,
     generation: int,
     documents: int,
+    contextual: bool = False,
 ) -> IndexManifest:
     """Write a generation folder, then switch the manifest to it atomically; drop older generations."""
     faiss = _faiss()
@@ -227,7 +259,19 @@ def write_generation(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest = IndexManifest(
-        domain, embedder, dim, dense.kind, generation, dense.ntotal, documents, folder, checksums, time.time()
+        domain,
+        embedder,
+        dim,
+        dense.kind,
+        generation,
+        dense.ntotal,
+        documents,
+        folder,
+        checksums,
+        time.time(),
+        INDEX_VERSION,
+        lexical.stemmer,
+        contextual,
     )
     atomic_write_text(domain_dir / MANIFEST, json.dumps(asdict(manifest), indent=2))
     for old in domain_dir.glob("gen-*"):
@@ -252,7 +296,7 @@ def load_generation(domain_dir: Path, manifest: IndexManifest, verify: bool = Tr
                 raise IndexError_(f"index of domain '{manifest.domain}' is damaged: {path} fails its checksum; {fix}")
     try:
         index = faiss.read_index(str(folder / "dense.faiss"))
-        lexical = LexicalIndex.load(folder)
+        lexical = LexicalIndex.load(folder, manifest.stemmer)
     except Exception as e:
         raise IndexError_(f"index of domain '{manifest.domain}' could not be read ({e}); {fix}") from e
     if index.ntotal != manifest.chunks:

@@ -22,8 +22,9 @@ from .chunking import ChunkingOptions, chunk_document
 from .embedder import Embedder
 from .index import LexicalIndex, build_dense, write_generation
 from .loaders import iter_corpus, load_path
-from .store import Store, text_hash
-from .types import Chunk, LoadedDocument, SkippedFile
+from .profile import context_prefix, extract_profile
+from .store import SCHEMA_VERSION, Store, indexed_text, text_hash
+from .types import LoadedDocument, SkippedFile
 
 __all__ = ["IngestReport", "ingest_paths", "rebuild_indexes"]
 
@@ -60,16 +61,17 @@ class IngestReport:
 
 
 def _embed_missing(
-    store: Store, embedder: Embedder, chunks: Sequence[Chunk], batch_size: int, progress: bool, report: IngestReport
+    store: Store, embedder: Embedder, texts: Sequence[str], batch_size: int, progress: bool, report: IngestReport
 ) -> None:
+    """Embed the indexed texts (context + chunk) the cache does not hold yet; the cache key is their hash."""
     cached = store.cached_hashes(embedder.name)
     todo: dict[str, str] = {}
-    for c in chunks:
-        h = text_hash(c.text)
+    for text in texts:
+        h = text_hash(text)
         if h in cached:
             report.embedding_cache_hits += 1
         elif h not in todo:
-            todo[h] = c.text
+            todo[h] = text
     if not todo:
         return
     hashes, texts = list(todo), list(todo.values())
@@ -102,9 +104,11 @@ def rebuild_indexes(
     ids, texts, hashes, _docs = store.all_chunks()
     vectors = store.get_embeddings(embedder_name, hashes, dim) if len(ids) else np.zeros((0, dim), np.float32)
     dense = build_dense(vectors, ids, cfg.index, dim, nlist=cfg.ivf_nlist, hnsw_m=cfg.hnsw_m)
-    lexical = LexicalIndex.build(ids, texts)
+    lexical = LexicalIndex.build(ids, texts, cfg.stemmer)
     n_docs = int(store.db.execute("SELECT count(*) FROM documents").fetchone()[0])
-    write_generation(domain_dir, domain, dense, lexical, embedder_name, dim, store.generation, n_docs)
+    write_generation(
+        domain_dir, domain, dense, lexical, embedder_name, dim, store.generation, n_docs, contextual=cfg.contextual
+    )
     return len(ids)
 
 
@@ -128,6 +132,12 @@ def ingest_paths(
         raise IndexError_(
             f"domain '{domain}' was embedded with '{recorded}', not '{embedder.name}'; "
             f"re-ingest with --rebuild or set models.embedder back to '{recorded}'"
+        )
+    if not rebuild and store.schema_version != SCHEMA_VERSION and store.chunk_count():
+        raise IndexError_(
+            f"domain '{domain}' was indexed by an older rolora (store schema {store.schema_version}, this one "
+            f"writes {SCHEMA_VERSION}: document profiles and contextual chunks); rebuild it with "
+            f"`rolora ingest PATH --domain {domain} --rebuild` (cached embeddings of unchanged text are reused)"
         )
     for p in paths:
         if not p.exists():
@@ -174,18 +184,25 @@ def ingest_paths(
     report.documents_removed = len(removed)
 
     opts = ChunkingOptions(cfg.chunk_max_chars, cfg.chunk_min_chars, cfg.chunk_overlap_words)
-    chunked = [(doc, root, chunk_document(doc.doc_id, doc.text, opts)) for doc, root in new_docs]
-    all_new = [c for _, _, cs in chunked for c in cs]
-    _embed_missing(store, embedder, all_new, cfg.batch_size, progress, report)
+    chunked = []
+    for doc, root in new_docs:
+        chunks = chunk_document(doc.doc_id, doc.text, opts)
+        profile = extract_profile(doc.doc_id, doc.text)
+        contexts = [context_prefix(profile, c.heading_path) if cfg.contextual else "" for c in chunks]
+        chunked.append((doc, root, chunks, profile, contexts))
+    indexed = [indexed_text(x, c.text) for _, _, cs, _, xs in chunked for c, x in zip(cs, xs, strict=True)]
+    _embed_missing(store, embedder, indexed, cfg.batch_size, progress, report)
 
     if rebuild or new_docs or removed or store.generation == 0:
         with store.transaction():
+            if rebuild or not store.chunk_count():
+                store.set_meta("schema_version", SCHEMA_VERSION)
             if rebuild:
                 report.chunks_removed += store.chunk_count()
                 store.db.execute("DELETE FROM documents")
             report.chunks_removed += store.delete_documents(changed + removed)
-            for doc, root, cs in chunked:
-                store.put_document(doc, root, cs)
+            for doc, root, cs, profile, contexts in chunked:
+                store.put_document(doc, root, cs, profile, contexts)
                 report.chunks_added += len(cs)
             store.set_meta("embedder", embedder.name)
             store.set_meta("dim", str(embedder.dim))

@@ -5,6 +5,9 @@
 >>> r.ingest()                                          # the domain's configured corpus   # doctest: +SKIP
 >>> for p in r.search("governing law", k=3):            # doctest: +SKIP
 ...     print(p.citation, p.heading_path, p.text[:60])
+>>> q = "Under the Supply Agreement between Acme Inc. and Widget Co., who pays freight?"
+>>> scope = r.resolve(q)         # [("acme_supply", 1.0)]: the contract the question names   # doctest: +SKIP
+>>> hits = r.search(q, k=5, doc_ids=[d for d, _ in scope] or None)                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from rolora.config import Config, load_config
 from rolora.errors import IndexError_, UserError
 
 from .embedder import Embedder, make_embedder
-from .index import DenseIndex, LexicalIndex, load_generation, read_manifest
+from .index import INDEX_VERSION, DenseIndex, LexicalIndex, load_generation, read_manifest
 from .ingest import IngestReport, ingest_paths, rebuild_indexes
-from .store import Store
+from .resolve import DocResolver
+from .store import SCHEMA_VERSION, Store
 from .types import Passage
 
 __all__ = ["Retriever", "SearchMode", "rrf_fuse", "rrf_fuse_items"]
@@ -34,18 +38,19 @@ T = TypeVar("T")
 Filters = dict[str, Any]
 
 
-def rrf_fuse(rankings: Sequence[Sequence[int]], k: int = 60) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: score(d) = sum over rankings of 1 / (k + rank), rank from 1."""
+def rrf_fuse(
+    rankings: Sequence[Sequence[int]], k: int = 60, weights: Sequence[float] | None = None
+) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: score(d) = sum over rankings of weight / (k + rank), rank from 1 (weights default 1)."""
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    for r, ranking in enumerate(rankings):
+        w = 1.0 if weights is None else weights[r]
         for rank, doc in enumerate(ranking, start=1):
-            scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+            scores[doc] = scores.get(doc, 0.0) + w / (k + rank)
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def rrf_fuse_items(
-    rankings: Sequence[Sequence[T]], key: Callable[[T], Hashable], k: int = 60
-) -> list[tuple[T, float]]:
+def rrf_fuse_items(rankings: Sequence[Sequence[T]], key: Callable[[T], Hashable], k: int = 60) -> list[tuple[T, float]]:
     """:func:`rrf_fuse` over items identified by ``key`` (e.g. passages by chunk id): the first item seen stands
     for its key, and ties keep first-seen order."""
     ids: dict[Hashable, int] = {}
@@ -80,6 +85,7 @@ class Retriever:
         self._docs: list[str] = []
         self._doc_meta: dict[str, dict[str, Any]] = {}
         self._chunk_doc: dict[int, int] = {}
+        self._resolver: DocResolver | None = None
         self._loaded_generation = -1
 
     @classmethod
@@ -131,6 +137,14 @@ class Retriever:
         manifest = read_manifest(self.dir)
         if manifest is None and gen == 0:
             raise IndexError_(f"domain '{self.domain}' has no index yet; {fix}")
+        rebuild = f"rebuild it with `rolora ingest PATH --domain {self.domain} --rebuild`"
+        if self.store.schema_version != SCHEMA_VERSION or (manifest is not None and manifest.version < INDEX_VERSION):
+            have = manifest.version if manifest is not None else "?"
+            raise IndexError_(
+                f"index of domain '{self.domain}' was built by an older rolora (index version {have}, store schema "
+                f"{self.store.schema_version}; this one needs {INDEX_VERSION}/{SCHEMA_VERSION}: document profiles for "
+                f"contract resolution, contextual chunks); {rebuild} (cached embeddings of unchanged text are reused)"
+            )
         want = self.config.models.embedder
         recorded = manifest.embedder if manifest else self.store.get_meta("embedder")
         if recorded != want:
@@ -157,6 +171,10 @@ class Retriever:
         rows = self.store.db.execute("SELECT id, doc_id FROM chunks").fetchall()
         self._chunk_doc = {int(i): index_of[d] for i, d in rows}
         self._doc_of_pos = np.array([self._chunk_doc[int(i)] for i in self._lexical.ids], dtype=np.int64)
+        profiles = self.store.profiles()
+        self._resolver = DocResolver(
+            self._docs, [profiles[d].search_text() if d in profiles else d for d in self._docs], self.cfg.stemmer
+        )
         self._loaded_generation = manifest.generation
 
     # -- search -------------------------------------------------------------------------------------------
@@ -174,6 +192,35 @@ class Retriever:
                 keep.append(i)
         return np.array(keep, dtype=np.int64)
 
+    def resolve(self, question: str) -> list[tuple[str, float]]:
+        """The contract(s) ``question`` names, as ``[(doc_id, confidence)]`` best first (confidences sum to 1), from
+        the document-level index (title, parties, short names, file name, first page); ``[]`` when it names none
+        confidently, or when ``retrieval.resolve`` is off. Pass the doc ids to :meth:`search` as ``doc_ids``."""
+        if not self.cfg.resolve or not question.strip():
+            return []
+        with self._lock:
+            self._ensure_loaded()
+            assert self._resolver is not None
+            return self._resolver.resolve(
+                question, self.cfg.resolve_min_score, self.cfg.resolve_ratio, self.cfg.resolve_max_candidates
+            )
+
+    def has_document(self, doc_id: str) -> bool:
+        with self._lock:
+            self._ensure_loaded()
+            return doc_id in self._doc_meta
+
+    def check_doc_ids(self, doc_ids: Sequence[str]) -> None:
+        """Refuse doc ids this domain does not hold (a misspelt ``--doc`` must not silently search nothing)."""
+        with self._lock:
+            self._ensure_loaded()
+            unknown = [d for d in doc_ids if d not in self._doc_meta]
+        if unknown:
+            raise UserError(
+                f"document(s) {', '.join(map(repr, unknown))} not in domain '{self.domain}' "
+                f"({len(self._docs)} documents); check the doc_id (the file name without its extension)"
+            )
+
     def search(
         self,
         query: str,
@@ -182,11 +229,14 @@ class Retriever:
         mode: SearchMode | None = None,
         mmr: bool = False,
         mmr_lambda: float = 0.5,
+        doc_ids: Sequence[str] | None = None,
     ) -> list[Passage]:
         """Top ``k`` passages for ``query`` in this domain only.
 
-        ``mode``: ``hybrid`` (reciprocal rank fusion of dense and BM25), ``dense`` or ``lexical``.
+        ``mode``: ``hybrid`` (weighted reciprocal rank fusion of dense and BM25), ``dense`` or ``lexical``.
         ``filters``: ``{"doc_id": "nda_mutual"}`` or any document metadata key; a list value means any of.
+        ``doc_ids``: search inside these documents only (e.g. what :meth:`resolve` returned); an unknown id is an
+        error.
         ``mmr``: re-rank the fused candidates by maximal marginal relevance for diversity.
         """
         mode = mode or self.cfg.mode
@@ -194,6 +244,9 @@ class Retriever:
             raise UserError(f"search mode must be hybrid, dense or lexical (got {mode!r})")
         if k <= 0 or not query.strip():
             return []
+        if doc_ids is not None:
+            self.check_doc_ids(doc_ids)
+            filters = {**(filters or {}), "doc_id": list(doc_ids)}
         with self._lock:
             self._ensure_loaded()
             assert self._dense is not None and self._lexical is not None
@@ -214,7 +267,8 @@ class Retriever:
             if mode in ("hybrid", "lexical"):
                 rankings.append(self._lexical.search(query, n, allowed_mask))
             if mode == "hybrid":
-                scored = rrf_fuse([[i for i, _ in r] for r in rankings], self.cfg.rrf_k)
+                weights = (self.cfg.dense_weight, self.cfg.lexical_weight)
+                scored = rrf_fuse([[i for i, _ in r] for r in rankings], self.cfg.rrf_k, weights)
             else:
                 scored = rankings[0]
             if mmr and scored:

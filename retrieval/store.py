@@ -1,7 +1,8 @@
 """The domain store: documents, chunks (with offsets) and cached embeddings in one SQLite file (WAL).
 
 SQLite is the source of truth: the FAISS and BM25 indexes are derived from it (``retrieval/index.py``).
-Document changes of one ingest are one transaction, so a crash leaves the previous state. Embeddings are
+Document changes of one ingest (documents, their profiles and chunks) are one transaction, so a crash leaves the
+previous state. Embeddings are
 cached by (embedder, sha256 of the chunk text) and committed batch by batch, so an interrupted ingest does
 not lose the vectors it already computed. Nothing is pickled.
 """
@@ -19,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from .profile import DocProfile
 from .types import Chunk, LoadedDocument
 
-__all__ = ["DocRow", "Store", "text_hash"]
+__all__ = ["DocRow", "Store", "indexed_text", "text_hash"]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: doc_profiles (contract resolution) and chunks.context (contextual chunks)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,9 +46,18 @@ CREATE TABLE IF NOT EXISTS chunks (
     "end" INTEGER NOT NULL,
     text TEXT NOT NULL,
     heading_path TEXT NOT NULL,
-    text_hash TEXT NOT NULL
+    context TEXT NOT NULL DEFAULT '',
+    text_hash TEXT NOT NULL  -- sha256 of what was embedded: indexed_text(context, text)
 );
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+CREATE TABLE IF NOT EXISTS doc_profiles (
+    doc_id TEXT PRIMARY KEY REFERENCES documents(doc_id) ON DELETE CASCADE,
+    title TEXT NOT NULL,
+    parties TEXT NOT NULL,
+    short_names TEXT NOT NULL,
+    dates TEXT NOT NULL,
+    first_page TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS embeddings (
     embedder TEXT NOT NULL,
     text_hash TEXT NOT NULL,
@@ -58,6 +69,11 @@ CREATE TABLE IF NOT EXISTS embeddings (
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def indexed_text(context: str, text: str) -> str:
+    """What is embedded and BM25-indexed for a chunk: its context line (if any), then its exact text."""
+    return f"{context}\n{text}" if context else text
 
 
 @dataclass(frozen=True)
@@ -80,8 +96,15 @@ class Store:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
-        if self.get_meta("schema_version") is None:
-            self.set_meta("schema_version", SCHEMA_VERSION)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(chunks)")}
+        if "context" not in columns:  # a version-1 store: the column is added, the store stays v1 until rebuilt
+            self.db.execute("ALTER TABLE chunks ADD COLUMN context TEXT NOT NULL DEFAULT ''")
+        if self.get_meta("schema_version") is None and not self.chunk_count():
+            self.set_meta("schema_version", SCHEMA_VERSION)  # a new store; an old one keeps its version until rebuilt
+
+    @property
+    def schema_version(self) -> str:
+        return self.get_meta("schema_version") or "1"
 
     def close(self) -> None:
         self.db.close()
@@ -125,28 +148,56 @@ class Store:
             self.db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
         return n
 
-    def put_document(self, doc: LoadedDocument, root: str, chunks: Sequence[Chunk]) -> None:
+    def put_document(
+        self,
+        doc: LoadedDocument,
+        root: str,
+        chunks: Sequence[Chunk],
+        profile: DocProfile,
+        contexts: Sequence[str] | None = None,
+    ) -> None:
+        """One document with its profile and chunks; ``contexts[i]`` is prepended to chunk i for indexing only."""
+        ctx = list(contexts) if contexts is not None else [""] * len(chunks)
         self.db.execute(
             "INSERT INTO documents(doc_id, source, root, content_hash, text, metadata, flags) VALUES (?,?,?,?,?,?,?)",
             (doc.doc_id, doc.source, root, doc.content_hash, doc.text, json.dumps(doc.metadata), ",".join(doc.flags)),
         )
-        self.db.executemany(
-            'INSERT INTO chunks(id, chunk_id, doc_id, start, "end", text, heading_path, text_hash) '
-            "VALUES (?,?,?,?,?,?,?,?)",
-            [
-                (c.int_id, c.chunk_id, c.doc_id, c.start, c.end, c.text, c.heading_path, text_hash(c.text))
-                for c in chunks
-            ],
+        self.db.execute(
+            "INSERT INTO doc_profiles(doc_id, title, parties, short_names, dates, first_page) VALUES (?,?,?,?,?,?)",
+            (
+                doc.doc_id,
+                profile.title,
+                profile.parties,
+                json.dumps(list(profile.short_names)),
+                json.dumps(list(profile.dates)),
+                profile.first_page,
+            ),
         )
+        rows = []
+        for c, x in zip(chunks, ctx, strict=True):
+            h = text_hash(indexed_text(x, c.text))
+            rows.append((c.int_id, c.chunk_id, c.doc_id, c.start, c.end, c.text, c.heading_path, x, h))
+        self.db.executemany(
+            'INSERT INTO chunks(id, chunk_id, doc_id, start, "end", text, heading_path, context, text_hash) '
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+
+    def profiles(self) -> dict[str, DocProfile]:
+        """doc_id -> its profile (contract resolution and contextual chunks)."""
+        rows = self.db.execute("SELECT doc_id, title, parties, short_names, dates, first_page FROM doc_profiles")
+        return {
+            r[0]: DocProfile(r[0], r[1], r[2], tuple(json.loads(r[3])), tuple(json.loads(r[4])), r[5]) for r in rows
+        }
 
     def chunk_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
     def all_chunks(self) -> tuple[np.ndarray, list[str], list[str], list[str]]:
-        """(int ids, texts, text hashes, doc ids) of every chunk, ordered by id."""
-        rows = self.db.execute("SELECT id, text, text_hash, doc_id FROM chunks ORDER BY id").fetchall()
+        """(int ids, indexed texts (context + text), their hashes, doc ids) of every chunk, ordered by id."""
+        rows = self.db.execute("SELECT id, context, text, text_hash, doc_id FROM chunks ORDER BY id").fetchall()
         ids = np.array([r[0] for r in rows], dtype=np.int64)
-        return ids, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+        return ids, [indexed_text(r[1], r[2]) for r in rows], [r[3] for r in rows], [r[4] for r in rows]
 
     def chunks_by_ids(self, ids: Sequence[int]) -> dict[int, tuple[str, str, int, int, str, str, str]]:
         """id -> (chunk_id, doc_id, start, end, text, heading_path, text_hash)."""

@@ -1,5 +1,7 @@
 """retrieve: the query writer turns the question (and any critique feedback) into queries; hybrid search in the
-routed domain only; results merged by reciprocal rank fusion and de-duplicated by chunk."""
+routed domain only — inside the documents the caller named (``doc_ids``), else inside the contract(s) the question
+names when the retriever resolves it confidently (``Retriever.resolve``), else the whole domain; results merged by
+reciprocal rank fusion and de-duplicated by chunk. The trace shows the scope and the resolution."""
 
 from __future__ import annotations
 
@@ -54,11 +56,17 @@ async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
     queries = queries[: ctx.settings.max_queries + 1]  # the question itself plus the writer's queries
     retriever = ctx.retriever(domain)
     t0 = time.perf_counter()
+    explicit = list(state.get("doc_ids") or [])
+    resolution: list[tuple[str, float]] = []
 
     def search_all() -> list[list[PassageRef]]:
+        nonlocal resolution
+        if not explicit:
+            resolution = retriever.resolve(question)
+        scope = explicit or [d for d, _ in resolution] or None
         out = []
         for q in queries:
-            hits = retriever.search(q, k=2 * ctx.settings.k, mode=ctx.retrieval_mode)
+            hits = retriever.search(q, k=2 * ctx.settings.k, mode=ctx.retrieval_mode, doc_ids=scope)
             out.append([PassageRef.from_passage(h, query=q) for h in hits])
         return out
 
@@ -76,6 +84,10 @@ async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
             detail={
                 "queries": queries,
                 "mode": ctx.retrieval_mode or ctx.config.retrieval.mode,
+                # explicit: the caller's doc_ids; resolved: the contract(s) the question names; domain: everything
+                "scope": "explicit" if explicit else ("resolved" if resolution else "domain"),
+                "doc_ids": explicit or [d for d, _ in resolution],
+                "resolution": [{"doc_id": d, "confidence": c} for d, c in resolution],
                 "passages": [p.citation for p in passages],
                 "retrieval_s": round(retrieval_s, 4),
             },

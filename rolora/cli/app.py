@@ -117,11 +117,20 @@ def search(
     domain: DomainOpt = None,
     k: Annotated[int, typer.Option("-k", help="passages to return")] = 5,
     mode: Annotated[SearchModeName | None, typer.Option(help="retrieval mode")] = None,
-    doc: Annotated[str | None, typer.Option(help="only this doc_id")] = None,
+    doc: Annotated[
+        list[str] | None, typer.Option(help="only this doc_id (repeatable); default: the contract the query names")
+    ] = None,
+    resolve: Annotated[
+        bool, typer.Option(help="search inside the contract the query names, when it names one confidently")
+    ] = True,
     mmr: Annotated[bool, typer.Option(help="diversify with maximal marginal relevance")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print scope and passages as JSON")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Search a domain and print each hit with its cited span."""
+    """Search a domain and print each hit with its cited span.
+
+    Without --doc, a query that names a contract (title, parties, a defined short name, the file name) is searched
+    inside it; the line above the table says which contract(s) and how confident the resolution is."""
     from rich.table import Table
 
     from rolora.retrieval import Retriever
@@ -129,9 +138,25 @@ def search(
     cfg = load(config)
     domain = domain_of(cfg, domain)
     retriever = Retriever.open(domain, cfg)
-    passages = retriever.search(
-        query, k=k, mode=mode.value if mode else None, filters={"doc_id": doc} if doc else None, mmr=mmr
-    )
+    resolution = retriever.resolve(query) if resolve and not doc else []
+    scope = list(doc or []) or [d for d, _ in resolution] or None
+    passages = retriever.search(query, k=k, mode=mode.value if mode else None, doc_ids=scope, mmr=mmr)
+    if json_out:
+        import json
+
+        fields = ("citation", "doc_id", "start", "end", "score", "heading_path", "text")
+        out = {
+            "scope": "explicit" if doc else ("resolved" if resolution else "domain"),
+            "doc_ids": scope or [],
+            "resolution": [{"doc_id": d, "confidence": c} for d, c in resolution],
+            "passages": [{f: getattr(p, f) for f in fields} for p in passages],
+        }
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=1))
+        return
+    if doc:
+        console.print(f"scope: {', '.join(doc)} (--doc)")
+    elif resolution:
+        console.print("scope: resolved to " + ", ".join(f"{d} ({c:.2f})" for d, c in resolution))
     table = Table("#", "score", title=f"{query!r} in {domain}", show_lines=True)
     for name in ("citation", "heading", "text"):
         table.add_column(name, overflow="fold")

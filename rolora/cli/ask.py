@@ -27,6 +27,11 @@ def _step_line(step: dict[str, Any]) -> str:
             parts.append("base model for: " + ", ".join(d["base_model_roles"]))
     elif node == "retrieve" and "queries" in d:
         parts.append(f"{len(d['queries'])} queries → {len(d.get('passages', []))} passages")
+        if d.get("scope") == "resolved":
+            names = ", ".join(f"{r['doc_id']} ({r['confidence']:.2f})" for r in d.get("resolution", []))
+            parts.append(f"in {escape(names)}")
+        elif d.get("scope") == "explicit":
+            parts.append(f"in {escape(', '.join(d.get('doc_ids', [])))} (--doc)")
     elif node == "critique" and "verdict" in d:
         parts.append(f"verdict {d['verdict']}, next {d.get('next')}")
     parts.append(f"[dim]{step.get('latency_s', 0):.2f}s[/]")
@@ -40,6 +45,7 @@ def ask_command(
         str | None, typer.Option("--thread", help="checkpoint thread id (to resume: --resume)")
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue the run --thread from its last checkpoint")] = False,
+    doc: Annotated[list[str] | None, typer.Option("--doc", help="retrieve from this doc_id only (repeatable)")] = None,
     base: Annotated[bool, typer.Option(help="every role on the base model (no adapters)")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the answer as JSON (no step lines)")] = False,
     config: ConfigOpt = None,
@@ -59,7 +65,7 @@ def ask_command(
 
     async def run() -> Answer | None:
         answer: Answer | None = None
-        async for ev in agent.astream(None if resume else question, domain, thread_id=thread_id):
+        async for ev in agent.astream(None if resume else question, domain, thread_id=thread_id, doc_ids=doc):
             kind = ev["type"]
             if kind == "step" and not json_out:
                 console.print(_step_line(ev["step"]))
