@@ -1,47 +1,28 @@
 """Each role's own metric on its test split, for an adapter and for the base model (gate 4 until the eval suite).
 
-analyst: answer token-F1 and citation validity; critic: verdict accuracy; query writer: gold-chunk recall@5 of the
-question plus the written queries fused by reciprocal rank (how the agent graph uses them).
+analyst: answer token-F1 (:func:`rolora.evals.metrics.token_f1`) and citation validity; critic: verdict accuracy;
+query writer: gold-chunk recall@5 of the question plus the written queries fused by reciprocal rank (how the agent
+graph uses them).
 Generation goes through the serving ``Backend`` (so the same code evaluates in-process or on vLLM).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import statistics
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .data.prompts import ANALYST_SCHEMA, CRITIC_SCHEMA, QUERY_SCHEMA
+from rolora.evals.metrics import token_f1
+from rolora.roles import ANALYST_SCHEMA, CRITIC_SCHEMA, QUERY_SCHEMA
+
 from .serving.base import Backend, GenerationRequest
 
-__all__ = ["ROLE_METRIC", "role_metrics", "token_f1"]
+__all__ = ["ROLE_METRIC", "role_metrics"]
 
 ROLE_METRIC = {"analyst": "answer_f1", "critic": "verdict_accuracy", "query_writer": "gold_recall@5"}
 _SCHEMAS = {"analyst": ANALYST_SCHEMA, "critic": CRITIC_SCHEMA, "query_writer": QUERY_SCHEMA}
 _MAX_TOKENS = {"analyst": 160, "critic": 60, "query_writer": 60}
-
-
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def token_f1(prediction: str, golds: Sequence[str]) -> float:
-    """SQuAD-style token F1 against the best-matching gold answer (1.0 when both are empty)."""
-    pred = _tokens(prediction)
-    best = 0.0
-    for gold in golds or [""]:
-        g = _tokens(gold)
-        if not pred and not g:
-            return 1.0
-        common = sum((Counter(pred) & Counter(g)).values())
-        if common == 0:
-            continue
-        p, r = common / len(pred), common / len(g)
-        best = max(best, 2 * p * r / (p + r))
-    return best
 
 
 def _fused_top(retriever: Any, queries: Sequence[str], k: int, rrf_k: int = 60) -> list[Any]:

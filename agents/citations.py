@@ -1,9 +1,11 @@
 """Quotes -> exact spans, and the deterministic citation checks the critique node runs before any model.
 
-The analyst cites ``{"passage": n, "quote": "..."}``; :func:`locate_quote` finds the quote inside passage *n*
-(exactly, else with whitespace and case normalised, mapped back to source offsets) and returns the absolute
-``doc_id[start:end]`` span. :func:`verify_citation` then checks the span against the source text itself: a citation
-is verified only when it lies inside a retrieved passage and ``source[start:end]`` matches the quote.
+What a quote is (a sentence of a passage, :func:`rolora.roles.quote_candidates`) belongs to the role contract in
+:mod:`rolora.roles`. The analyst cites ``{"passage": n, "quote": "..."}``; :func:`rolora.roles.locate_quote` finds
+the quote inside passage *n* (exactly, else with whitespace and case normalised, mapped back to source offsets) and
+:func:`citation_from_quote` returns the absolute ``doc_id[start:end]`` span. :func:`verify_citation` then checks the
+span against the source text itself: a citation is verified only when it lies inside a retrieved passage and
+``source[start:end]`` matches the quote.
 """
 
 from __future__ import annotations
@@ -11,54 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from rolora.roles import locate_quote
+
 from .types import Citation, PassageRef
 
-__all__ = ["answer_support", "citation_from_quote", "locate_quote", "quote_candidates", "verify_citation"]
+__all__ = ["answer_support", "citation_from_quote", "verify_citation"]
 
 _WS = re.compile(r"\s+")
-_TRIM = " \t\n\"'“”‘’.,;:…"
-_SENTENCE = re.compile(r"[^.;\n]+[.;]?")
-
-
-def _normalise(text: str) -> tuple[str, list[int]]:
-    """Lower-cased text with runs of whitespace collapsed to one space, and each kept char's source offset."""
-    out: list[str] = []
-    offsets: list[int] = []
-    prev_space = False
-    for i, ch in enumerate(text):
-        if ch.isspace():
-            if prev_space:
-                continue
-            prev_space = True
-            out.append(" ")
-        else:
-            prev_space = False
-            out.append(ch.lower())
-        offsets.append(i)
-    return "".join(out), offsets
-
-
-def locate_quote(text: str, quote: str) -> tuple[int, int] | None:
-    """``(start, end)`` of ``quote`` inside ``text`` (offsets into ``text``), or None when it is not there.
-
-    Exact match first; then whitespace/case-insensitive; then with surrounding quotes, ellipses and punctuation
-    trimmed. Never a fuzzy guess: a quote that is not in the text is not located.
-    """
-    quote = quote.strip()
-    if not quote:
-        return None
-    i = text.find(quote)
-    if i >= 0:
-        return i, i + len(quote)
-    norm_text, offsets = _normalise(text)
-    for q in (quote, quote.strip(_TRIM)):
-        nq = _WS.sub(" ", q.lower()).strip()
-        if len(nq) < 3:
-            continue
-        j = norm_text.find(nq)
-        if j >= 0:
-            return offsets[j], offsets[j + len(nq) - 1] + 1
-    return None
 
 
 def citation_from_quote(passages: Sequence[PassageRef], passage_no: int, quote: str) -> Citation:
@@ -93,22 +54,6 @@ def verify_citation(c: Citation, passages: Sequence[PassageRef], source: Callabl
     if locate_quote(text, c.quote) is None or len(_WS.sub(" ", text).strip()) > len(_WS.sub(" ", c.quote)) + 8:
         return c.model_copy(update={"verified": False, "reason": f"quote does not match {c.citation}"})
     return c.model_copy(update={"verified": True, "reason": ""})
-
-
-def quote_candidates(passages: Sequence[PassageRef], max_chars: int = 400, limit: int = 200) -> list[str]:
-    """Sentences (and clause lines) of the passages: the values a constrained analyst may quote."""
-    out: list[str] = []
-    seen: set[str] = set()
-    for p in passages:
-        for m in _SENTENCE.finditer(p.text):
-            s = m.group(0).strip()
-            if len(s) < 12 or s in seen:
-                continue
-            seen.add(s)
-            out.append(s[:max_chars].strip())
-            if len(out) >= limit:
-                return out
-    return out
 
 
 _WORD = re.compile(r"[a-z0-9$£€%]+")

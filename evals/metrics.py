@@ -27,13 +27,13 @@ from __future__ import annotations
 import re
 import string
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from rolora.adapters.role_eval import token_f1
+from rolora.roles import locate_quote
 
 if TYPE_CHECKING:
     from rolora.agents.types import Answer
@@ -232,6 +232,30 @@ def exact_match(prediction: str, golds: Sequence[str]) -> float:
     return float(any(p == _normalise_answer(g) for g in golds))
 
 
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    """SQuAD-style token F1 against the best-matching gold answer (1.0 when both are empty).
+
+    >>> round(token_f1("thirty (30) days", ["within thirty (30) days"]), 3)
+    0.857
+    """
+    pred = _tokens(prediction)
+    best = 0.0
+    for gold in golds or [""]:
+        g = _tokens(gold)
+        if not pred and not g:
+            return 1.0
+        common = sum((Counter(pred) & Counter(g)).values())
+        if common == 0:
+            continue
+        p, r = common / len(pred), common / len(g)
+        best = max(best, 2 * p * r / (p + r))
+    return best
+
+
 @lru_cache(maxsize=1)
 def _rouge() -> Any:
     from rouge_score import rouge_scorer
@@ -266,8 +290,6 @@ def answer_scores(q: EvalQuestion, answer: Answer) -> dict[str, float | None]:
 
 def _valid_in_passages(doc: str, start: int, end: int, quote: str, answer: Answer) -> bool:
     """The span lies inside a retrieved passage and the passage's text there holds the quote."""
-    from rolora.agents.citations import locate_quote
-
     if end <= start or start < 0:
         return False
     for p in answer.passages:

@@ -294,8 +294,8 @@ def _choose(
 # -- running ---------------------------------------------------------------------------------------------------------
 async def _judge(backend: Any, ref: str | None, q: EvalQuestion, answer: Answer) -> dict[str, Any] | None:
     """The critic's verdict on a final answer (None for a refusal, or when the verdict does not parse)."""
-    from rolora.adapters.data.prompts import CRITIC_SCHEMA, critic_messages
     from rolora.adapters.serving.base import GenerationRequest
+    from rolora.roles import CRITIC_SCHEMA, critic_messages
 
     if answer.not_found:
         return None
@@ -313,8 +313,8 @@ async def _judge(backend: Any, ref: str | None, q: EvalQuestion, answer: Answer)
 
 
 async def _warm_up(backend: Any) -> None:
-    from rolora.adapters.data.prompts import QUERY_SCHEMA, query_writer_messages
     from rolora.adapters.serving.base import GenerationRequest
+    from rolora.roles import QUERY_SCHEMA, query_writer_messages
 
     await backend.agenerate(
         [GenerationRequest(query_writer_messages("warm-up"), max_tokens=4, json_schema=QUERY_SCHEMA)]

@@ -146,3 +146,38 @@ def test_refusal_share_of_the_training_mix_is_capped(examples_retriever: Any) ->
     capped, n_capped, test_capped = mix(0.25)
     assert natural > 0.25 and 0 < capped <= 0.25, (natural, capped)
     assert n_capped < n_natural and test_capped == test_natural  # only refusals were left out, only of train
+
+
+def test_analyst_training_quotes_are_what_the_graph_allows(
+    role_datasets: dict[str, Path], examples_retriever: Any
+) -> None:
+    """One role contract: each training prompt is the graph's own prompt for its passages, and every training quote
+    is a value of the graph's quote constraint there (whole sentences of the passages overlapping the evidence)."""
+    from rolora.agents.nodes.analyse import analyst_schema
+    from rolora.agents.types import PassageRef
+    from rolora.roles import analyst_messages, split_sentences
+
+    chunks: dict[tuple[str, int, int], Any] = {}
+    checked = 0
+    for split in ("train", "validation", "test"):
+        for r in _rows(role_datasets["analyst"] / f"{split}.jsonl"):
+            for doc in {d for d, _, _ in r["meta"]["passages"]} - {k[0] for k in chunks}:
+                chunks.update({(c.doc_id, c.start, c.end): c for c in examples_retriever.document_chunks(doc)})
+            passages = [PassageRef.from_passage(chunks[(d, s, e)]) for d, s, e in r["meta"]["passages"]]
+            question = r["prompt"][-1]["content"].removeprefix("Question: ").split("\n")[0]
+            assert r["prompt"] == analyst_messages(question, passages)
+            schema = analyst_schema(passages, constrain_quotes=True)
+            item = schema["properties"]["citations"]["items"]["properties"]
+            target = json.loads(r["completion"][0]["content"])
+            assert list(target) == list(schema["properties"])  # the schema's property order
+            evidence = r["meta"]["evidence"]
+            for c in target["citations"]:
+                assert c["quote"] in item["quote"]["enum"], c["quote"]
+                assert 1 <= c["passage"] <= item["passage"]["maximum"]
+                p = passages[c["passage"] - 1]
+                start = p.start + p.text.index(c["quote"])
+                assert any(d == p.doc_id and s < start + len(c["quote"]) and start < e for d, s, e in evidence)
+                # a whole sentence of the passage (or its first MAX_QUOTE_CHARS, cut at a word end)
+                assert any(s.text.startswith(c["quote"]) for s in split_sentences(p.text))
+                checked += 1
+    assert checked > 20

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from rolora.agents.citations import (
-    answer_support,
-    citation_from_quote,
-    locate_quote,
-    quote_candidates,
-    verify_citation,
-)
+from rolora.agents.citations import answer_support, citation_from_quote, verify_citation
 from rolora.agents.nodes.llm import parse_json
 from rolora.agents.nodes.retrieve import fuse
 from rolora.agents.types import Citation, PassageRef
+from rolora.roles import locate_quote, quote_candidates
 
 from conftest import EXAMPLES
 

@@ -51,12 +51,12 @@ def test_unknown_categories_are_all_named() -> None:
 
 
 def test_quote_choices_are_exact_substrings(examples_retriever: Any) -> None:
-    from rolora.agents.analyze import _sentences
     from rolora.agents.types import PassageRef
+    from rolora.roles import quote_candidates
 
     chunks = [PassageRef(**{k: getattr(p, k) for k in ("doc_id", "start", "end", "text", "heading_path")})
               for p in examples_retriever.document_chunks("nda_mutual")]  # fmt: skip
-    sentences = _sentences(chunks)
+    sentences = quote_candidates(chunks)
     assert len(sentences) > 40
     assert all(any(s in c.text for c in chunks) for s in sentences)
     assert all(not s[0].isdigit() for s in sentences)  # clause numbers (13.1) are not part of a quote
@@ -186,12 +186,15 @@ def _result(payload: Any, finish: str = "stop") -> Any:
 
 def test_findings_from_analyst_replies(examples_retriever: Any) -> None:
     """Each kind of reply (a located quote, a quote not in the passages, a refusal, broken JSON) on real chunks."""
-    from rolora.agents.analyze import _candidates, _finding, _indexed_document, _sentences, select_categories
+    from rolora.agents.analyze import select_categories
+    from rolora.agents.analyze.analyst import _finding
+    from rolora.agents.analyze.document import candidates, indexed_document
+    from rolora.roles import quote_candidates
 
-    doc = _indexed_document("nda_mutual", examples_retriever)
+    doc = indexed_document("nda_mutual", examples_retriever)
     [cat] = select_categories(["Governing Law"])
-    passages = _candidates(doc, cat, 3, 60)
-    sentences = _sentences(passages)
+    passages = candidates(doc, cat, 3, 60)
+    sentences = quote_candidates(passages)
     law = next(s for s in sentences if "governed by" in s)
     number = next(i for i, p in enumerate(passages, 1) if law in p.text)
 

@@ -9,11 +9,25 @@ from collections.abc import Callable
 from typing import Any
 
 from rolora.retrieval.types import Passage
+from rolora.roles import (
+    NOT_FOUND,
+    analyst_messages,
+    critic_messages,
+    query_writer_messages,
+    quote_spans,
+    split_sentences,
+)
 
 from .base import BuildContext, Example, QARow, Split, register_builder
-from .prompts import NOT_FOUND, analyst_messages, critic_messages, query_writer_messages
 
-__all__ = ["AnalystBuilder", "CriticBuilder", "QueryWriterBuilder", "clause_questions", "gold_chunks", "quote_of"]
+__all__ = [
+    "AnalystBuilder",
+    "CriticBuilder",
+    "QueryWriterBuilder",
+    "clause_questions",
+    "evidence_quotes",
+    "gold_chunks",
+]
 
 # clause-type questions from headings and clause text (category -> heading/text keywords)
 CLAUSE_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -41,25 +55,32 @@ def gold_chunks(retriever: Any, evidence: tuple[tuple[str, int, int], ...]) -> l
     return out
 
 
-def quote_of(chunk: Passage, evidence: tuple[tuple[str, int, int], ...], limit: int = 300) -> str:
-    """The evidence text inside ``chunk`` (an exact substring of it), cut to ``limit`` chars at a word end."""
-    for doc_id, start, end in evidence:
-        if doc_id != chunk.doc_id:
-            continue
-        lo, hi = max(start, chunk.start), min(end, chunk.end)
-        if hi > lo:
-            text = chunk.text[lo - chunk.start : hi - chunk.start].strip()
-            if len(text) > limit:
-                text = text[:limit].rsplit(" ", 1)[0]
-            return text
-    return ""
+def evidence_quotes(
+    passages: list[Passage], evidence: tuple[tuple[str, int, int], ...], per_passage: int = 1
+) -> list[dict[str, Any]]:
+    """The analyst's training citations: in each passage, the quote candidates (:func:`rolora.roles.quote_spans` of
+    all ``passages``, the values the graph lets the analyst write) that overlap a gold evidence span, most overlap
+    first, ``per_passage`` of them; ``[{"passage": n, "quote": text}]`` in passage order."""
+    out: list[dict[str, Any]] = []
+    by_passage: dict[int, list[tuple[int, str]]] = {}
+    for q in quote_spans(passages):
+        p = passages[q.passage - 1]
+        lo, hi = p.start + q.start, p.start + q.end
+        overlap = sum(max(0, min(hi, e) - max(lo, s)) for d, s, e in evidence if d == p.doc_id)
+        if overlap > 0:
+            by_passage.setdefault(q.passage, []).append((overlap, q.text))
+    for n in sorted(by_passage):
+        best = sorted(by_passage[n], key=lambda t: -t[0])[:per_passage]  # stable: earlier sentence on a tie
+        out += [{"passage": n, "quote": text} for _, text in best]
+    return out
 
 
-def _first_sentence(text: str, limit: int = 300) -> str:
-    body = text.split("\n", 1)[1] if "\n" in text[:120] else text
-    m = re.search(r"(.+?[.;])(\s|$)", body.strip(), re.S)
-    s = (m.group(1) if m else body.strip())[:limit]
-    return s.strip()
+def _first_sentence(text: str, min_chars: int = 30) -> tuple[int, str] | None:
+    """``(offset, sentence)`` of the first sentence of a clause after its heading line, at least ``min_chars``."""
+    head = text.find("\n")
+    body = head + 1 if 0 <= head < 120 else 0
+    first = next((s for s in split_sentences(text) if s.start >= body), None)
+    return (first.start, first.text) if first and len(first.text) >= min_chars else None
 
 
 def clause_questions(retriever: Any, doc_ids: list[str], rng: random.Random) -> list[QARow]:
@@ -75,10 +96,10 @@ def clause_questions(retriever: Any, doc_ids: list[str], rng: random.Random) -> 
             if not hits:
                 continue
             c = hits[0]
-            sentence = _first_sentence(c.text)
-            pos = c.text.find(sentence)
-            if not sentence or pos < 0 or len(sentence) < 30:
+            first = _first_sentence(c.text)
+            if first is None:
                 continue
+            pos, sentence = first
             start = c.start + pos
             rows.append(
                 QARow(
@@ -116,12 +137,9 @@ def _analyst_record(q: QARow, ctx: BuildContext, rng: random.Random) -> dict[str
     passages: list[Passage] = (gold[:2] if with_oracle else []) + distractors
     if with_oracle:
         rng.shuffle(passages)
-        citations: list[dict[str, Any]] = []
-        for i, p in enumerate(passages, start=1):
-            if p.chunk_id in {g.chunk_id for g in gold}:
-                quote = quote_of(p, q.evidence)
-                if quote:
-                    citations.append({"passage": i, "quote": quote})
+        citations = evidence_quotes(passages, q.evidence)  # distractors never overlap the evidence
+        if not citations:  # no quotable sentence overlaps the evidence: no target the graph would let it write
+            return None
         answer = (q.answers[0] if q.answers else citations[0]["quote"] if citations else "")[:300]
         target = {"citations": citations, "answer": answer, "not_found": False}  # ANALYST_SCHEMA's order
         source = "qa" if not q.id.startswith("clause-") else "clause"
@@ -224,7 +242,8 @@ class CriticBuilder:
                 others = [i for i in range(1, len(r["passages"]) + 1) if i not in cited]
                 if others:
                     j = rng.choice(others)
-                    quote = r["passages"][j - 1].text[:200].rsplit(" ", 1)[0]
+                    sentences = quote_spans([r["passages"][j - 1]])  # a quote the graph would let it write
+                    quote = sentences[0].text if sentences else r["passages"][j - 1].text[:200].rsplit(" ", 1)[0]
                     bad = {**t, "citations": [{"passage": j, "quote": quote}]}
                     reason = f"passage {j} does not support the answer"
                     variants.append(("perturb:citation", bad, {"verdict": "unsupported", "reasons": [reason]}))

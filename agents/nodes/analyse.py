@@ -4,15 +4,14 @@ mapped to an exact ``doc_id[start:end]`` span and checked against the source at 
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 from typing import Any
 
 from langgraph.runtime import Runtime
 
-from rolora.adapters.data.prompts import ANALYST_SCHEMA, NOT_FOUND, analyst_messages
+from rolora.roles import NOT_FOUND, analyst_messages, is_refusal, narrow_analyst_schema, quote_candidates
 
-from ..citations import citation_from_quote, quote_candidates, verify_citation
+from ..citations import citation_from_quote, verify_citation
 from ..state import AgentContext, AgentState
 from ..types import PassageRef
 from .llm import call_role
@@ -21,18 +20,15 @@ __all__ = ["analyse", "analyst_schema"]
 
 
 def analyst_schema(passages: list[PassageRef], constrain_quotes: bool) -> dict[str, Any]:
-    """The analyst's JSON schema; with ``constrain_quotes`` a quote must be one of the passages' sentences, so
-    even a small base model can only quote text that is really there (verification still runs)."""
-    schema = copy.deepcopy(ANALYST_SCHEMA)
-    schema["properties"]["answer"]["maxLength"] = 300
-    schema["properties"]["citations"]["minItems"] = 1  # a refusal's citation is dropped by finalise
-    if constrain_quotes:
-        candidates = quote_candidates(passages)
-        if candidates:
-            quote = schema["properties"]["citations"]["items"]["properties"]["quote"]
-            quote.pop("maxLength", None)
-            quote["enum"] = candidates
-    return schema
+    """The analyst's JSON schema; with ``constrain_quotes`` a quote must be one of the passages' sentences
+    (:func:`rolora.roles.quote_candidates`, the quotes the analyst adapter is trained on), so even a small base model
+    can only quote text that is really there (verification still runs)."""
+    return narrow_analyst_schema(
+        quote_candidates(passages) if constrain_quotes else None,
+        min_citations=1,  # a refusal's citation is dropped by finalise
+        passages=len(passages),
+        answer_chars=300,
+    )
 
 
 async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -57,7 +53,7 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     )
     draft = parsed or {"answer": "", "citations": [], "not_found": False}
     answer = str(draft.get("answer", "")).strip()
-    not_found = bool(draft.get("not_found")) or answer.rstrip(".").lower() == NOT_FOUND.rstrip(".").lower()
+    not_found = bool(draft.get("not_found")) or is_refusal(answer)
     draft = {"answer": answer, "citations": draft.get("citations") or [], "not_found": not_found}
     retriever = ctx.retriever(state["domain"] or "")
     cites = []

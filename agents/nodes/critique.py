@@ -7,7 +7,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from rolora.adapters.data.prompts import CRITIC_SCHEMA, critic_messages
+from rolora.roles import CRITIC_SCHEMA, critic_messages
 
 from ..citations import answer_support
 from ..state import AgentContext, AgentState

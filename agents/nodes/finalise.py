@@ -7,7 +7,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from rolora.adapters.data.prompts import NOT_FOUND
+from rolora.roles import NOT_FOUND
 
 from ..state import AgentContext, AgentState
 from ..types import Answer, Citation, PassageRef, TraceStep

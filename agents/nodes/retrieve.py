@@ -12,8 +12,8 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from rolora import telemetry
-from rolora.adapters.data.prompts import QUERY_SCHEMA, query_writer_messages
 from rolora.retrieval import rrf_fuse_items
+from rolora.roles import QUERY_SCHEMA, query_writer_messages
 
 from ..state import AgentContext, AgentState
 from ..types import PassageRef, TraceStep

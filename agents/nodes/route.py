@@ -9,8 +9,8 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from rolora.adapters.data.prompts import NOT_FOUND
 from rolora.errors import IndexError_
+from rolora.roles import NOT_FOUND
 
 from ..state import ROLES, AgentContext, AgentState
 from ..types import TraceStep

@@ -1,14 +1,19 @@
-"""The prompts and output schemas each role is trained on and called with (shared by data builders and agents).
+"""The prompts, output schemas and refusal text each role is trained on and called with.
 
-The analyst cites passages by number and quotes them; the graph turns a quote inside passage *n* into an exact
-``doc_id[start:end]`` span, so a small model never has to write character offsets.
+The data builders (``rolora.adapters.data``), the graph nodes, ``rolora analyze`` and the role evals all import them
+from here. The analyst cites passages by number and quotes one of their sentences (:mod:`rolora.roles.quotes`); the
+graph turns a quote inside passage *n* into an exact ``doc_id[start:end]`` span, so a small model never has to write
+character offsets.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from typing import Any
+
+from .quotes import MAX_QUOTE_CHARS
 
 __all__ = [
     "ANALYST_SCHEMA",
@@ -18,10 +23,18 @@ __all__ = [
     "analyst_messages",
     "critic_messages",
     "format_passages",
+    "is_refusal",
+    "narrow_analyst_schema",
     "query_writer_messages",
 ]
 
 NOT_FOUND = "Not in the provided clauses."
+
+
+def is_refusal(answer: str) -> bool:
+    """Whether ``answer`` is the refusal text :data:`NOT_FOUND` (case and a final period aside)."""
+    return answer.strip().rstrip(".").lower() == NOT_FOUND.rstrip(".").lower()
+
 
 # Evidence first: the analyst quotes, then answers from what it quoted (a model that writes its answer first commits
 # to it, often the refusal, before it has looked for the clause). The order is the order of the training targets.
@@ -35,7 +48,7 @@ ANALYST_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "properties": {
                     "passage": {"type": "integer", "minimum": 1, "maximum": 20},
-                    "quote": {"type": "string", "maxLength": 400},
+                    "quote": {"type": "string", "maxLength": MAX_QUOTE_CHARS},
                 },
                 "required": ["passage", "quote"],
                 "additionalProperties": False,
@@ -66,6 +79,34 @@ QUERY_SCHEMA: dict[str, Any] = {
     "required": ["queries"],
     "additionalProperties": False,
 }
+
+
+def narrow_analyst_schema(
+    quotes: Sequence[str] | None = None,
+    *,
+    max_citations: int = 3,
+    min_citations: int = 0,
+    passages: int | None = None,
+    answer_chars: int | None = None,
+) -> dict[str, Any]:
+    """:data:`ANALYST_SCHEMA` narrowed for one call: ``quotes`` (non-empty) are the only values a quote may take
+    (see :func:`rolora.roles.quotes.quote_candidates`), ``passages`` the highest passage number, ``answer_chars``
+    the answer's length; the citations' count between ``min_citations`` and ``max_citations``."""
+    schema = copy.deepcopy(ANALYST_SCHEMA)
+    props = schema["properties"]
+    cites = props["citations"]
+    cites["maxItems"] = max_citations
+    if min_citations:
+        cites["minItems"] = min_citations
+    item = cites["items"]["properties"]
+    if passages is not None:
+        item["passage"]["maximum"] = max(1, passages)
+    if answer_chars is not None:
+        props["answer"]["maxLength"] = answer_chars
+    if quotes:
+        item["quote"] = {"enum": list(quotes)}
+    return schema
+
 
 _ANALYST_SYSTEM = (
     "You are a contract analyst. Answer the question only from the numbered clauses. First quote the exact words "

@@ -1,0 +1,51 @@
+"""The role contract shared by training and inference: prompts, output schemas, refusal text and what a quote is.
+
+The data builders (``rolora.adapters.data``), the agent graph (``rolora.agents.nodes``), ``rolora analyze`` and the
+role evals import these from here, so an adapter is trained on exactly what the graph asks of it: the same messages,
+the same JSON schema and the same quotes (whole sentences of the passages, :func:`quote_candidates`). This package is
+part of the core: it imports nothing from the subsystems.
+"""
+
+from .prompts import (
+    ANALYST_SCHEMA,
+    CRITIC_SCHEMA,
+    NOT_FOUND,
+    QUERY_SCHEMA,
+    analyst_messages,
+    critic_messages,
+    format_passages,
+    is_refusal,
+    narrow_analyst_schema,
+    query_writer_messages,
+)
+from .quotes import (
+    MAX_QUOTE_CHARS,
+    MIN_QUOTE_CHARS,
+    Quote,
+    Sentence,
+    locate_quote,
+    quote_candidates,
+    quote_spans,
+    split_sentences,
+)
+
+__all__ = [
+    "ANALYST_SCHEMA",
+    "CRITIC_SCHEMA",
+    "MAX_QUOTE_CHARS",
+    "MIN_QUOTE_CHARS",
+    "NOT_FOUND",
+    "QUERY_SCHEMA",
+    "Quote",
+    "Sentence",
+    "analyst_messages",
+    "critic_messages",
+    "format_passages",
+    "is_refusal",
+    "locate_quote",
+    "narrow_analyst_schema",
+    "query_writer_messages",
+    "quote_candidates",
+    "quote_spans",
+    "split_sentences",
+]

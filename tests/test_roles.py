@@ -1,0 +1,113 @@
+"""The role contract (``rolora.roles``): one sentence splitter with exact spans, and the quotes built from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from rolora.errors import UserError
+from rolora.roles import (
+    MAX_QUOTE_CHARS,
+    MIN_QUOTE_CHARS,
+    is_refusal,
+    narrow_analyst_schema,
+    quote_candidates,
+    quote_spans,
+    split_sentences,
+)
+
+from conftest import EXAMPLES
+
+
+def _split(text: str) -> list[str]:
+    sentences = split_sentences(text)
+    assert all(text[s.start : s.end] == s.text for s in sentences)  # exact spans of the source
+    assert all(s.text == s.text.strip() and s.text for s in sentences)
+    assert [s.start for s in sentences] == sorted(s.start for s in sentences)
+    return [s.text for s in sentences]
+
+
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        ("This Agreement is governed as set out in Section 9.01. The Parties agree.",
+         ["This Agreement is governed as set out in Section 9.01.", "The Parties agree."]),
+        ("Halvorsen Geospatial, Inc. (\"Halvorsen\") and Acme Ltd. agree. Payment follows.",
+         ["Halvorsen Geospatial, Inc. (\"Halvorsen\") and Acme Ltd. agree.", "Payment follows."]),
+        ("Fees are paid in U.S. dollars to the U.S. Government. Taxes are extra.",
+         ["Fees are paid in U.S. dollars to the U.S. Government.", "Taxes are extra."]),
+        ("See Invoice No. 5 for costs, e.g. travel. Costs i.e. fees are due.",
+         ["See Invoice No. 5 for costs, e.g. travel.", "Costs i.e. fees are due."]),
+        ("1. Definitions. Terms have these meanings. 2. Term. It lasts 3 years.",
+         ["Definitions.", "Terms have these meanings.", "Term.", "It lasts 3 years."]),
+        ("The Supplier shall: (a) deliver the goods; (b) invoice the Customer; and (c) keep records. Done.",
+         ["The Supplier shall:", "deliver the goods;", "invoice the Customer;", "keep records.", "Done."]),
+        ("Section 9.01 Governing Law. This Agreement is governed by New York law.\n9.02 Notices. In writing.",
+         ["Governing Law.", "This Agreement is governed by New York law.", "Notices.", "In writing."]),
+        ("Section 9.01 of this Agreement survives.", ["Section 9.01 of this Agreement survives."]),
+        ("the Company may terminate this\nagreement on notice, and\nthe Customer may not.\n\nNEXT HEADING",
+         ["the Company may terminate this\nagreement on notice, and\nthe Customer may not.", "NEXT HEADING"]),
+        ("Payment is due; provided that disputed amounts may be withheld.",
+         ["Payment is due; provided that disputed amounts may be withheld."]),
+        ("", []),
+    ],
+)  # fmt: skip
+def test_split_sentences(text: str, sentences: list[str]) -> None:
+    assert _split(text) == sentences
+
+
+def test_split_sentences_on_a_sample_contract() -> None:
+    text = (EXAMPLES / "nda_mutual.txt").read_text(encoding="utf-8")
+    sentences = _split(text)
+    assert len(sentences) > 40
+    opening = next(s for s in sentences if s.startswith("This Mutual Non-Disclosure Agreement"))
+    assert "Halvorsen Geospatial, Inc., a Delaware corporation" in opening and opening.endswith('("Quillfeather").')
+
+
+@dataclass
+class _P:
+    text: str
+
+
+def test_quote_candidates_are_whole_sentences_cut_at_a_word() -> None:
+    long = "The Receiving Party shall " + "protect the information with reasonable care and " * 10 + "diligence."
+    passages = [_P(f"Short one. {long}"), _P("The Receiving Party shall protect it. Short one.")]
+    spans = quote_spans(passages)
+    for q in spans:
+        assert passages[q.passage - 1].text[q.start : q.end] == q.text
+        assert MIN_QUOTE_CHARS <= len(q.text) <= MAX_QUOTE_CHARS
+    cut = spans[0].text
+    assert long.startswith(cut) and long[len(cut)] == " " and not cut.endswith(" ")
+    assert [q.text for q in spans] == quote_candidates(passages)
+    assert [q.passage for q in spans] == [1, 2]  # "Short one." is under MIN_QUOTE_CHARS
+    assert quote_candidates(passages, limit=1) == [cut]
+
+
+def test_narrowed_schema_and_refusal_text() -> None:
+    schema = narrow_analyst_schema(["a quote"], max_citations=1, min_citations=1, passages=4, answer_chars=100)
+    cites = schema["properties"]["citations"]
+    assert cites["maxItems"] == cites["minItems"] == 1
+    assert cites["items"]["properties"]["quote"] == {"enum": ["a quote"]}
+    assert cites["items"]["properties"]["passage"]["maximum"] == 4
+    assert schema["properties"]["answer"]["maxLength"] == 100
+    plain = narrow_analyst_schema()
+    assert plain["properties"]["citations"]["items"]["properties"]["quote"]["maxLength"] == MAX_QUOTE_CHARS
+    assert is_refusal("not in the provided clauses") and not is_refusal("Not in clause 5.")
+
+
+def test_category_table_errors_are_reported_together() -> None:
+    from rolora.agents.analyze.categories import load_categories
+
+    bad = """
+- {name: A, question: q, query: q, headings: [a], cue: a, colour: red}
+- {name: B, question: q, headings: [b], cue: b}
+- {name: C, question: q, query: q, headings: [c], cue: "("}
+- {name: c, question: q, query: q, headings: [c], cue: c}
+"""
+    with pytest.raises(UserError) as e:
+        load_categories(bad, "bad.yaml")
+    msg = str(e.value)
+    assert msg.startswith("bad.yaml: ")
+    for part in ("A: unknown keys colour", "B: missing query", "C: bad regex '('", "c: listed twice"):
+        assert part in msg
