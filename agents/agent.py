@@ -16,19 +16,20 @@ points share one SQLite checkpointer: a run killed mid-way resumes with ``resume
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from rolora import telemetry
 from rolora.config import Config
 from rolora.errors import UserError
 
 from .graph import compile_graph
+from .runs import CheckpointerKind, PruneReport, open_checkpointer, prune_runs
 from .state import ROLES, AgentContext, new_run
 from .types import Answer
 
@@ -38,7 +39,6 @@ log = logging.getLogger("rolora.agents")
 T = TypeVar("T")
 
 ADAPTERS_BASE: dict[str, str | None] = {role: None for role in ROLES}  # every role on the base model
-Checkpointer = Literal["sqlite", "memory", "postgres", "none"]
 
 
 def make_backend(config: Config) -> Any:
@@ -69,7 +69,7 @@ class Agent:
         *,
         adapters: Mapping[str, str | None] | None = None,
         retrieval_mode: str | None = None,
-        checkpointer: Checkpointer | None = None,
+        checkpointer: CheckpointerKind | None = None,
         use_critic: bool | None = None,
         max_iterations: int | None = None,
         embedder: Any = None,
@@ -107,9 +107,9 @@ class Agent:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="rolora-agent", daemon=True)
         self._thread.start()
-        self._checkpointer_kind: Checkpointer = checkpointer or settings.checkpointer
+        self._checkpointer_kind: CheckpointerKind = checkpointer or settings.checkpointer
         self._saver: Any = None
-        self._conn: Any = None
+        self._stack = contextlib.AsyncExitStack()  # the checkpointer's connection, closed by close()
         self.graph: Any = self._run(self._compile()) if compile else None  # None: only subgraph() is used
 
     @classmethod
@@ -173,31 +173,7 @@ class Agent:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     async def _compile(self) -> Any:
-        kind = self._checkpointer_kind
-        saver: Any = None
-        if kind == "sqlite":
-            import aiosqlite
-            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-            path = Path(self.settings.checkpoint_path or self.config.home_dir / "runs.sqlite").expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = await aiosqlite.connect(str(path))
-            saver = AsyncSqliteSaver(self._conn)
-            await saver.setup()
-        elif kind == "memory":
-            from langgraph.checkpoint.memory import InMemorySaver
-
-            saver = InMemorySaver()
-        elif kind == "postgres":
-            try:
-                from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-            except ImportError as e:
-                raise UserError("agent.checkpointer: postgres needs `pip install langgraph-checkpoint-postgres`") from e
-            if not self.settings.postgres_url:
-                raise UserError("agent.checkpointer: postgres needs agent.postgres_url")
-            self._saver_cm = AsyncPostgresSaver.from_conn_string(self.settings.postgres_url)
-            saver = await self._saver_cm.__aenter__()
-            await saver.setup()
+        saver = await self._stack.enter_async_context(open_checkpointer(self.config, self._checkpointer_kind))
         self._saver = saver
         return compile_graph(
             self.context, checkpointer=saver, interrupt_before_finalise=self.settings.interrupt_before_finalise
@@ -367,6 +343,15 @@ class Agent:
             if not fut.done():
                 fut.cancel()
 
+    async def aprune_runs(self, older_than_days: float | None = None, keep: int | None = None) -> PruneReport:
+        """Delete old runs from the checkpointer (see :mod:`rolora.agents.runs`); defaults: the config's
+        ``agent.runs_retention_days`` and ``agent.runs_keep``."""
+        days = self.settings.runs_retention_days if older_than_days is None else older_than_days
+        keep = self.settings.runs_keep if keep is None else keep
+        if self._saver is None:
+            return PruneReport(0, 0, None)
+        return await self._on_loop(prune_runs(self._saver, older_than_days=days, keep=keep))
+
     def subgraph(self, checkpointer: Any = None) -> Any:
         """The graph compiled on this agent's dependencies, for use inside another LangGraph app (as a node or a
         subgraph; it then checkpoints with the parent's checkpointer). Valid until :meth:`close`."""
@@ -397,11 +382,7 @@ class Agent:
 
     def close(self) -> None:
         async def shutdown() -> None:
-            if self._conn is not None:
-                await self._conn.close()
-            cm = getattr(self, "_saver_cm", None)
-            if cm is not None:
-                await cm.__aexit__(None, None, None)
+            await self._stack.aclose()
 
         if self._loop.is_running():
             try:

@@ -121,6 +121,8 @@ class AgentConfig(_Strict):
     checkpoint_path: Path | None = None  # default: $ROLORA_HOME/runs.sqlite
     postgres_url: str | None = None
     interrupt_before_finalise: bool = False  # human-in-the-loop: pause before the answer is final
+    runs_retention_days: float | None = Field(30.0, ge=0, description="runs older than this are pruned (None: kept)")
+    runs_keep: int | None = Field(None, ge=0, description="at most this many runs are kept, the newest")
 
 
 class ApiKey(_Strict):
@@ -274,6 +276,8 @@ agent:                      # the LangGraph graph behind `rolora ask`
   checkpointer: sqlite      # sqlite | memory | postgres (durable runs resume on the same thread id)
   checkpoint_path: null     # default: <home>/runs.sqlite
   interrupt_before_finalise: false
+  runs_retention_days: 30   # the API prunes older runs at start and hourly (`rolora runs prune` by hand); null: keep
+  runs_keep: null           # or keep only the newest N runs
 
 api:                        # `rolora serve api`
   host: 127.0.0.1

@@ -24,9 +24,9 @@ def _req(content: str, **kw: Any) -> GenerationRequest:
 @pytest.mark.slow
 def test_mixed_batch_equals_each_request_alone(inprocess_backend: Any) -> None:
     reqs = [_req(p, adapter=a, max_tokens=24) for p in PROMPTS for a in (None, "alpha@1", "beta@1", "gamma@1")]
-    before = len(inprocess_backend.batches)
+    before = inprocess_backend.batch_count
     mixed = inprocess_backend.generate(reqs)
-    assert max(inprocess_backend.batches[before:]) == len(reqs), "the 16 requests were not served as one batch"
+    assert max(_batches_since(inprocess_backend, before)) == len(reqs), "the 16 requests were not served as one batch"
     alone = [inprocess_backend.generate([r])[0] for r in reqs]
     for m, a in zip(mixed, alone, strict=True):
         assert (m.adapter, m.text, m.completion_tokens) == (a.adapter, a.text, a.completion_tokens)
@@ -46,7 +46,7 @@ def test_noop_adapter_is_detected(inprocess_backend: Any) -> None:
 
 
 def test_concurrent_callers_are_micro_batched(inprocess_backend: Any) -> None:
-    before = len(inprocess_backend.batches)
+    before = inprocess_backend.batch_count
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futs = [
             pool.submit(
@@ -56,7 +56,7 @@ def test_concurrent_callers_are_micro_batched(inprocess_backend: Any) -> None:
         ]
         results = [f.result()[0] for f in futs]
     assert all(r.text for r in results)
-    assert max(inprocess_backend.batches[before:]) > 1
+    assert max(_batches_since(inprocess_backend, before)) > 1
 
 
 def test_lru_bound_and_reload(generator_dir: Path, lora_adapters: dict[str, Path]) -> None:
@@ -96,3 +96,28 @@ def test_invalid_schema_and_request_errors(inprocess_backend: Any) -> None:
     with pytest.raises(UserError, match="chat message"):
         GenerationRequest([])
     assert json.dumps({"ok": True})
+
+
+def _batches_since(backend: Any, count: int) -> list[int]:
+    """Sizes of the generate calls made since ``backend.batch_count`` was ``count``."""
+    made = backend.batch_count - count
+    return list(backend.batches)[-made:] if made else []
+
+
+def test_caches_stay_bounded_in_a_long_running_process(inprocess_backend: Any) -> None:
+    """Per-request schemas (an enum of this request's quotes, say) must not grow the grammar caches forever, and
+    the record of batch sizes keeps only the latest ones."""
+    from rolora.adapters.serving.base import GRAMMAR_CACHE_SIZE, _grammar_of
+
+    assert _grammar_of.cache_info().maxsize == GRAMMAR_CACHE_SIZE
+    assert inprocess_backend.batches.maxlen is not None
+    saved = inprocess_backend.grammar_cache_size
+    inprocess_backend.grammar_cache_size = 3
+    try:
+        for i in range(6):
+            schema = {"type": "object", "properties": {"q": {"enum": [f"quote {i}"]}}, "required": ["q"]}
+            (r,) = inprocess_backend.generate([_req(PROMPTS[0], max_tokens=12, json_schema=schema)])
+            assert r.json == {"q": f"quote {i}"}
+        assert len(inprocess_backend._grammars) == 3
+    finally:
+        inprocess_backend.grammar_cache_size = saved

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 import os
 import re
@@ -45,22 +46,24 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # How structured output is written, on every backend: json.dumps' separators and no other whitespace (the format the
 # role adapters are trained on), properties in the schema's own order (the order of the training targets).
 JSON_SEPARATORS = (", ", ": ")
-_GRAMMARS: dict[str, str] = {}
+GRAMMAR_CACHE_SIZE = 256  # distinct schemas kept compiled; a service's schemas repeat, an unbounded cache would not
 
 
 def json_schema_grammar(schema: dict[str, Any]) -> str:
     """The xgrammar EBNF for ``schema`` in that format; what the vLLM backend sends as ``structured_outputs.grammar``
-    so that a server decodes exactly as the in-process backend does."""
-    key = json.dumps(schema)
-    if key not in _GRAMMARS:
-        import xgrammar as xgr
+    so that a server decodes exactly as the in-process backend does. Cached (LRU) by the schema's JSON."""
+    return _grammar_of(json.dumps(schema))
 
-        try:
-            grammar = xgr.Grammar.from_json_schema(key, any_whitespace=False, separators=JSON_SEPARATORS)
-        except Exception as e:
-            raise UserError(f"json_schema is not a valid JSON schema: {e}") from e
-        _GRAMMARS[key] = str(grammar)
-    return _GRAMMARS[key]
+
+@functools.lru_cache(maxsize=GRAMMAR_CACHE_SIZE)
+def _grammar_of(key: str) -> str:
+    import xgrammar as xgr
+
+    try:
+        grammar = xgr.Grammar.from_json_schema(key, any_whitespace=False, separators=JSON_SEPARATORS)
+    except Exception as e:
+        raise UserError(f"json_schema is not a valid JSON schema: {e}") from e
+    return str(grammar)
 
 
 def parse_adapter_ref(ref: str) -> tuple[str, int | None]:

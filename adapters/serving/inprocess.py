@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from rolora.errors import RoloraRuntimeError, UserError
 
 from .base import (
     BASE,
+    GRAMMAR_CACHE_SIZE,
     AdapterResolver,
     BackendBase,
     GenerationRequest,
@@ -105,14 +106,16 @@ class InProcessBackend(BackendBase):
         self.max_batch_size = max_batch_size if micro_batching else 1
         self._loaded: OrderedDict[str, Path] = OrderedDict()
         self.noop_adapters: set[str] = set()
-        self._grammars: dict[str, Any] = {}
+        self._grammars: OrderedDict[str, Any] = OrderedDict()  # compiled, least recently used first
+        self.grammar_cache_size = GRAMMAR_CACHE_SIZE
         self._compiler: Any = None
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._pending: list[_Job] = []
         self._closed = False
         self._worker = threading.Thread(target=self._run, name="rolora-inprocess", daemon=True)
         self._worker.start()
-        self.batches: list[int] = []  # sizes of the generate calls made (for tests and benchmarks)
+        self.batches: deque[int] = deque(maxlen=1024)  # sizes of the latest generate calls (tests, benchmarks)
+        self.batch_count = 0  # generate calls made so far
 
     @classmethod
     def from_config(cls, config: Config, adapters: AdapterResolver | None = None, **kwargs: Any) -> InProcessBackend:
@@ -277,12 +280,17 @@ class InProcessBackend(BackendBase):
         import xgrammar as xgr
 
         ebnf = json_schema_grammar(schema)  # the grammar the vLLM backend sends: one format on every backend
-        if ebnf not in self._grammars:
-            if self._compiler is None:
-                info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self._model.config.vocab_size)
-                self._compiler = xgr.GrammarCompiler(info)
-            self._grammars[ebnf] = self._compiler.compile_grammar(ebnf)
-        return self._grammars[ebnf]
+        if ebnf in self._grammars:
+            self._grammars.move_to_end(ebnf)
+            return self._grammars[ebnf]
+        if self._compiler is None:
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self._model.config.vocab_size)
+            # xgrammar's own cache of compiled grammars, bounded too
+            self._compiler = xgr.GrammarCompiler(info, cache_limit_bytes=64 * 2**20)
+        compiled = self._grammars[ebnf] = self._compiler.compile_grammar(ebnf)
+        while len(self._grammars) > self.grammar_cache_size:
+            self._grammars.popitem(last=False)
+        return compiled
 
     def _generate(self, jobs: list[_Job]) -> None:
         import torch
@@ -365,6 +373,7 @@ class InProcessBackend(BackendBase):
         t0 = time.perf_counter()
         out = model.generate(**enc, **kwargs)
         self.batches.append(len(jobs))
+        self.batch_count += 1
         elapsed = time.perf_counter() - t0
         for i, job in enumerate(jobs):
             gen = out[i, prompt_len:]

@@ -16,6 +16,7 @@ from rolora.cli.ask import ask_command
 from rolora.cli.common import ConfigOpt, DomainOpt, command_group, console, domain_of, err_console, load
 from rolora.cli.data import data_app
 from rolora.cli.eval import eval_command
+from rolora.cli.runs import runs_app
 from rolora.cli.serve import serve_app
 from rolora.errors import RoloraError
 
@@ -32,6 +33,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(runs_app, name="runs")
 app.add_typer(data_app, name="data")
 app.command("train")(train_command)
 app.command("analyze")(analyze_command)

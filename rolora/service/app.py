@@ -233,6 +233,19 @@ class _Service:
             return await work
 
 
+async def _prune_runs_hourly(agent: ServiceAgent) -> None:
+    """Apply the runs retention (``agent.runs_retention_days`` / ``runs_keep``) at start and every hour."""
+    prune = getattr(agent, "aprune_runs", None)
+    while prune is not None:
+        try:
+            report = await prune()
+            if report.deleted:
+                log.info("runs retention: %s", report.summary())
+        except Exception:  # a failed prune never stops the service; the next hour tries again
+            log.exception("runs retention failed")
+        await asyncio.sleep(3600)
+
+
 def _open_index(agent: ServiceAgent, domain: str) -> None:
     agent.retriever(domain).stats()
 
@@ -311,9 +324,11 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
                 service.startup_errors[domain] = str(e)
                 log.warning("domain %s is not ready: %s", domain, e)
         app.state.rolora = service
+        pruner = asyncio.create_task(_prune_runs_hourly(agent))
         try:
             yield
         finally:
+            pruner.cancel()
             await asyncio.to_thread(agent.close)
 
     app = FastAPI(title="rolora", version="1", lifespan=lifespan, summary="Agentic RAG over contracts, with citations")
