@@ -470,3 +470,19 @@ def test_a_request_past_its_deadline_is_504(service: tuple[Any, Any]) -> None:
     assert r.status_code == 504 and "request_timeout_s" in r.json()["detail"]
     time.sleep(0.6)  # the abandoned search finishes in its thread
     assert svc.limiter.in_flight == 0
+
+
+def test_search_scoped_to_doc_ids_of_the_callers_domain_only(service: tuple[Any, Any]) -> None:
+    client, _ = service
+    r = _search(client, "contracts", _auth(A_KEY), doc_ids=["nda_mutual", "loan_agreement"], k=6)
+    assert r.status_code == 200, r.text
+    assert {p["doc_id"] for p in r.json()["passages"]} <= {"nda_mutual", "loan_agreement"}
+    # another tenant's document is unknown in this domain: refused, and nothing of it comes back
+    leak = _search(client, "contracts", _auth(A_KEY), doc_ids=[B_DOCS[0]])
+    assert leak.status_code == 400 and B_DOCS[0] in leak.json()["detail"] and "passages" not in leak.json()
+    ask = client.post(
+        "/v1/ask",
+        json={"question": "Which law governs?", "domain": "contracts", "doc_ids": [B_DOCS[0]]},
+        headers=_auth(A_KEY),
+    )
+    assert ask.status_code == 400 and B_DOCS[0] in ask.json()["detail"]

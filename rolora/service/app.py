@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
@@ -70,10 +71,22 @@ class ServiceAgent(Protocol):
 
     def retriever(self, domain: str) -> Any: ...
 
-    async def aask(self, question: str, domain: str | None = None, *, thread_id: str | None = None) -> Any: ...
+    async def aask(
+        self,
+        question: str,
+        domain: str | None = None,
+        *,
+        thread_id: str | None = None,
+        doc_ids: Sequence[str] | None = None,
+    ) -> Any: ...
 
     def astream(
-        self, question: str | None, domain: str | None = None, *, thread_id: str | None = None
+        self,
+        question: str | None,
+        domain: str | None = None,
+        *,
+        thread_id: str | None = None,
+        doc_ids: Sequence[str] | None = None,
     ) -> AsyncIterator[dict[str, Any]]: ...
 
     async def astate(self, thread_id: str) -> dict[str, Any]: ...
@@ -95,6 +108,7 @@ class AskRequest(_Request):
     question: str = Field(min_length=1)
     domain: str | None = None  # None: the key's only domain, or routed by the agent (keys with "*" / no auth)
     thread_id: str | None = Field(None, max_length=128, pattern=_THREAD_ID)
+    doc_ids: list[str] | None = Field(None, max_length=50)  # only these documents of the domain (400 for unknown)
     stream: bool = False
 
 
@@ -107,7 +121,8 @@ class SearchRequest(_Request):
     domain: str
     k: int = Field(5, ge=1, le=50)
     mode: Literal["hybrid", "dense", "lexical"] | None = None
-    doc_id: str | None = None
+    doc_id: str | None = None  # one document (kept for older clients; doc_ids for several)
+    doc_ids: list[str] | None = Field(None, max_length=50)
 
 
 class AnalyzeRequest(_Request):
@@ -287,12 +302,19 @@ def _public_event(ev: dict[str, Any], tenant: Tenant) -> dict[str, Any]:
 
 
 def _stream_run(
-    svc: _Service, tenant: Tenant, release: Callable[[], None], question: str | None, domain: str | None, tid: str
+    svc: _Service,
+    tenant: Tenant,
+    release: Callable[[], None],
+    question: str | None,
+    domain: str | None,
+    tid: str,
+    doc_ids: Sequence[str] | None = None,
 ) -> _ReleasingEvents:
     async def events() -> AsyncIterator[ServerSentEvent]:
         try:
             async with asyncio.timeout(svc.config.api.request_timeout_s):
-                async for ev in svc.agent.astream(question, domain, thread_id=tenant.thread(tid)):
+                run = svc.agent.astream(question, domain, thread_id=tenant.thread(tid), doc_ids=doc_ids)
+                async for ev in run:
                     yield _event(str(ev.get("type", "message")), _public_event(ev, tenant))
         except Exception as e:  # the stream has started: report in-band, the status line is already sent
             status, body = _error_body(e, "streamed run")
@@ -391,8 +413,9 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
         release = svc.acquire(tenant)
         try:
             retriever = svc.agent.retriever(body.domain)
-            filters = {"doc_id": body.doc_id} if body.doc_id else None
-            hits = await svc.deadline(asyncio.to_thread(retriever.search, body.query, body.k, filters, body.mode))
+            doc_ids = [*(body.doc_ids or []), *([body.doc_id] if body.doc_id else [])] or None
+            search = functools.partial(retriever.search, body.query, body.k, mode=body.mode, doc_ids=doc_ids)
+            hits = await svc.deadline(asyncio.to_thread(search))
         finally:
             release()
         passages = [
@@ -424,9 +447,10 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
         stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
         release = svc.acquire(tenant)
         if stream:
-            return _stream_run(svc, tenant, release, body.question, domain, tid)
+            return _stream_run(svc, tenant, release, body.question, domain, tid, body.doc_ids)
         try:
-            answer = await svc.deadline(svc.agent.aask(body.question, domain, thread_id=tenant.thread(tid)))
+            run = svc.agent.aask(body.question, domain, thread_id=tenant.thread(tid), doc_ids=body.doc_ids)
+            answer = await svc.deadline(run)
         finally:
             release()
         return {**answer.model_dump(mode="json"), "thread_id": tid}
