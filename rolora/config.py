@@ -121,6 +121,9 @@ class AgentConfig(_Strict):
     checkpoint_path: Path | None = None  # default: $ROLORA_HOME/runs.sqlite
     postgres_url: str | None = None
     interrupt_before_finalise: bool = False  # human-in-the-loop: pause before the answer is final
+    # passages marked as data, control tokens in documents neutralised, sentences that address the model never
+    # quotable (rolora.roles.safety); off only to measure what the defences buy (bench/injection.py)
+    injection_defence: bool = True
     runs_retention_days: float | None = Field(30.0, ge=0, description="runs older than this are pruned (None: kept)")
     runs_keep: int | None = Field(None, ge=0, description="at most this many runs are kept, the newest")
 

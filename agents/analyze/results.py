@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from rolora.errors import UserError
+from rolora.roles.safety import markdown_text
 
 from ..types import Citation
 from .risk import HEURISTIC_NOTE, Risk
@@ -79,9 +80,9 @@ class ContractAnalysis(BaseModel):
         found = sum(f.found for f in self.findings)
         adapters = ", ".join(f"{role} `{ref}`" for role, ref in self.adapters.items())
         lines = [
-            f"# Contract analysis: {self.doc_id}",
+            f"# Contract analysis: {_one_line(self.doc_id, 200)}",
             "",
-            f"Domain `{self.domain}` · source {self.source} · {found}/{len(self.findings)} categories found · "
+            f"Domain `{self.domain}` · source {_one_line(self.source, 200)} · {found}/{len(self.findings)} found · "
             f"{adapters} on {self.backend} · {self.latency_s:.1f} s",
             "",
             f"_{self.risk_basis}_",
@@ -97,12 +98,12 @@ class ContractAnalysis(BaseModel):
         flagged = self.flagged()
         if flagged:
             lines += ["", "## Risks to review", ""]
-            lines += [f"- **{f.risk}** {f.category}: {f.risk_note}" for f in flagged]
+            lines += [f"- **{f.risk}** {f.category}: {_one_line(f.risk_note, 400)}" for f in flagged]
         lines += ["", "## Clauses"]
         for f in self.findings:
             if not f.found:
                 continue
-            head = f" ({f.heading_path})" if f.heading_path else ""
+            head = f" ({_one_line(f.heading_path, 200)})" if f.heading_path else ""
             lines += [
                 "",
                 f"### {f.category}",
@@ -110,12 +111,12 @@ class ContractAnalysis(BaseModel):
                 f"> {_one_line(f.quote, 600)}",
                 "",
                 f"`{f.doc_id}[{f.quote_start}:{f.quote_end}]` in clause `{f.citation}`{head} — "
-                f"risk **{f.risk}**: {f.risk_note}",
+                f"risk **{f.risk}**: {_one_line(f.risk_note, 400)}",
             ]
         return "\n".join(lines) + "\n"
 
 
 def _one_line(text: str, limit: int) -> str:
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
+    """Contract or model text as one line of Markdown that renders as text (no image, link or raw HTML)."""
+    text = " ".join(text.split())
+    return markdown_text(text if len(text) <= limit else text[: limit - 1] + "…")

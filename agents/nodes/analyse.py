@@ -10,6 +10,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from rolora.roles import NOT_FOUND, analyst_messages, is_refusal, narrow_analyst_schema, quote_candidates
+from rolora.roles.safety import looks_injected
 
 from ..citations import citation_from_quote, verify_citation
 from ..state import AgentContext, AgentState
@@ -19,12 +20,14 @@ from .llm import call_role
 __all__ = ["analyse", "analyst_schema"]
 
 
-def analyst_schema(passages: list[PassageRef], constrain_quotes: bool) -> dict[str, Any]:
+def analyst_schema(passages: list[PassageRef], constrain_quotes: bool, defended: bool = True) -> dict[str, Any]:
     """The analyst's JSON schema; with ``constrain_quotes`` a quote must be one of the passages' sentences
     (:func:`rolora.roles.quote_candidates`, the quotes the analyst adapter is trained on), so even a small base model
-    can only quote text that is really there (verification still runs)."""
+    can only quote text that is really there (verification still runs). ``defended``: a sentence that addresses the
+    model (:func:`rolora.roles.safety.looks_injected`) is never among them, so no answer rests on an injected span."""
+    quotes = [q for q in quote_candidates(passages) if not (defended and looks_injected(q))]
     return narrow_analyst_schema(
-        quote_candidates(passages) if constrain_quotes else None,
+        quotes if constrain_quotes else None,
         min_citations=1,  # a refusal's citation is dropped by finalise
         passages=len(passages),
         answer_chars=300,
@@ -37,6 +40,7 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     iteration = state.get("iteration", 0)
     passages = [PassageRef.model_validate(p) for p in state.get("passages", [])]
     adapter = state["adapters"].get("analyst", "base")
+    defended = ctx.settings.injection_defence
     if not passages:
         draft: dict[str, Any] = {"answer": NOT_FOUND, "citations": [], "not_found": True}
         return {"draft": draft, "citations": [], "trace": []}
@@ -44,8 +48,8 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
         ctx,
         "analyst",
         None if adapter == "base" else adapter,
-        analyst_messages(state["question"], passages, state.get("feedback")),
-        analyst_schema(passages, ctx.constrain_quotes),
+        analyst_messages(state["question"], passages, state.get("feedback"), defended=defended),
+        analyst_schema(passages, ctx.constrain_quotes, defended),
         200,
         node="analyse",
         iteration=iteration,
@@ -58,8 +62,8 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     retriever = ctx.retriever(state["domain"] or "")
     cites = []
     for c in draft["citations"]:
-        if not isinstance(c, dict):
-            continue
+        if not isinstance(c, dict) or (defended and looks_injected(str(c.get("quote", "")))):
+            continue  # an injected sentence is never evidence
         try:
             n = int(c.get("passage", 0))
         except (TypeError, ValueError):

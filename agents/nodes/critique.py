@@ -56,7 +56,7 @@ async def critique(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
             ctx,
             "critic",
             None if adapter == "base" else adapter,
-            critic_messages(state["question"], passages, shown),
+            critic_messages(state["question"], passages, shown, defended=ctx.settings.injection_defence),
             CRITIC_SCHEMA,
             80,
             node="critique",
