@@ -545,7 +545,7 @@ def run_gates(
     adapter_dir: Path | str,
     val_examples: Sequence[ChatExample],
     probe_texts: Sequence[str] | None = None,
-    role_metric: tuple[str, float, float] | None = None,
+    role_metric: tuple[str, float, float] | Sequence[tuple[str, float, float]] | None = None,
     thresholds: GateThresholds | None = None,
     *,
     val_max_length: int = 1024,
@@ -557,7 +557,8 @@ def run_gates(
 
     ``val_examples``: the role's validation split (chat examples ending with the answer). ``probe_texts``: general
     prose (default: the shipped probe set). ``role_metric``: ``(name, adapter_value, base_value)``, higher is
-    better; None skips gate 4. ``intruder_modules``: name suffixes whose matrices gate 3 examines (default: every
+    better, or several such (each its own role-metric gate, e.g. the analyst's answer F1 and citation correctness);
+    None skips gate 4. ``intruder_modules``: name suffixes whose matrices gate 3 examines (default: every
     LoRA-adapted matrix; for a full model every linear layer but ``lm_head``).
     """
     import torch
@@ -608,17 +609,21 @@ def run_gates(
     g2 = gate_forgetting(base_probe.perplexity, ad_probe.perplexity, thr.max_forgetting_pct)
     g2.figures.update(tokens=ad_probe.tokens, texts=len(texts), max_length=probe_max_length)
     g3 = gate_intruders(intruders, thr.max_intruders)
-    if role_metric is None:
-        g4 = _skipped("role_metric", "no role metric given (the eval suite computes it)")
-    else:
-        name, adapter_value, base_value = role_metric
-        g4 = gate_role_metric(name, float(adapter_value), float(base_value), thr.min_role_metric_delta)
+    role_gates: list[GateResult] = []
+    metrics = [role_metric] if isinstance(role_metric, tuple) else list(role_metric or [])
+    for i, (name, adapter_value, base_value) in enumerate(metrics):
+        g = gate_role_metric(name, float(adapter_value), float(base_value), thr.min_role_metric_delta)
+        if i:  # the first keeps the name "role_metric"; the others are named for their metric
+            g = GateResult(f"role_metric:{name}", g.status, g.figures, g.summary)
+        role_gates.append(g)
+    if not role_gates:
+        role_gates.append(_skipped("role_metric", "no role metric given (the eval suite computes it)"))
     report = GateReport(
         adapter=str(folder),
         base=info.model_id,
         kind=kind,
         thresholds=thr.model_dump(),
-        gates=[g1, g2, g3, g4],
+        gates=[g1, g2, g3, *role_gates],
         seconds=round(time.perf_counter() - t0, 2),
     )
     log.info("gates of %s: %s", folder, "passed" if report.passed else f"failed {report.failed_gates}")

@@ -133,7 +133,7 @@ def _evaluate(
 ) -> tuple[dict[str, dict[str, float]], Any]:
     """The role metric (tuned vs base, on the role's test split) and the quality gates of one trained adapter."""
     from .gates import GateThresholds, load_probe_texts, run_gates
-    from .role_eval import ROLE_METRIC, role_metrics
+    from .role_eval import ROLE_GATED_EXTRA, ROLE_METRIC, role_metrics
     from .serving.base import DirectoryAdapters
     from .serving.inprocess import InProcessBackend
 
@@ -168,7 +168,10 @@ def _evaluate(
         str(adapter_dir),
         val,
         load_probe_texts(limit=probe_limit),
-        (key, metrics["tuned"].get(key, 0.0), metrics["base"].get(key, 0.0)),
+        [
+            (k, metrics["tuned"].get(k, 0.0), metrics["base"].get(k, 0.0))
+            for k in (key, *ROLE_GATED_EXTRA.get(role, ()))
+        ],
         GateThresholds.model_validate(config.gates.model_dump(exclude={"eval_limit"})),
     )
     return metrics, report

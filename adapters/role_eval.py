@@ -18,9 +18,11 @@ from rolora.roles import ANALYST_SCHEMA, CRITIC_SCHEMA, QUERY_SCHEMA
 
 from .serving.base import Backend, GenerationRequest
 
-__all__ = ["ROLE_METRIC", "role_metrics"]
+__all__ = ["ROLE_GATED_EXTRA", "ROLE_METRIC", "role_metrics"]
 
 ROLE_METRIC = {"analyst": "answer_f1", "critic": "verdict_accuracy", "query_writer": "gold_recall@5"}
+# gated besides ROLE_METRIC: an analyst must also not cite the wrong clause more often than the base model does
+ROLE_GATED_EXTRA: dict[str, tuple[str, ...]] = {"analyst": ("citation_correctness",)}
 _SCHEMAS = {"analyst": ANALYST_SCHEMA, "critic": CRITIC_SCHEMA, "query_writer": QUERY_SCHEMA}
 _MAX_TOKENS = {"analyst": 160, "critic": 60, "query_writer": 60}
 
@@ -31,6 +33,26 @@ def _fused_top(retriever: Any, queries: Sequence[str], k: int, rrf_k: int = 60) 
 
     rankings = [retriever.search(q, k=2 * k) for q in dict.fromkeys(q.strip() for q in queries if q.strip())]
     return [h for h, _ in rrf_fuse_items(rankings, lambda h: h.chunk_id, rrf_k)[:k]]
+
+
+def _cited_span(cite: Any, passages: Sequence[Sequence[Any]], retriever: Any) -> tuple[str, int, int] | None:
+    """The exact ``(doc_id, start, end)`` of a ``{"passage": n, "quote": ...}`` citation, or None when the quote is
+    not in passage n."""
+    try:
+        i = int(cite.get("passage", 0)) - 1
+    except (AttributeError, TypeError, ValueError):
+        return None
+    quote = str(cite.get("quote", ""))
+    if not quote or not 0 <= i < len(passages):
+        return None
+    doc, s, e = passages[i]
+    at = retriever.document_text(doc)[s:e].find(quote)
+    return None if at < 0 else (doc, s + at, s + at + len(quote))
+
+
+def _overlaps_gold(span: tuple[str, int, int], evidence: Sequence[Sequence[Any]]) -> bool:
+    doc, s, e = span
+    return any(d == doc and s < ge and gs < e for d, gs, ge in evidence)
 
 
 def role_metrics(
@@ -48,22 +70,21 @@ def role_metrics(
     targets = [json.loads(r["completion"][0]["content"]) for r in rows]
     out: dict[str, float] = {"parse_rate": sum(p is not None for p in parsed) / len(rows)}
     if role == "analyst":
-        f1, valid = [], []
+        f1, valid, correct = [], [], []
         for p, t, r in zip(parsed, targets, rows, strict=True):
             gold = [t["answer"]]
             f1.append(token_f1((p or {}).get("answer", ""), gold))
             cites = (p or {}).get("citations", [])
             if cites and retriever is not None:
-                ok = 0
-                for c in cites:
-                    i = int(c.get("passage", 0)) - 1
-                    passages = r["meta"]["passages"]
-                    if 0 <= i < len(passages):
-                        doc, s, e = passages[i]
-                        ok += str(c.get("quote", "")) in retriever.document_text(doc)[s:e]
-                valid.append(ok / len(cites))
+                spans = [_cited_span(c, r["meta"]["passages"], retriever) for c in cites]
+                valid.append(sum(sp is not None for sp in spans) / len(cites))
+                evidence = r["meta"].get("evidence") or []
+                if evidence and not (p or {}).get("not_found"):  # an answer that cites: is it the right clause?
+                    correct.append(any(sp is not None and _overlaps_gold(sp, evidence) for sp in spans))
         out["answer_f1"] = statistics.mean(f1)
         out["citation_validity"] = statistics.mean(valid) if valid else 0.0
+        # the cited span overlaps a gold evidence span (of answered rows that have gold evidence)
+        out["citation_correctness"] = statistics.mean(correct) if correct else 0.0
     elif role == "critic":
         out["verdict_accuracy"] = statistics.mean(
             (p or {}).get("verdict") == t["verdict"] for p, t in zip(parsed, targets, strict=True)
