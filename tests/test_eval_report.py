@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,9 +20,8 @@ from rolora.evals.report import _held_out, build_report, write_reports
 from rolora.evals.runner import Plan, QuestionResult, RunResult
 from rolora.evals.suite import load_suite
 
-from conftest import REPO, make_config
+from conftest import REPO, make_config, require_chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TEXT = "x" * 1000
 
 
@@ -117,8 +115,9 @@ def fake_run(tmp_path: Path, n: int = 8) -> RunResult:
 
 
 def chromium_image_check(html_path: Path, tmp_path: Path) -> tuple[int, int]:
-    """Open the page in headless Chromium; returns (images loaded, images) counted by a script after load."""
-    assert CHROMIUM is not None
+    """Open the page in headless Chromium; returns (images loaded, images) counted by a script after load.
+    Without Chromium: a skip locally, a failure under CI (``require_chromium``)."""
+    chromium = require_chromium()
     page = tmp_path / "check.html"
     probe = (
         "<script>window.addEventListener('load',()=>{const im=Array.from(document.images);"
@@ -128,7 +127,7 @@ def chromium_image_check(html_path: Path, tmp_path: Path) -> tuple[int, int]:
     )
     page.write_text(html_path.read_text(encoding="utf-8").replace("</body>", probe + "</body>"), encoding="utf-8")
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=10000", "--dump-dom",
         page.as_uri(),
@@ -198,8 +197,7 @@ def test_report_files_markdown_html_and_plots(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_report_html_plots_load_in_headless_chromium(tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (Debian package `chromium`)")
+    require_chromium()
     files = write_reports(build_report(fake_run(tmp_path)), tmp_path / "out")
     assert chromium_image_check(files.html, tmp_path) == (5, 5)
 

@@ -1,6 +1,7 @@
 """A real run of the contracts suite (4 questions, base vs adapters, one analyse round) with SmolLM2, MiniLM and
-the LangGraph agent: killed mid-way, resumed (only the missing answers are computed), reported (JSON, Markdown,
-HTML whose plots load in headless Chromium) and gated against a baseline by the CLI's exit code."""
+the LangGraph agent: killed mid-way (a real process, SIGKILL), resumed (only the missing answers are computed),
+reported (JSON, Markdown, HTML whose plots load in headless Chromium) and gated against a baseline by the CLI's exit
+code (the CLI run in-process through typer's CliRunner)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import Result
+from typer.testing import CliRunner
 
 from rolora.config import load_config
 from rolora.evals.runner import run_suite
 from rolora.evals.suite import load_suite
 
-from conftest import EXAMPLES, REPO, make_lora_adapter
-from test_eval_report import CHROMIUM, chromium_image_check
+from conftest import EXAMPLES, REPO, TEST_HOME, copy_index, make_lora_adapter, require_chromium
+from test_eval_report import chromium_image_check
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +32,11 @@ CONFIGS = "base,adapters"
 SAMPLE = 4  # with the suite's seed: three answerable questions and one unanswerable
 
 
-def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rolora.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+def cli(*args: str) -> Result:
+    """``rolora ARGS`` in this process (the same typer app ``python -m rolora.cli`` runs)."""
+    from rolora.cli import app
+
+    return CliRunner().invoke(app, list(args))
 
 
 def ok_rows(db: Path) -> dict[tuple[str, str], float]:
@@ -49,9 +53,10 @@ def ok_rows(db: Path) -> dict[tuple[str, str], float]:
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory: pytest.TempPathFactory, generator_dir: Path) -> SimpleNamespace:
-    """A fresh home (the prepared SmolLM2 by path; the index is built by the run itself), a promoted analyst
-    adapter with real PEFT weights and recorded gates, and the contracts suite cut to one analyse round."""
+def real_run(tmp_path_factory: pytest.TempPathFactory, generator_dir: Path, examples_retriever: Any) -> SimpleNamespace:
+    """A fresh home (the prepared SmolLM2 by path; seeded with a copy of the session's index of the sample corpus,
+    the same corpus and settings the suite ingests), a promoted analyst adapter with real PEFT weights and recorded
+    gates, and the contracts suite cut to one analyse round."""
     from rolora.adapters.gates import GateReport, gate_forgetting, gate_val_perplexity
     from rolora.adapters.registry import Registry
 
@@ -74,6 +79,9 @@ def real_run(tmp_path_factory: pytest.TempPathFactory, generator_dir: Path) -> S
     suite = root / "contracts.yaml"
     suite.write_text(yaml.safe_dump(suite_data))
 
+    index = TEST_HOME / "indexes" / "contracts"
+    assert examples_retriever.stats()["documents"] == 12 and (index / "manifest.json").is_file()
+    copy_index(index, root / "home" / "indexes" / "contracts")
     cfg = load_config(config)
     registry = Registry.from_config(cfg, generator_dir)
     folder = make_lora_adapter(generator_dir, root / "analyst-lora", seed=11)
@@ -110,6 +118,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory, generator_dir: Path) -> S
     resume_s = time.perf_counter() - t0
     # 3. the CLI again: everything stored, so no model runs; it writes the reports
     report_cli = cli("eval", *args)
+    assert "no index yet" not in output + report_cli.output, "the seeded index was not used"
     return SimpleNamespace(
         root=root,
         out=out,
@@ -162,7 +171,7 @@ def test_real_answers_carry_traces_and_the_adapters_used(real_run: SimpleNamespa
 
 def test_cli_writes_every_report_file(real_run: SimpleNamespace) -> None:
     res = real_run.report_cli
-    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.exit_code == 0, res.output
     assert "0 to run" in res.stderr
     out = real_run.out
     report = json.loads((out / "report.json").read_text())
@@ -191,8 +200,7 @@ def test_cli_writes_every_report_file(real_run: SimpleNamespace) -> None:
 
 
 def test_real_report_opens_in_headless_chromium(real_run: SimpleNamespace, tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (Debian package `chromium`)")
+    require_chromium()
     loaded, total = chromium_image_check(real_run.out / "report.html", tmp_path)
     assert total >= 5 and loaded == total
 
@@ -200,7 +208,7 @@ def test_real_report_opens_in_headless_chromium(real_run: SimpleNamespace, tmp_p
 def test_gate_exit_code_names_the_metric_that_dropped(real_run: SimpleNamespace) -> None:
     report: dict[str, Any] = json.loads((real_run.out / "report.json").read_text())
     same = cli("eval", *real_run.args, "--baseline", str(real_run.out / "report.json"))
-    assert same.returncode == 0, same.stdout + same.stderr
+    assert same.exit_code == 0, same.output
     assert "gate passed" in same.stdout
     better = json.loads(json.dumps(report))
     better["results"]["adapters"]["retrieval.span_recall@5"]["mean"] = (
@@ -209,6 +217,6 @@ def test_gate_exit_code_names_the_metric_that_dropped(real_run: SimpleNamespace)
     baseline = real_run.root / "better-baseline.json"
     baseline.write_text(json.dumps(better))
     worse = cli("eval", *real_run.args, "--baseline", str(baseline))
-    assert worse.returncode == 1, worse.stdout + worse.stderr
+    assert worse.exit_code == 1, worse.output
     assert "gate: adapters retrieval.span_recall@5 fell" in " ".join(worse.stderr.split())
     assert json.loads((real_run.out / "report.json").read_text())["gate"]["passed"] is False
