@@ -30,7 +30,7 @@ from .resolve import DocResolver
 from .store import SCHEMA_VERSION, Store
 from .types import Passage
 
-__all__ = ["Retriever", "SearchMode", "rrf_fuse", "rrf_fuse_items"]
+__all__ = ["Retriever", "SearchMode", "convex_fuse", "rrf_fuse", "rrf_fuse_items"]
 
 log = logging.getLogger("rolora.retrieval")
 SearchMode = Literal["hybrid", "dense", "lexical"]
@@ -47,6 +47,19 @@ def rrf_fuse(
         w = 1.0 if weights is None else weights[r]
         for rank, doc in enumerate(ranking, start=1):
             scores[doc] = scores.get(doc, 0.0) + w / (k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def convex_fuse(rankings: Sequence[Sequence[tuple[int, float]]], weights: Sequence[float]) -> list[tuple[int, float]]:
+    """Weighted sum of min-max normalised scores (each ranking's best 1, its worst 0); a hit missing from a ranking
+    gets 0 there."""
+    scores: dict[int, float] = {}
+    for ranking, w in zip(rankings, weights, strict=True):
+        if not ranking:
+            continue
+        hi, lo = max(s for _, s in ranking), min(s for _, s in ranking)
+        for doc, s in ranking:
+            scores[doc] = scores.get(doc, 0.0) + w * ((s - lo) / (hi - lo) if hi > lo else 1.0)
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
@@ -158,8 +171,13 @@ class Retriever:
                 f"index of domain '{self.domain}' has dimension {dim}, embedder gives {self._embedder.dim}; "
                 f"re-ingest with --rebuild"
             )
-        if manifest is None or manifest.generation < gen:
-            log.warning("domain %s: finishing an interrupted ingest (rebuilding indexes from the store)", self.domain)
+        if manifest is None or manifest.generation != gen:
+            # behind: a run killed between its commit and the manifest swap; ahead: a power loss took back the
+            # store's last commit after its manifest was written. Either way the store is the truth: rebuild from it.
+            log.warning(
+                "domain %s: index and store disagree (an interrupted ingest); rebuilding the indexes from the store",
+                self.domain,
+            )
             rebuild_indexes(self.store, self.dir, self.domain, want, dim, self.cfg)
             manifest = read_manifest(self.dir)
             assert manifest is not None
@@ -268,7 +286,10 @@ class Retriever:
                 rankings.append(self._lexical.search(query, n, allowed_mask))
             if mode == "hybrid":
                 weights = (self.cfg.dense_weight, self.cfg.lexical_weight)
-                scored = rrf_fuse([[i for i, _ in r] for r in rankings], self.cfg.rrf_k, weights)
+                if self.cfg.fusion == "convex":
+                    scored = convex_fuse(rankings, weights)
+                else:
+                    scored = rrf_fuse([[i for i, _ in r] for r in rankings], self.cfg.rrf_k, weights)
             else:
                 scored = rankings[0]
             if mmr and scored:

@@ -54,8 +54,10 @@ class RetrievalConfig(_Strict):
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
     rrf_k: int = Field(60, ge=1)
     candidates: int = Field(100, ge=1, description="hits taken from each of dense and lexical before fusion")
-    dense_weight: float = Field(1.0, ge=0, description="weight of the dense ranking in reciprocal rank fusion")
-    lexical_weight: float = Field(1.0, ge=0, description="weight of the BM25 ranking in reciprocal rank fusion")
+    # hybrid: reciprocal rank fusion (rrf), or a weighted sum of min-max normalised scores (convex)
+    fusion: Literal["rrf", "convex"] = "rrf"
+    dense_weight: float = Field(1.0, ge=0, description="weight of the dense ranking in the fusion")
+    lexical_weight: float = Field(1.0, ge=0, description="weight of the BM25 ranking in the fusion")
     stemmer: Literal["english", "none"] = "english"  # BM25 tokens stemmed (PyStemmer); applied at the next --rebuild
     contextual: bool = True  # embed and BM25-index each chunk with its contract's title/parties and heading path
     # Contract resolution (Retriever.resolve): a question that names a contract (title, parties, short name, file
@@ -228,7 +230,8 @@ retrieval:
   mode: hybrid              # hybrid | dense | lexical
   rrf_k: 60                 # reciprocal-rank-fusion constant
   candidates: 100           # hits taken from each of dense and lexical before fusion
-  dense_weight: 1.0         # reciprocal-rank-fusion weight of the dense ranking
+  fusion: rrf               # hybrid: rrf (reciprocal rank) | convex (weighted min-max normalised scores)
+  dense_weight: 1.0         # fusion weight of the dense ranking
   lexical_weight: 1.0       # ... and of the BM25 ranking
   stemmer: english          # english | none: BM25 stemming (takes effect at `rolora ingest --rebuild`)
   contextual: true          # index each chunk with its contract's title/parties and heading path (offsets unchanged)

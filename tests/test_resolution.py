@@ -156,7 +156,7 @@ def test_cli_search_doc_scoping_and_resolution(
     assert {p["doc_id"] for p in out["passages"]} == {a}
 
 
-def test_old_index_is_refused_with_the_rebuild_command(tmp_path: Path, embedder: Any) -> None:
+def test_old_index_is_refused_with_the_rebuild_command_and_ingest_upgrades_it(tmp_path: Path, embedder: Any) -> None:
     from rolora.errors import IndexError_
     from rolora.retrieval import Retriever
     from rolora.retrieval.index import MANIFEST
@@ -180,10 +180,8 @@ def test_old_index_is_refused_with_the_rebuild_command(tmp_path: Path, embedder:
     old = Retriever("old", make_config(tmp_path / "home", old={"corpus": [str(corpus)]}), embedder)
     with pytest.raises(IndexError_, match=r"rolora ingest PATH --domain old --rebuild"):
         old.search("two years")
-    with pytest.raises(IndexError_, match="--rebuild"):
-        old.ingest(progress=False)
-    report = old.ingest(rebuild=True, progress=False)
-    assert report.embedded == 0  # the cached vectors of unchanged text are reused
+    report = old.ingest(progress=False)  # an ingest upgrades it in place: a rebuild from the cached vectors
+    assert report.embedded == 0 and report.documents_added == 2
     assert old.search("two years", k=1)[0].doc_id == "nda"
     assert old.resolve("What is the rent under lease_acme?") == [("lease_acme", 1.0)]
     assert old.resolve("What is the rent under the lease?") == []
