@@ -60,6 +60,9 @@ class TrainConfig(BaseModel):
     seed: int = 0
     torch_threads: int = Field(0, ge=0)
     max_train_examples: int | None = None
+    # wall-clock budget of this run (a resumed run gets a new one): training stops after the step that crosses it,
+    # saving a checkpoint, so `--resume` continues where it stopped
+    time_budget_s: float | None = Field(None, gt=0)
 
     @property
     def lr(self) -> float:
@@ -153,6 +156,24 @@ def _progress_callback(total_hint: int) -> Any:
     return Progress()
 
 
+def _time_budget_callback(budget_s: float) -> Any:
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        """Stop (and save a checkpoint) after the first step that ends past ``budget_s`` of this run."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if time.perf_counter() - self.t0 >= budget_s:
+                log.info("time budget of %.0f s reached at step %d: stopping", budget_s, state.global_step)
+                control.should_training_stop = True
+                control.should_save = True
+
+    return TimeBudget()
+
+
 def train(
     base_dir: Path,
     data_dir: Path,
@@ -240,6 +261,8 @@ def train(
     cbs: list[Any] = list(callbacks or [])
     if progress:
         cbs.append(_progress_callback(steps_hint))
+    if cfg.time_budget_s is not None:
+        cbs.append(_time_budget_callback(cfg.time_budget_s))
     if evaluate and cfg.early_stopping_patience > 0:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SFTTrainer(

@@ -52,6 +52,9 @@ def train_command(
     grad_accum: Annotated[int, typer.Option(help="examples per optimizer step (batch 1)")] = 2,
     learning_rate: Annotated[float | None, typer.Option("--lr", help="default 1e-3 (LoRA), 2e-5 (full)")] = None,
     limit: Annotated[int | None, typer.Option(help="max examples per split (quick runs)")] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(min=0.1, help="minutes of training at most (then a checkpoint: --resume goes on)")
+    ] = None,
     eval_limit: EvalLimitOpt = None,
     oracle_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="analyst (RAFT): share of contexts holding the gold clause")
@@ -76,6 +79,7 @@ def train_command(
         alpha=2 * rank,
         grad_accum=grad_accum,
         learning_rate=learning_rate,
+        time_budget_s=time_budget * 60 if time_budget else None,
     )
     run = train_role(
         cfg,

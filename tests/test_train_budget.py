@@ -1,0 +1,36 @@
+"""``--time-budget``: a run stops at its wall-clock budget with a checkpoint, and ``resume`` goes on from it (real
+SmolLM2 + TRL + PEFT, a few short steps on the query-writer data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.mark.slow
+def test_a_run_stops_at_its_time_budget_and_resumes(
+    generator_dir: Path, role_datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    from rolora.adapters.train import TrainConfig, train
+
+    settings: dict[str, Any] = {
+        "max_steps": 400,
+        "batch_size": 1,
+        "grad_accum": 1,
+        "max_length": 256,
+        "r": 4,
+        "alpha": 8,
+        "target_modules": ["q_proj", "v_proj"],
+        "eval_steps": 1000,
+        "time_budget_s": 3.0,
+    }
+    first = train(generator_dir, role_datasets["query_writer"], tmp_path, TrainConfig(**settings), progress=False)
+    assert 1 <= first.steps < 400  # stopped by the budget, not by max_steps
+    assert list(tmp_path.glob("checkpoints/checkpoint-*")) or list(tmp_path.glob("**/checkpoint-*"))
+    again = train(
+        generator_dir, role_datasets["query_writer"], tmp_path, TrainConfig(**settings), resume=True, progress=False
+    )
+    assert first.steps < again.steps < 400  # went on from the checkpoint, then stopped at its own budget
+    assert (Path(again.output) / "adapter_model.safetensors").is_file()
