@@ -177,7 +177,7 @@ def test_analyst_training_quotes_are_what_the_graph_allows(
                 p = passages[c["passage"] - 1]
                 start = p.start + p.text.index(c["quote"])
                 assert any(d == p.doc_id and s < start + len(c["quote"]) and start < e for d, s, e in evidence)
-                # a whole sentence of the passage (or its first MAX_QUOTE_CHARS, cut at a word end)
-                assert any(s.text.startswith(c["quote"]) for s in split_sentences(p.text))
+                # a whole sentence of the passage (or a piece of one longer than MAX_QUOTE_CHARS)
+                assert any(c["quote"] in s.text for s in split_sentences(p.text))
                 checked += 1
     assert checked > 20

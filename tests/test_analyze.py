@@ -132,7 +132,7 @@ def test_analyze_a_sample_contract(examples_retriever: Any, inprocess_backend: A
         assert f.risk in ("low", "medium", "high", "unknown") and f.risk_note
         assert f.passages and all(p.startswith("nda_mutual[") for p in f.passages)  # only this contract
     md = result.to_markdown()
-    assert md.startswith("# Contract analysis: nda_mutual") and "| Governing Law | yes" in md
+    assert md.startswith("# Contract analysis: nda\\_mutual") and "| Governing Law | yes" in md  # text escaped
     assert "not legal advice" in md and f"`nda_mutual[{law.quote_start}:{law.quote_end}]`" in md
     again = ContractAnalysis.model_validate_json(result.model_dump_json())
     assert again == result

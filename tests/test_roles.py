@@ -70,18 +70,19 @@ class _P:
     text: str
 
 
-def test_quote_candidates_are_whole_sentences_cut_at_a_word() -> None:
+def test_quote_candidates_are_sentences_long_ones_in_pieces() -> None:
     long = "The Receiving Party shall " + "protect the information with reasonable care and " * 10 + "diligence."
     passages = [_P(f"Short one. {long}"), _P("The Receiving Party shall protect it. Short one.")]
     spans = quote_spans(passages)
     for q in spans:
         assert passages[q.passage - 1].text[q.start : q.end] == q.text
         assert MIN_QUOTE_CHARS <= len(q.text) <= MAX_QUOTE_CHARS
-    cut = spans[0].text
-    assert long.startswith(cut) and long[len(cut)] == " " and not cut.endswith(" ")
     assert [q.text for q in spans] == quote_candidates(passages)
-    assert [q.passage for q in spans] == [1, 2]  # "Short one." is under MIN_QUOTE_CHARS
-    assert quote_candidates(passages, limit=1) == [cut]
+    pieces = [q for q in spans if q.passage == 1]  # "Short one." is under MIN_QUOTE_CHARS
+    assert len(pieces) == 2 and [q.passage for q in spans[2:]] == [2]
+    assert long.startswith(pieces[0].text) and long[len(pieces[0].text)] == " "  # cut at a word end
+    assert " ".join(q.text for q in pieces) == long  # consecutive pieces, nothing left out
+    assert quote_candidates(passages, limit=1) == [pieces[0].text]
 
 
 def test_narrowed_schema_and_refusal_text() -> None:

@@ -7,8 +7,9 @@ quote, so an adapter is trained on quotes the graph lets it write:
   without breaking at ``Section 9.01``, ``Inc.``, ``U.S.``, ``No. 5`` or ``e.g.``, and splitting numbered lists
   (``1. … 2. …``, ``(a) …; (b) …``) into their items, clause numbers left out.
 - :func:`quote_spans` / :func:`quote_candidates` turn the passages shown to the analyst into the quotes it may write
-  (at least :data:`MIN_QUOTE_CHARS`, cut at a word end after :data:`MAX_QUOTE_CHARS`). The graph constrains its
-  quotes to these values; the analyst's training quotes are the ones that overlap the gold evidence.
+  (at least :data:`MIN_QUOTE_CHARS`; a sentence longer than :data:`MAX_QUOTE_CHARS` in pieces cut at word ends).
+  The graph constrains its quotes to these values; the analyst's training quotes are the ones that overlap the gold
+  evidence.
 - :func:`locate_quote` maps a quote back to offsets (exactly, else whitespace- and case-normalised; never fuzzy).
 
 >>> [s.text for s in split_sentences("Acme, Inc. agrees (see Section 9.01). 1. Fees. 2. Term; (a) one year.")]
@@ -33,7 +34,7 @@ __all__ = [
     "split_sentences",
 ]
 
-MAX_QUOTE_CHARS = 300  # a longer sentence is quoted up to its last word end within this many characters
+MAX_QUOTE_CHARS = 300  # a longer sentence is quoted in pieces of at most this many characters, cut at word ends
 MIN_QUOTE_CHARS = 20  # shorter pieces (headings, "Fees.") are not quotes
 
 
@@ -156,14 +157,24 @@ def _emit(text: str, start: int, end: int, out: list[Sentence]) -> None:
 _LAST_SPACE = re.compile(r"\s+\S*$")
 
 
-def _cut(sentence: str, max_chars: int) -> str:
-    """``sentence`` up to its last word end within ``max_chars`` (a prefix of it, trailing ``,;:`` dropped)."""
-    if len(sentence) <= max_chars:
-        return sentence
-    head = sentence[: max_chars + 1]
-    m = _LAST_SPACE.search(head)
-    head = head[: m.start()] if m and m.start() > 0 else sentence[:max_chars]
-    return head.rstrip().rstrip(",;:").rstrip()
+def _pieces(sentence: str, max_chars: int) -> list[tuple[int, str]]:
+    """``sentence`` as ``(offset, piece)``: whole when it fits in ``max_chars``, else consecutive pieces of at most
+    ``max_chars`` cut at word ends (a trailing ``,;:`` dropped), each an exact substring at its offset."""
+    out: list[tuple[int, str]] = []
+    pos = 0
+    while len(sentence) - pos > max_chars:
+        head = sentence[pos : pos + max_chars + 1]
+        m = _LAST_SPACE.search(head)
+        cut = m.start() if m and m.start() > 0 else max_chars
+        piece = head[:cut].rstrip().rstrip(",;:").rstrip()
+        if piece:
+            out.append((pos, piece))
+        pos += cut
+        while pos < len(sentence) and sentence[pos].isspace():
+            pos += 1
+    if pos < len(sentence):
+        out.append((pos, sentence[pos:]))
+    return out
 
 
 def quote_spans(
@@ -172,19 +183,21 @@ def quote_spans(
     min_chars: int = MIN_QUOTE_CHARS,
     limit: int = 200,
 ) -> list[Quote]:
-    """The quotes the analyst may write for ``passages``: their sentences (cut after ``max_chars`` at a word end),
-    at least ``min_chars`` long, each text once (first passage wins), at most ``limit``, in passage order."""
+    """The quotes the analyst may write for ``passages``: their sentences (a longer one than ``max_chars`` in
+    consecutive pieces cut at word ends), at least ``min_chars`` long, each text once (first passage wins), at most
+    ``limit``, in passage order."""
     out: list[Quote] = []
     seen: set[str] = set()
     for n, p in enumerate(passages, start=1):
         for s in split_sentences(p.text):
-            q = _cut(s.text, max_chars)
-            if len(q) < min_chars or q in seen:
-                continue
-            seen.add(q)
-            out.append(Quote(n, s.start, s.start + len(q), q))
-            if len(out) >= limit:
-                return out
+            for offset, q in _pieces(s.text, max_chars):
+                if len(q) < min_chars or q in seen:
+                    continue
+                seen.add(q)
+                start = s.start + offset
+                out.append(Quote(n, start, start + len(q), q))
+                if len(out) >= limit:
+                    return out
     return out
 
 
