@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rolora.errors import RoloraRuntimeError, UserError
-from rolora.fileutil import atomic_write_text
+from rolora.fileutil import atomic_write_text, is_disk_full
 
 from .serving.base import MANIFEST, check_adapter_folder, parse_adapter_ref, verify_adapter_files
 
@@ -88,6 +88,13 @@ def _now() -> str:
 def _write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file, fsync, ``os.replace``)."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _no_space(path: Path, doing: str) -> UserError:
+    return UserError(
+        f"{path}: no space left on device while {doing}; free space on that disk and try again "
+        "(the registry is left as it was)"
+    )
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -577,7 +584,12 @@ class Registry:
             yield
 
     def _save(self, rec: AdapterRecord) -> AdapterRecord:
-        _write_json_atomic(rec.path / MANIFEST, rec.manifest())
+        try:
+            _write_json_atomic(rec.path / MANIFEST, rec.manifest())
+        except OSError as e:
+            if is_disk_full(e):
+                raise _no_space(rec.path, f"writing the manifest of {rec.ref}") from e
+            raise
         return rec
 
     def register(
@@ -630,11 +642,18 @@ class Registry:
         with self._lock():
             number = max(self.versions(bare), default=0) + 1
             final = self.root / f"{bare}@{number}"
-            tmp = Path(tempfile.mkdtemp(prefix=f".{bare}@{number}.", suffix=".tmp", dir=self.root))
+            moved: builtins.list[Path] = []
+            try:
+                tmp = Path(tempfile.mkdtemp(prefix=f".{bare}@{number}.", suffix=".tmp", dir=self.root))
+            except OSError as e:
+                if is_disk_full(e):
+                    raise _no_space(self.root, f"registering {bare}@{number}") from e
+                raise
             try:
                 for f in files:
                     if move:
                         shutil.move(str(f), tmp / f.name)
+                        moved.append(f)
                     else:
                         shutil.copy2(f, tmp / f.name)
                 rec = AdapterRecord(
@@ -656,8 +675,12 @@ class Registry:
                 )
                 self._save(rec)
                 os.rename(tmp, final)
-            except BaseException:
+            except BaseException as e:
+                for f in moved:  # a failed move-register gives the source folder its files back
+                    shutil.move(str(tmp / f.name), f)
                 shutil.rmtree(tmp, ignore_errors=True)
+                if isinstance(e, Exception) and is_disk_full(e):
+                    raise _no_space(self.root, f"registering {bare}@{number}") from e
                 raise
         log.info("registered %s (%s, %s/%s)", rec.ref, kind, domain, role)
         return rec.model_copy(update={"path": final})

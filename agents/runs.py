@@ -24,6 +24,7 @@ from rolora.errors import UserError
 __all__ = ["PruneReport", "open_checkpointer", "prune_runs"]
 
 CheckpointerKind = Literal["sqlite", "memory", "postgres", "none"]
+_PG_SETUP_LOCK = 0x726F6C6F7261  # "rolora": the advisory lock key serialising the Postgres saver's setup
 
 
 @asynccontextmanager
@@ -54,9 +55,22 @@ async def open_checkpointer(config: Config, kind: CheckpointerKind | None = None
             raise UserError("agent.checkpointer: postgres needs `pip install langgraph-checkpoint-postgres`") from e
         if not settings.postgres_url:
             raise UserError("agent.checkpointer: postgres needs agent.postgres_url")
-        async with AsyncPostgresSaver.from_conn_string(settings.postgres_url) as saver:
-            await saver.setup()
-            yield saver
+        from psycopg import AsyncConnection
+        from psycopg.rows import dict_row
+
+        # the connection AsyncPostgresSaver.from_conn_string would open, kept at hand for the setup lock
+        async with await AsyncConnection.connect(
+            settings.postgres_url, autocommit=True, prepare_threshold=0, row_factory=dict_row
+        ) as conn:
+            # Several workers starting at once against a new database would all run the saver's migrations (and
+            # collide on checkpoint_migrations' key): one at a time, under a session-level advisory lock.
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_PG_SETUP_LOCK,))
+            try:
+                pg_saver = AsyncPostgresSaver(conn)
+                await pg_saver.setup()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_PG_SETUP_LOCK,))
+            yield pg_saver
 
 
 @dataclass(frozen=True)

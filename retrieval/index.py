@@ -4,7 +4,7 @@ Layout under ``<home>/indexes/<domain>/``::
 
     store.sqlite          # source of truth (retrieval/store.py)
     manifest.json         # written last, by rename: names the generation folder and its checksums
-    gen-000007/dense.faiss, gen-000007/lexical/…, gen-000007/lexical_ids.npy
+    gen-000007-1a2b3c4d/dense.faiss, …/lexical/…, …/lexical_ids.npy
 
 A new generation is written to a temporary folder, renamed into place, and only then does the manifest
 (temp file + ``os.replace``) point at it; a crash at any moment leaves the previous manifest and its folder.
@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,9 +35,11 @@ __all__ = [
     "IndexManifest",
     "LexicalIndex",
     "build_dense",
+    "publish_generation",
     "read_manifest",
     "tokenize",
     "write_generation",
+    "write_generation_folder",
 ]
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
@@ -232,7 +235,7 @@ def read_manifest(domain_dir: Path) -> IndexManifest | None:
         ) from e
 
 
-def write_generation(
+def write_generation_folder(
     domain_dir: Path,
     domain: str,
     dense: DenseIndex,
@@ -243,22 +246,24 @@ def write_generation(
     documents: int,
     contextual: bool = False,
 ) -> IndexManifest:
-    """Write a generation folder, then switch the manifest to it atomically; drop older generations."""
+    """Write a new generation folder (temp folder, then rename) and return its manifest, not yet published.
+
+    The folder's name is unique (``gen-000007-<random>``), so writing never touches the folder the current manifest
+    names, even when a power loss left that manifest a generation ahead of the store. On any failure (a full disk
+    included) the temp folder is removed and the published state is untouched.
+    """
     faiss = _faiss()
     tmp = Path(tempfile.mkdtemp(prefix=".gen-tmp-", dir=domain_dir))
     try:
         faiss.write_index(dense.index, str(tmp / "dense.faiss"))
         lexical.save(tmp)
         checksums = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        folder = f"gen-{generation:06d}"
-        final = domain_dir / folder
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        folder = f"gen-{generation:06d}-{uuid.uuid4().hex[:8]}"
+        os.replace(tmp, domain_dir / folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest = IndexManifest(
+    return IndexManifest(
         domain,
         embedder,
         dim,
@@ -273,12 +278,34 @@ def write_generation(
         lexical.stemmer,
         contextual,
     )
+
+
+def publish_generation(domain_dir: Path, manifest: IndexManifest) -> None:
+    """Switch the manifest to ``manifest``'s folder atomically, then drop the other generations and stale temps."""
     atomic_write_text(domain_dir / MANIFEST, json.dumps(asdict(manifest), indent=2))
     for old in domain_dir.glob("gen-*"):
-        if old.name != folder:
+        if old.name != manifest.folder:
             shutil.rmtree(old, ignore_errors=True)
     for stale in domain_dir.glob(".gen-tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def write_generation(
+    domain_dir: Path,
+    domain: str,
+    dense: DenseIndex,
+    lexical: LexicalIndex,
+    embedder: str,
+    dim: int,
+    generation: int,
+    documents: int,
+    contextual: bool = False,
+) -> IndexManifest:
+    """Write a generation folder, then switch the manifest to it atomically; drop older generations."""
+    manifest = write_generation_folder(
+        domain_dir, domain, dense, lexical, embedder, dim, generation, documents, contextual
+    )
+    publish_generation(domain_dir, manifest)
     return manifest
 
 

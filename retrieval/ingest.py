@@ -1,13 +1,17 @@
 """Incremental ingest of a corpus into a domain: load, chunk, embed (cached), commit, rebuild indexes.
 
 Unchanged files are skipped without embedding anything; changed files replace their chunks; files that
-disappeared from an ingested folder are removed. Document changes are one SQLite transaction and the
-derived indexes are swapped in by rename, so a crash at any point leaves the last good state.
+disappeared from an ingested folder are removed. Document changes are one SQLite transaction; the derived indexes
+of the new generation are written (temp folder, rename) before it commits and published by the manifest after it, so
+a crash, a kill or a full disk at any point leaves the last good state (a kill between the commit and the manifest:
+the next open rebuilds the indexes from the store). A full disk is one ``UserError`` naming the domain's folder.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from rolora.config import RetrievalConfig
-from rolora.errors import IndexError_, UserError
+from rolora.errors import IndexError_, RoloraError, UserError
+from rolora.fileutil import is_disk_full
 
 from .chunking import ChunkingOptions, chunk_document
 from .embedder import Embedder
-from .index import LexicalIndex, build_dense, write_generation
+from .index import IndexManifest, LexicalIndex, build_dense, publish_generation, write_generation_folder
 from .loaders import iter_corpus, load_path
 from .profile import context_prefix, extract_profile
 from .store import SCHEMA_VERSION, Store, indexed_text, text_hash
@@ -97,19 +102,35 @@ def _embed_missing(
     report.embedded += len(texts)
 
 
-def rebuild_indexes(
+def _build_generation(
     store: Store, domain_dir: Path, domain: str, embedder_name: str, dim: int, cfg: RetrievalConfig
-) -> int:
-    """Rebuild FAISS + BM25 from the store at its current generation and switch the manifest to them."""
+) -> IndexManifest:
+    """FAISS + BM25 of the store as this connection sees it (inside an open transaction: its uncommitted state),
+    written to a new generation folder; the manifest that names it is returned, not yet published."""
     ids, texts, hashes, _docs = store.all_chunks()
     vectors = store.get_embeddings(embedder_name, hashes, dim) if len(ids) else np.zeros((0, dim), np.float32)
     dense = build_dense(vectors, ids, cfg.index, dim, nlist=cfg.ivf_nlist, hnsw_m=cfg.hnsw_m)
     lexical = LexicalIndex.build(ids, texts, cfg.stemmer)
     n_docs = int(store.db.execute("SELECT count(*) FROM documents").fetchone()[0])
-    write_generation(
+    return write_generation_folder(
         domain_dir, domain, dense, lexical, embedder_name, dim, store.generation, n_docs, contextual=cfg.contextual
     )
-    return len(ids)
+
+
+def rebuild_indexes(
+    store: Store, domain_dir: Path, domain: str, embedder_name: str, dim: int, cfg: RetrievalConfig
+) -> int:
+    """Rebuild FAISS + BM25 from the store at its current generation and switch the manifest to them."""
+    manifest = _build_generation(store, domain_dir, domain, embedder_name, dim, cfg)
+    publish_generation(domain_dir, manifest)
+    return manifest.chunks
+
+
+def _no_space(domain_dir: Path, domain: str) -> UserError:
+    return UserError(
+        f"{domain_dir}: no space left on device while ingesting domain '{domain}'; free space on that disk (or set "
+        "ROLORA_HOME to a larger one) and run the ingest again (the last complete ingest is kept)"
+    )
 
 
 def ingest_paths(
@@ -124,7 +145,30 @@ def ingest_paths(
     rebuild: bool = False,
     progress: bool = True,
 ) -> IngestReport:
-    """Ingest files and folders into ``store``; see the module docstring for the guarantees."""
+    """Ingest files and folders into ``store``; see the module docstring for the guarantees. A full disk is one
+    ``UserError`` naming the domain's folder; what was published before stays as it was."""
+    try:
+        return _ingest_paths(store, domain_dir, domain, paths, embedder, cfg, include, exclude, rebuild, progress)
+    except RoloraError:
+        raise
+    except Exception as e:
+        if is_disk_full(e):
+            raise _no_space(domain_dir, domain) from e
+        raise
+
+
+def _ingest_paths(
+    store: Store,
+    domain_dir: Path,
+    domain: str,
+    paths: Sequence[Path],
+    embedder: Embedder,
+    cfg: RetrievalConfig,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    rebuild: bool,
+    progress: bool,
+) -> IngestReport:
     t0 = time.perf_counter()
     report = IngestReport(domain)
     recorded = store.get_meta("embedder")
@@ -198,21 +242,40 @@ def ingest_paths(
     _embed_missing(store, embedder, indexed, cfg.batch_size, progress, report)
 
     if rebuild or new_docs or removed or store.generation == 0:
-        with store.transaction():
-            if rebuild or not store.chunk_count():
-                store.set_meta("schema_version", SCHEMA_VERSION)
-            if rebuild:
-                report.chunks_removed += store.chunk_count()
-                store.db.execute("DELETE FROM documents")
-            report.chunks_removed += store.delete_documents(changed + removed)
-            for doc, root, cs, profile, contexts in chunked:
-                store.put_document(doc, root, cs, profile, contexts)
-                report.chunks_added += len(cs)
-            store.set_meta("embedder", embedder.name)
-            store.set_meta("dim", str(embedder.dim))
-            store.set_meta("generation", str(store.generation + 1))
-        rebuild_indexes(store, domain_dir, domain, embedder.name, embedder.dim, cfg)
-        store.prune_embeddings(embedder.name)
+        manifest: IndexManifest | None = None
+        # The new generation's index is written inside the transaction, before the commit: a crash or a full disk
+        # before the commit leaves the store and the published index as they were. The commit is synced (FULL) so
+        # that a power loss cannot take it back once the manifest names its index.
+        store.db.execute("PRAGMA synchronous=FULL")
+        try:
+            with store.transaction():
+                if rebuild or not store.chunk_count():
+                    store.set_meta("schema_version", SCHEMA_VERSION)
+                if rebuild:
+                    report.chunks_removed += store.chunk_count()
+                    store.db.execute("DELETE FROM documents")
+                report.chunks_removed += store.delete_documents(changed + removed)
+                for doc, root, cs, profile, contexts in chunked:
+                    store.put_document(doc, root, cs, profile, contexts)
+                    report.chunks_added += len(cs)
+                store.set_meta("embedder", embedder.name)
+                store.set_meta("dim", str(embedder.dim))
+                store.set_meta("generation", str(store.generation + 1))
+                manifest = _build_generation(store, domain_dir, domain, embedder.name, embedder.dim, cfg)
+        except BaseException:
+            if manifest is not None:  # written, never published: drop it
+                shutil.rmtree(domain_dir / manifest.folder, ignore_errors=True)
+            raise
+        finally:
+            store.db.execute("PRAGMA synchronous=NORMAL")
+        assert manifest is not None
+        publish_generation(domain_dir, manifest)
+        try:
+            store.prune_embeddings(embedder.name)
+        except sqlite3.OperationalError as e:  # unused cached vectors stay until the next ingest
+            if not is_disk_full(e):
+                raise
+            log.warning("domain %s: disk full while pruning the embedding cache; pruned on the next ingest", domain)
     report.chunks_total = store.chunk_count()
     report.seconds = time.perf_counter() - t0
     return report

@@ -115,10 +115,11 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may have rolled back by itself (SQLITE_FULL): keep the first error
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     # -- meta ---------------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

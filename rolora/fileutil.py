@@ -1,13 +1,15 @@
-"""Atomic file writes: temp file in the same folder, fsync, ``os.replace``; a crash leaves the old file."""
+"""Atomic file writes: temp file in the same folder, fsync, ``os.replace``; a crash leaves the old file. And
+``is_disk_full``: whether an exception says the disk is full, whichever library raised it."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "is_disk_full"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -28,3 +30,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) in one step."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+_SQLITE_FULL = 13
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) says the disk is full: ``ENOSPC``/``EDQUOT``,
+    SQLite's ``SQLITE_FULL`` ("database or disk is full"), or FAISS's I/O errors, which carry ``strerror``."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return True
+        text = str(e)
+        if "database or disk is full" in text or "No space left on device" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
