@@ -7,7 +7,15 @@ The CLI turns both into one line at the edge; library users catch ``RoloraError`
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "IndexError_", "ModelNotFoundError", "RoloraError", "RoloraRuntimeError", "UserError"]
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigError",
+    "IndexError_",
+    "ModelNotFoundError",
+    "RoloraError",
+    "RoloraRuntimeError",
+    "UserError",
+]
 
 
 class RoloraError(Exception):
@@ -32,3 +40,7 @@ class IndexError_(UserError):
 
 class RoloraRuntimeError(RoloraError):
     """A step failed while running; the message names the file, node or role."""
+
+
+class BackendUnavailableError(RoloraRuntimeError):
+    """No model server could be reached after the bounded retries; a checkpointed run resumes once one is back."""

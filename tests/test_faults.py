@@ -158,19 +158,19 @@ def test_disk_full_during_adapter_registration(
 
 # -- the vLLM server gone mid-run ----------------------------------------------------------------------------------
 class Relay:
-    """An HTTP pass-through on a fixed loopback port to the real vLLM server. After ``stop_after`` chat completions
-    it closes its port (before answering the last one, so no later request slips in): the server is gone, connections
-    are refused. ``start()`` opens the same port again."""
+    """An HTTP pass-through on a fixed loopback port to the real vLLM server. ``start(stop_after=n)``: after n chat
+    completions it closes its port (before answering the last one, so no later request slips in): the server is gone,
+    connections are refused. ``start()`` again opens the same port."""
 
-    def __init__(self, upstream: str, stop_after: int) -> None:
-        self.upstream, self.stop_after = upstream, stop_after
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.chats: list[int] = []  # chat completions relayed, per life of the relay
         self.stopped = threading.Event()
         self.server: ThreadingHTTPServer | None = None
 
-    def start(self) -> None:
+    def start(self, stop_after: int | None = None) -> None:
         relay = self
         life = len(self.chats)
         self.chats.append(0)
@@ -188,7 +188,7 @@ class Relay:
                 resp = httpx.request(method, relay.upstream + self.path, content=raw, headers=headers, timeout=300)
                 if method == "POST" and self.path.startswith("/v1/chat/completions"):
                     relay.chats[life] += 1
-                    if life == 0 and relay.chats[life] == relay.stop_after:
+                    if relay.chats[life] == stop_after:
                         relay.stop()
                 self.send_response(resp.status_code)
                 self.send_header("Content-Type", resp.headers.get("content-type", "application/json"))
@@ -229,12 +229,16 @@ def test_vllm_server_gone_mid_run_then_the_run_resumes(
     """The query writer's call goes through, then the server is gone: the analyst's call fails after the bounded
     retries with one line naming the endpoint and what to do. With the server back on the same address,
     ``Agent.resume`` finishes the same thread from its checkpoint: route and retrieval (and the query writer's call)
-    are not run again."""
+    are not run again. The same through the API: 503 saying the model server is not reachable, then
+    ``POST /v1/threads/{id}/resume`` finishes the run."""
+    from fastapi.testclient import TestClient
+
     from rolora.agents import ADAPTERS_BASE, Agent
     from rolora.config import Config
+    from rolora.service import create_app
 
-    relay = Relay(vllm_server.url, stop_after=1)
-    relay.start()
+    relay = Relay(vllm_server.url)
+    relay.start(stop_after=1)
     monkeypatch.setenv("ROLORA_TEST_VLLM_KEY", vllm_server.api_key)
     cfg = Config.model_validate(
         {
@@ -257,27 +261,43 @@ def test_vllm_server_gone_mid_run_then_the_run_resumes(
         }
     )
     question = "Which law governs the Mutual Non-Disclosure Agreement between Halvorsen Geospatial and Quillfeather?"
-    agent = Agent.from_config(cfg, adapters=ADAPTERS_BASE)
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(RoloraRuntimeError) as e:
-            agent.ask(question, "contracts", thread_id="gone-mid-run")
-        failed_after = time.monotonic() - t0
-        msg = str(e.value)
-        print(msg, f"({failed_after:.1f} s)")
-        assert relay.stopped.wait(10) and relay.chats == [1]
-        assert "\n" not in msg and relay.url in msg and "not reachable" in msg and "rolora serve vllm" in msg
-        state = agent.state("gone-mid-run")
-        assert state["next"] == ["analyse"] and state["values"]["passages"]
 
-        relay.start()  # the server is back, same address
-        answer = agent.resume("gone-mid-run")
+    def check(trace: list[dict[str, Any]]) -> None:
+        nodes = [s["node"] for s in trace]
+        assert nodes.count("route") == 1 and nodes[-1] == "finalise" and "analyse" in nodes
+        roles = [s["role"] for s in trace if s["role"]]
+        assert roles.count("query_writer") == 1 and "analyst" in roles  # the writer's call is not made again
+
+    try:
+        with Agent.from_config(cfg, adapters=ADAPTERS_BASE) as agent:
+            t0 = time.monotonic()
+            with pytest.raises(RoloraRuntimeError) as e:
+                agent.ask(question, "contracts", thread_id="gone-mid-run")
+            msg = str(e.value)
+            print(msg, f"({time.monotonic() - t0:.1f} s)")
+            assert relay.stopped.wait(10) and relay.chats == [1]
+            assert "\n" not in msg and relay.url in msg and "not reachable" in msg and "rolora serve vllm" in msg
+            state = agent.state("gone-mid-run")
+            assert state["next"] == ["analyse"] and state["values"]["passages"]
+            relay.start()  # the server is back, same address
+            answer = agent.resume("gone-mid-run")
+        assert answer.thread_id == "gone-mid-run" and relay.chats[1] >= 1
+        check([s.model_dump() for s in answer.trace])
+
+        relay.stop()
+        assert relay.stopped.wait(10)
+        relay.start(stop_after=1)
+        app = create_app(cfg, lambda config: Agent.from_config(config, adapters=ADAPTERS_BASE))
+        with TestClient(app) as api:
+            asked = api.post("/v1/ask", json={"question": question, "domain": "contracts", "thread_id": "api-gone"})
+            assert asked.status_code == 503 and "model server is not reachable" in asked.json()["detail"], asked.text
+            assert relay.stopped.wait(10)
+            assert api.get("/v1/threads/api-gone").json()["next"] == ["analyse"]
+            relay.start()
+            resumed = api.post("/v1/threads/api-gone/resume", json={})
+        assert resumed.status_code == 200, resumed.text
+        assert resumed.json()["thread_id"] == "api-gone" and relay.chats[3] >= 1
+        check(resumed.json()["trace"])
     finally:
-        agent.close()
-        if not relay.stopped.is_set():
+        if relay.server is not None and not relay.stopped.is_set():
             relay.stop()
-    nodes = [s.node for s in answer.trace]
-    assert nodes.count("route") == 1 and nodes[-1] == "finalise" and "analyse" in nodes
-    roles = [s.role for s in answer.trace if s.role]
-    assert roles.count("query_writer") == 1 and "analyst" in roles  # the writer's call is not made again
-    assert relay.chats[1] >= 1 and answer.thread_id == "gone-mid-run"

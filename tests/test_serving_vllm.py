@@ -27,7 +27,7 @@ import pytest
 from rolora.adapters.serving import DirectoryAdapters, GenerationRequest
 from rolora.adapters.serving.vllm_backend import VLLMBackend
 from rolora.adapters.serving.vllm_launcher import VLLMServer, lora_modules_from_dir
-from rolora.errors import RoloraRuntimeError, UserError
+from rolora.errors import BackendUnavailableError, RoloraRuntimeError, UserError
 
 import conftest
 from vllm_fixture import free_port
@@ -309,8 +309,8 @@ def test_server_that_is_down_is_one_clear_line() -> None:
     with pytest.raises(RoloraRuntimeError, match="rolora serve vllm"):
         asyncio.run(first_delta())
     two = VLLMBackend([url, f"http://127.0.0.1:{free_port()}"], max_retries=0)
-    with pytest.raises(RoloraRuntimeError, match=r"no vLLM server is reachable .*rolora serve vllm"):
-        two.generate([ask(None)])
+    with pytest.raises(BackendUnavailableError, match=r"no vLLM server is reachable .*rolora serve vllm"):
+        two.generate([ask(None)])  # the error the API answers with 503 (a checkpointed run can be resumed)
 
 
 def _fake_adapter(folder: Path, rank: int = 8) -> Path:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import openai
 from openai import AsyncOpenAI
 
-from rolora.errors import RoloraRuntimeError, UserError
+from rolora.errors import BackendUnavailableError, RoloraRuntimeError, UserError
 
 from .base import (
     AdapterResolver,
@@ -66,7 +66,7 @@ _START_HINT = "start it with `rolora serve vllm` or fix backend.endpoints in rol
 _RETRIED = "connection errors, timeouts, 408, 409, 429 and 5xx"
 
 
-class _Unreachable(RoloraRuntimeError):
+class _Unreachable(BackendUnavailableError):
     """An endpoint could not be reached after all retries; routing catches it to fail over to another one."""
 
     def __init__(self, url: str, detail: str) -> None:
@@ -369,11 +369,11 @@ class VLLMBackend(BackendBase):
         if len(down) == len(eps):
             raise self._down_error(down)
 
-    def _down_error(self, down: list[_Unreachable]) -> RoloraRuntimeError:
+    def _down_error(self, down: list[_Unreachable]) -> BackendUnavailableError:
         if len(down) == 1:
             return down[0]
         urls = ", ".join(d.url for d in down)
-        return RoloraRuntimeError(
+        return BackendUnavailableError(
             f"no vLLM server is reachable ({urls}: {down[0].detail}); start one with `rolora serve vllm --port N` "
             "or fix backend.endpoints in rolora.yaml"
         )

@@ -51,7 +51,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rolora.config import Config
-from rolora.errors import IndexError_, RoloraError, UserError
+from rolora.errors import BackendUnavailableError, IndexError_, RoloraError, UserError
 
 from .limits import BodyLimitMiddleware, Limiter, units_for_model_calls
 from .tenants import Tenant, authenticate, resolve_api_keys
@@ -176,7 +176,7 @@ class RequestIdMiddleware:
 
 
 def _status_of(e: BaseException) -> int:
-    if isinstance(e, IndexError_):
+    if isinstance(e, IndexError_ | BackendUnavailableError):
         return 503
     if isinstance(e, UserError):
         return 400
@@ -196,6 +196,8 @@ def _error_body(e: BaseException, what: str) -> tuple[int, dict[str, Any]]:
         503: "the domain's index is not ready",
         504: "the request ran past api.request_timeout_s; a run with a thread id can be resumed",
     }.get(status, "internal error")
+    if isinstance(e, BackendUnavailableError):
+        detail = "the model server is not reachable; try again later (a run with a thread id can be resumed)"
     return status, {"detail": f"{detail} (request id {rid}; the server log has the details)", "request_id": rid}
 
 
