@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import EXAMPLES, TEST_HOME, make_config
+from conftest import EXAMPLES, TEST_HOME, copy_index, make_config
 
 
 @pytest.mark.slow
-def test_train_role_registers_a_gated_candidate(embedder: Any, generator_dir: Any) -> None:
-    """On its own domain name (``ptest``), so its adapters never mix with ``contracts-*`` ones in the test home."""
+def test_train_role_registers_a_gated_candidate(embedder: Any, generator_dir: Any, examples_retriever: Any) -> None:
+    """On its own domain name (``ptest``), so its adapters never mix with ``contracts-*`` ones in the test home; its
+    index starts as a copy of the session's index of the same corpus (the ingest below then finds nothing new)."""
     from rolora.adapters.pipeline import train_role
     from rolora.adapters.train import TrainConfig
     from rolora.cli import app
@@ -22,6 +24,10 @@ def test_train_role_registers_a_gated_candidate(embedder: Any, generator_dir: An
     cfg = make_config(
         TEST_HOME, ptest={"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"], "qa": str(EXAMPLES / "qa.jsonl")}
     )
+    index = TEST_HOME / "indexes" / "ptest"
+    if not (index / "manifest.json").is_file():
+        shutil.rmtree(index, ignore_errors=True)
+        copy_index(TEST_HOME / "indexes" / examples_retriever.domain, index)
     Retriever("ptest", cfg, embedder=embedder).ingest(progress=False)  # incremental: unchanged files are kept
     tc = TrainConfig(
         max_steps=4, eval_steps=2, batch_size=4, grad_accum=1, max_length=384, learning_rate=1e-3, r=8, alpha=16
