@@ -22,6 +22,7 @@ import numpy as np
 
 from rolora.config import Config, load_config
 from rolora.errors import IndexError_, UserError
+from rolora.fileutil import is_disk_full
 
 from .embedder import Embedder, make_embedder
 from .index import INDEX_VERSION, DenseIndex, LexicalIndex, load_generation, read_manifest
@@ -178,7 +179,15 @@ class Retriever:
                 "domain %s: index and store disagree (an interrupted ingest); rebuilding the indexes from the store",
                 self.domain,
             )
-            rebuild_indexes(self.store, self.dir, self.domain, want, dim, self.cfg)
+            try:
+                rebuild_indexes(self.store, self.dir, self.domain, want, dim, self.cfg)
+            except Exception as e:
+                if not is_disk_full(e):
+                    raise
+                raise IndexError_(
+                    f"{self.dir}: no space left on device while rebuilding the index of domain '{self.domain}' "
+                    "(an interrupted ingest); free space on that disk and search again"
+                ) from e
             manifest = read_manifest(self.dir)
             assert manifest is not None
         self._dense, self._lexical = load_generation(self.dir, manifest)

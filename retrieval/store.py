@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from rolora.errors import UserError
+from rolora.fileutil import is_disk_full
+
 from .profile import DocProfile
 from .types import Chunk, LoadedDocument
 
@@ -92,7 +95,16 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as e:
+            self.db.close()
+            if is_disk_full(e):
+                raise UserError(
+                    f"{path}: no space left on device to open the store (SQLite needs a little for its WAL files); "
+                    "free space on that disk and try again"
+                ) from e
+            raise
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)

@@ -33,18 +33,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 _SQLITE_FULL = 13
+_SQLITE_IOERR_SHMSIZE = 4874  # a WAL database's -shm file could not be grown: opening it on a full disk
 
 
 def is_disk_full(exc: BaseException) -> bool:
     """True when ``exc`` (or an exception it was raised from) says the disk is full: ``ENOSPC``/``EDQUOT``,
-    SQLite's ``SQLITE_FULL`` ("database or disk is full"), or FAISS's I/O errors, which carry ``strerror``."""
+    SQLite's ``SQLITE_FULL`` ("database or disk is full") or ``SQLITE_IOERR_SHMSIZE`` (a WAL file's shared
+    memory could not grow), or FAISS's I/O errors, which carry ``strerror``."""
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL:
+        if getattr(e, "sqlite_errorcode", None) in (_SQLITE_FULL, _SQLITE_IOERR_SHMSIZE):
             return True
         text = str(e)
         if "database or disk is full" in text or "No space left on device" in text:

@@ -121,6 +121,41 @@ def test_disk_full_during_ingest_keeps_the_last_good_state(
         r.close()
 
 
+@pytest.mark.slow
+def test_disk_full_while_finishing_an_interrupted_ingest(tmp_path: Path, embedder: Any) -> None:
+    """A search that must rebuild the indexes from the store (an ingest killed between its commit and the manifest
+    switch) on a full disk: one line naming the folder and "free space" (a fresh process cannot even open the WAL
+    store there: the same line); once space is freed the search works."""
+    from rolora.retrieval import Retriever
+
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        corpus = tmp_path / "corpus"
+        write_corpus(corpus, 3, seed=3)
+        cfg = make_config(disk / "home", d={"corpus": [str(corpus)]})
+        r = Retriever("d", cfg, embedder)
+        r.ingest(progress=False)
+        expected = [p.chunk_id for p in r.search("audit insurance", k=3)]
+        r.close()
+        dom = disk / "home" / "indexes" / "d"
+        (dom / "manifest.json").unlink()  # as if killed before the manifest switch
+        for gen in dom.glob("gen-*"):
+            shutil.rmtree(gen)
+        fill(disk / "filler")
+        with pytest.raises(UserError) as e:  # nothing has the store open: SQLite cannot even open it (WAL files)
+            Retriever("d", cfg, embedder)
+        assert "to open the store" in one_line_naming(e.value, dom)
+        (disk / "filler").unlink()
+        opened = Retriever("d", cfg, embedder)
+        fill(disk / "filler")
+        with pytest.raises(UserError) as e:  # open before the disk filled up: the rebuild cannot be written
+            opened.search("audit insurance", k=3)
+        assert "rebuilding the index" in one_line_naming(e.value, dom)
+        opened.close()
+        assert not list(dom.glob(".gen-tmp-*")) and not list(dom.glob("gen-*"))
+        (disk / "filler").unlink()
+        assert [p.chunk_id for p in Retriever("d", cfg, embedder).search("audit insurance", k=3)] == expected
+
+
 def _sha(folder: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir()) if f.is_file()}
 
