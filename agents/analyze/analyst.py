@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rolora.errors import RoloraRuntimeError, UserError
 from rolora.roles import analyst_messages, is_refusal, narrow_analyst_schema, quote_candidates
-from rolora.roles.safety import looks_injected
 
 from ..citations import citation_from_quote, verify_citation
 from ..types import Citation, PassageRef
@@ -45,7 +44,7 @@ def _ranked_sentences(
     all). Every one is an exact substring of a passage."""
     import numpy as np
 
-    per_cat = [[q for q in quote_candidates(passages) if not looks_injected(q)] for passages in chosen]
+    per_cat = [quote_candidates(passages) for passages in chosen]
     unique = sorted({s for sentences in per_cat for s in sentences})
     if not unique:
         return [[] for _ in cats]

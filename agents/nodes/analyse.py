@@ -25,7 +25,7 @@ def analyst_schema(passages: list[PassageRef], constrain_quotes: bool, defended:
     (:func:`rolora.roles.quote_candidates`, the quotes the analyst adapter is trained on), so even a small base model
     can only quote text that is really there (verification still runs). ``defended``: a sentence that addresses the
     model (:func:`rolora.roles.safety.looks_injected`) is never among them, so no answer rests on an injected span."""
-    quotes = [q for q in quote_candidates(passages) if not (defended and looks_injected(q))]
+    quotes = quote_candidates(passages, exclude_injected=defended)
     return narrow_analyst_schema(
         quotes if constrain_quotes else None,
         min_citations=1,  # a refusal's citation is dropped by finalise

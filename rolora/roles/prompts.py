@@ -125,6 +125,8 @@ _CRITIC_SYSTEM = (
 
 def _system(prompt: str, defended: bool) -> str:
     return f"{prompt} {DATA_NOTE}" if defended else prompt
+
+
 _QUERY_SYSTEM = (
     'You write search queries that find the contract clause answering a question. Reply with JSON: {"queries": [str]}.'
 )

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .safety import looks_injected
+
 __all__ = [
     "MAX_QUOTE_CHARS",
     "MIN_QUOTE_CHARS",
@@ -182,6 +184,8 @@ def quote_spans(
     max_chars: int = MAX_QUOTE_CHARS,
     min_chars: int = MIN_QUOTE_CHARS,
     limit: int = 200,
+    *,
+    exclude_injected: bool = True,
 ) -> list[Quote]:
     """The quotes the analyst may write for ``passages``: their sentences (a longer one than ``max_chars`` in
     consecutive pieces cut at word ends), at least ``min_chars`` long, each text once (first passage wins), at most
@@ -190,6 +194,8 @@ def quote_spans(
     seen: set[str] = set()
     for n, p in enumerate(passages, start=1):
         for s in split_sentences(p.text):
+            if exclude_injected and looks_injected(s.text):
+                continue  # a sentence that addresses the model is never evidence (rolora.roles.safety)
             for offset, q in _pieces(s.text, max_chars):
                 if len(q) < min_chars or q in seen:
                     continue
@@ -206,9 +212,11 @@ def quote_candidates(
     max_chars: int = MAX_QUOTE_CHARS,
     min_chars: int = MIN_QUOTE_CHARS,
     limit: int = 200,
+    *,
+    exclude_injected: bool = True,
 ) -> list[str]:
     """The texts of :func:`quote_spans`: the values a constrained analyst may quote."""
-    return [q.text for q in quote_spans(passages, max_chars, min_chars, limit)]
+    return [q.text for q in quote_spans(passages, max_chars, min_chars, limit, exclude_injected=exclude_injected)]
 
 
 _WS = re.compile(r"\s+")
