@@ -245,6 +245,19 @@ class _Service:
             raise HTTPException(404, f"no run with thread id '{thread_id}'")
         return state
 
+    async def answer_or_pause(self, run: Awaitable[Any], tenant: Tenant, thread_id: str) -> Any:
+        """The run's answer as JSON with the caller's thread id; a run paused for review (human in the loop) is
+        202 ``{"status": "paused", "next": [...]}``, to be continued with ``POST /v1/threads/{id}/resume``."""
+        try:
+            answer = await run
+        except UserError:
+            state = await self.agent.astate(tenant.thread(thread_id))
+            if not state.get("values") or not state.get("next"):
+                raise
+            body = {"thread_id": thread_id, "status": "paused", "next": state["next"]}
+            return JSONResponse(body, status_code=202)
+        return {**answer.model_dump(mode="json"), "thread_id": thread_id}
+
     async def deadline(self, work: Awaitable[T]) -> T:
         async with asyncio.timeout(self.config.api.request_timeout_s):
             return await work
@@ -452,10 +465,10 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
             return _stream_run(svc, tenant, release, body.question, domain, tid, body.doc_ids)
         try:
             run = svc.agent.aask(body.question, domain, thread_id=tenant.thread(tid), doc_ids=body.doc_ids)
-            answer = await svc.deadline(run)
+            answer = await svc.deadline(svc.answer_or_pause(run, tenant, tid))
         finally:
             release()
-        return {**answer.model_dump(mode="json"), "thread_id": tid}
+        return answer
 
     @app.get("/v1/threads/{thread_id}")
     async def thread(thread_id: str, request: Request) -> dict[str, Any]:
@@ -481,10 +494,12 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
         if stream:
             return _stream_run(svc, tenant, release, None, None, thread_id)
         try:
-            answer = await svc.deadline(svc.agent.aresume(tenant.thread(thread_id)))
+            answer = await svc.deadline(
+                svc.answer_or_pause(svc.agent.aresume(tenant.thread(thread_id)), tenant, thread_id)
+            )
         finally:
             release()
-        return {**answer.model_dump(mode="json"), "thread_id": thread_id}
+        return answer
 
     @app.post("/v1/analyze")
     async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
