@@ -11,6 +11,7 @@ and ``rolora runs prune`` does it by hand. A pruned thread is gone: reading or r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -64,7 +65,16 @@ async def open_checkpointer(config: Config, kind: CheckpointerKind | None = None
         ) as conn:
             # Several workers starting at once against a new database would all run the saver's migrations (and
             # collide on checkpoint_migrations' key): one at a time, under a session-level advisory lock.
-            await conn.execute("SELECT pg_advisory_lock(%s)", (_PG_SETUP_LOCK,))
+            # Polled with pg_try_advisory_lock, never waited for inside a statement: the migrations build indexes
+            # CONCURRENTLY, which wait for every open transaction, a blocked pg_advisory_lock call included
+            # (Postgres then reports a deadlock).
+            for _ in range(600):
+                row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_PG_SETUP_LOCK,))).fetchone()
+                if row and row["ok"]:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise UserError("agent.postgres_url: another process held the setup lock for 2 minutes; retry")
             try:
                 pg_saver = AsyncPostgresSaver(conn)
                 await pg_saver.setup()
