@@ -456,9 +456,16 @@ def test_a_request_past_its_deadline_is_504(service: tuple[Any, Any]) -> None:
     real_config = svc.config
     real = svc.agent.retriever
 
+    class Slow:  # the domain's retriever, whose search takes longer than the deadline
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def search(self, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.5)
+            return self.inner.search(*args, **kwargs)
+
     def slow(domain: str) -> Any:
-        time.sleep(0.5)
-        return real(domain)
+        return Slow(real(domain))
 
     svc.config = real_config.model_copy(update={"api": real_config.api.model_copy(update={"request_timeout_s": 0.1})})
     svc.agent.retriever = slow

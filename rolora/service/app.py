@@ -245,6 +245,29 @@ class _Service:
             raise HTTPException(404, f"no run with thread id '{thread_id}'")
         return state
 
+    async def run(
+        self,
+        tenant: Tenant,
+        thread_id: str,
+        stream: bool,
+        question: str | None = None,
+        domain: str | None = None,
+        doc_ids: Sequence[str] | None = None,
+    ) -> Any:
+        """Ask ``question`` on the caller's ``thread_id`` (None: resume it), as one JSON answer or as events."""
+        release = self.acquire(tenant)
+        if stream:
+            return _stream_run(self, tenant, release, question, domain, thread_id, doc_ids)
+        agent_thread = tenant.thread(thread_id)
+        try:
+            if question is None:
+                work = self.agent.aresume(agent_thread)
+            else:
+                work = self.agent.aask(question, domain, thread_id=agent_thread, doc_ids=doc_ids)
+            return await self.deadline(self.answer_or_pause(work, tenant, thread_id))
+        finally:
+            release()
+
     async def answer_or_pause(self, run: Awaitable[Any], tenant: Tenant, thread_id: str) -> Any:
         """The run's answer as JSON with the caller's thread id; a run paused for review (human in the loop) is
         202 ``{"status": "paused", "next": [...]}``, to be continued with ``POST /v1/threads/{id}/resume``."""
@@ -460,15 +483,7 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
         domain = svc.ask_domain(tenant, body.domain)
         tid = body.thread_id or uuid.uuid4().hex
         stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
-        release = svc.acquire(tenant)
-        if stream:
-            return _stream_run(svc, tenant, release, body.question, domain, tid, body.doc_ids)
-        try:
-            run = svc.agent.aask(body.question, domain, thread_id=tenant.thread(tid), doc_ids=body.doc_ids)
-            answer = await svc.deadline(svc.answer_or_pause(run, tenant, tid))
-        finally:
-            release()
-        return answer
+        return await svc.run(tenant, tid, stream, body.question, domain, body.doc_ids)
 
     @app.get("/v1/threads/{thread_id}")
     async def thread(thread_id: str, request: Request) -> dict[str, Any]:
@@ -490,16 +505,7 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
         tenant = svc.tenant(request)
         await svc.own_run(tenant, thread_id)
         stream = (body is not None and body.stream) or "text/event-stream" in request.headers.get("accept", "")
-        release = svc.acquire(tenant)
-        if stream:
-            return _stream_run(svc, tenant, release, None, None, thread_id)
-        try:
-            answer = await svc.deadline(
-                svc.answer_or_pause(svc.agent.aresume(tenant.thread(thread_id)), tenant, thread_id)
-            )
-        finally:
-            release()
-        return answer
+        return await svc.run(tenant, thread_id, stream)
 
     @app.post("/v1/analyze")
     async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
