@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rolora.errors import RoloraRuntimeError, UserError
 
-from .registry import base_model_info, check_base_compatible, check_model_folder
+from .base_models import base_model_info, check_base_compatible, check_model_folder
 from .serving.base import verify_adapter_files
 
 __all__ = [
