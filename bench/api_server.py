@@ -89,6 +89,20 @@ class ApiServer:
         self._log.close()
 
 
+def start(prefix: str, home: Path | None, out: Path | None, **api: Any) -> tuple[Path, ApiServer]:
+    """The output folder (default: a new work folder) and a server on a free loopback port, its home prepared and
+    ingested."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    out = out or work
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = write_config(work, home or work / "home", port, **api)
+    ingest(config)
+    return out, ApiServer(config, port, work / "server.log")
+
+
 def ingest(config: Path) -> None:
     """The model prepared and the corpus indexed once (both cached in the home)."""
     for cmd in (["models", "prepare"], ["ingest"]):

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
-from api_server import KEYS, ApiServer, free_port, ingest, questions, write_config
+from api_server import KEYS, questions, start
 
 
 def _pct(values: list[float], p: float) -> float | None:
@@ -38,19 +37,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="rolora-load-"))
-    out = args.out or work
-    out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = write_config(
-        work,
-        args.home or work / "home",
-        port,
+    out, server = start(
+        "rolora-load-",
+        args.home,
+        args.out,
         max_concurrency=args.max_concurrency,
         tenant_max_concurrency=max(1, args.max_concurrency // 2),
     )
-    ingest(config)
-    server = ApiServer(config, port, work / "server.log")
     pool = questions()
     keys = list(KEYS.values())
     lock = threading.Lock()

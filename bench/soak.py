@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from api_server import KEYS, ApiServer, free_port, ingest, questions, rss_mb, write_config
+from api_server import KEYS, questions, rss_mb, start
 
 
 def main() -> None:
@@ -31,13 +30,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="rolora-soak-"))
-    out = args.out or work
-    out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = write_config(work, args.home or work / "home", port, max_concurrency=max(4, args.concurrency))
-    ingest(config)
-    server = ApiServer(config, port, work / "server.log")
+    out, server = start("rolora-soak-", args.home, args.out, max_concurrency=max(4, args.concurrency))
     pool = questions()
     keys = list(KEYS.values())
     samples: list[tuple[int, float]] = []
@@ -57,8 +50,8 @@ def main() -> None:
             httpx.Client(base_url=server.url, timeout=900) as http,
             concurrent.futures.ThreadPoolExecutor(args.concurrency) as ex,
         ):
-            for start in range(0, args.questions, args.every):
-                batch = range(start, min(start + args.every, args.questions))
+            for first in range(0, args.questions, args.every):
+                batch = range(first, min(first + args.every, args.questions))
                 for status in ex.map(ask, batch):
                     statuses[status] = statuses.get(status, 0) + 1
                 samples.append((batch[-1] + 1, rss_mb(server.pid)))

@@ -395,15 +395,12 @@ def create_app(config: Config, agent_factory: AgentFactory | None = None) -> Fas
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
 
-    @app.exception_handler(RoloraError)
-    async def _rolora_error(request: Request, exc: RoloraError) -> JSONResponse:
+    async def _known_error(request: Request, exc: Exception) -> JSONResponse:
         status, body = _error_body(exc, f"{request.method} {request.url.path}")
         return JSONResponse(body, status_code=status)
 
-    @app.exception_handler(TimeoutError)
-    async def _timeout(request: Request, exc: TimeoutError) -> JSONResponse:
-        status, body = _error_body(exc, f"{request.method} {request.url.path}")
-        return JSONResponse(body, status_code=status)
+    for known in (RoloraError, TimeoutError):  # ours, and a request past its deadline
+        app.add_exception_handler(known, _known_error)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
