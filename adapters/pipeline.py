@@ -132,8 +132,9 @@ def _evaluate(
     probe_limit: int | None,
 ) -> tuple[dict[str, dict[str, float]], Any]:
     """The role metric (tuned vs base, on the role's test split) and the quality gates of one trained adapter."""
-    from .gates import GateThresholds, load_probe_texts, run_gates
+    from .gates import GateThresholds, run_gates
     from .role_eval import ROLE_GATED_EXTRA, ROLE_METRIC, role_metrics
+    from .scoring import load_probe_texts
     from .serving.base import DirectoryAdapters
     from .serving.inprocess import InProcessBackend
 

@@ -16,19 +16,20 @@ from pydantic import ValidationError
 from rolora.adapters.gates import (
     GateReport,
     GateThresholds,
-    completion_perplexity,
-    count_intruders,
-    encode_chat_example,
     gate_forgetting,
     gate_role_metric,
     gate_val_perplexity,
-    load_probe_texts,
-    mitigate_intruders,
     run_gates,
+)
+from rolora.adapters.intruders import count_intruders, mitigate_intruders
+from rolora.adapters.registry import check_model_folder
+from rolora.adapters.scoring import (
+    completion_perplexity,
+    encode_chat_example,
+    load_probe_texts,
     score_completions,
     score_texts,
 )
-from rolora.adapters.registry import check_model_folder
 from rolora.errors import UserError
 
 PROBE_FILE = Path(__file__).resolve().parents[1] / "adapters" / "probe" / "general_prose.jsonl"
