@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # where mypy sees the package laid out as installed
 TC ?= build/typecheck
 
-.PHONY: setup demo test lint typecheck pytest bench clean browser postgres
+.PHONY: setup demo adapters test lint typecheck pytest bench clean browser postgres
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,10 +24,21 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/rolora models prepare
 	$(BIN)/rolora ingest examples/contracts --domain contracts
+	$(BIN)/rolora adapters install examples/adapters/contracts-*/
 	$(BIN)/rolora search "Which law governs the agreement and where are disputes heard?" --domain contracts -k 3
 	$(BIN)/rolora search "cap on liability" --domain contracts -k 3 --mode hybrid
 	$(BIN)/rolora search "how many days notice to terminate for convenience" --domain contracts -k 3
 	$(BIN)/rolora ask "Which law governs the Mutual Non-Disclosure Agreement?" --domain contracts
+
+# The example domain's shipped adapters (examples/adapters/), trained again from the example corpus and packed over the
+# committed ones (bf16, manifest, data card, gate report). About 40 minutes on 2 cores; see README "Shipped adapters".
+ADAPTER_HOME ?= .rolora-adapters
+adapters: setup
+	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora models prepare
+	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora ingest examples/contracts --domain contracts
+	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora train --role analyst --domain contracts $(ANALYST_TRAIN)
+	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora adapters pack contracts-analyst --out examples/adapters
+ANALYST_TRAIN ?= --rank 8 --max-steps 0 --epochs 2 --time-budget 25 --distractors 2 --generated 40 --eval-steps 40 --eval-rows 24
 
 lint: setup
 	$(BIN)/ruff check .

@@ -52,6 +52,8 @@ def train_role(
     seed: int = 0,
     oracle_rate: float = 0.8,
     max_refusal_share: float | None = 0.25,
+    distractors: int = 3,
+    generated_per_document: int = 40,
     progress: bool = True,
 ) -> RoleRun:
     """Build the role's data from the domain, train, gate, and register the result as a candidate."""
@@ -82,6 +84,8 @@ def train_role(
         limit=limit,
         oracle_rate=oracle_rate,
         max_refusal_share=max_refusal_share,
+        distractors=distractors,
+        generated_per_document=generated_per_document,
         progress=progress,
     )
     ctx.extra["clause_docs"] = sorted({q.doc_id for q in rows})

@@ -348,7 +348,9 @@ def build_report(
             "generator": rc.models.generator,
             "embedder": rc.models.embedder,
             "backend": rc.backend.kind,
-            "agent": rc.agent.model_dump(mode="json", include={"k", "max_queries", "max_iterations", "use_critic"}),
+            "agent": rc.agent.model_dump(
+                mode="json", include={"k", "max_queries", "max_iterations", "use_critic", "use_query_writer"}
+            ),
             "retrieval_mode": rc.retrieval.mode,
             "concurrency": suite.concurrency,
             "bootstrap": b.model_dump(),

