@@ -66,6 +66,9 @@ class TrainConfig(BaseModel):
     # wall-clock budget of this run (a resumed run gets a new one): training stops after the step that crosses it,
     # saving a checkpoint, so `--resume` continues where it stopped
     time_budget_s: float | None = Field(None, gt=0)
+    # stop after this many optimizer steps although the schedule (warmup, cosine) runs over max_steps/epochs: the
+    # step-count twin of time_budget_s, for a run another machine reproduces exactly
+    stop_after_steps: int | None = Field(None, ge=1)
 
     @property
     def lr(self) -> float:
@@ -159,22 +162,26 @@ def _progress_callback(total_hint: int) -> Any:
     return Progress()
 
 
-def _time_budget_callback(budget_s: float) -> Any:
+def _budget_callback(budget_s: float | None, stop_after_steps: int | None) -> Any:
     from transformers import TrainerCallback
 
-    class TimeBudget(TrainerCallback):
-        """Stop (and save a checkpoint) after the first step that ends past ``budget_s`` of this run."""
+    class Budget(TrainerCallback):
+        """Stop (evaluating and saving a checkpoint) after the first step that ends past ``budget_s`` seconds of
+        this run, or at step ``stop_after_steps``."""
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if time.perf_counter() - self.t0 >= budget_s:
-                log.info("time budget of %.0f s reached at step %d: stopping", budget_s, state.global_step)
+            over_time = budget_s is not None and time.perf_counter() - self.t0 >= budget_s
+            if over_time or (stop_after_steps is not None and state.global_step >= stop_after_steps):
+                why = f"time budget of {budget_s:.0f} s" if over_time else f"stop_after_steps {stop_after_steps}"
+                log.info("%s reached at step %d: stopping", why, state.global_step)
                 control.should_training_stop = True
                 control.should_save = True
+                control.should_evaluate = args.eval_strategy != "no"
 
-    return TimeBudget()
+    return Budget()
 
 
 def train(
@@ -264,8 +271,8 @@ def train(
     cbs: list[Any] = list(callbacks or [])
     if progress:
         cbs.append(_progress_callback(steps_hint))
-    if cfg.time_budget_s is not None:
-        cbs.append(_time_budget_callback(cfg.time_budget_s))
+    if cfg.time_budget_s is not None or cfg.stop_after_steps is not None:
+        cbs.append(_budget_callback(cfg.time_budget_s, cfg.stop_after_steps))
     if evaluate and cfg.early_stopping_patience > 0:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SFTTrainer(

@@ -25,7 +25,7 @@ from typing import Any
 
 from .index import tokenize
 
-__all__ = ["STRONG_LEAD", "DocResolver", "naming_words"]
+__all__ = ["STRONG_LEAD", "DocResolver", "clause_words", "naming_words"]
 
 STRONG_LEAD = 2.0
 
@@ -41,6 +41,14 @@ def _id_like(doc_id: str) -> bool:
 def naming_words(question: str) -> str:
     """The words of ``question`` that can name a contract (see the module docstring)."""
     return " ".join(_NAME.findall(question.strip()))
+
+
+def clause_words(question: str) -> str:
+    """``question`` without its naming words: what it asks of a contract, for a search already scoped to that
+    contract (where every chunk carries the contract's title as context, the title in the question matches all of
+    them alike and drowns the clause words). "Which law governs the Mutual Non-Disclosure Agreement?" -> "Which law
+    governs the?"."""
+    return " ".join(_NAME.sub(" ", question).split())
 
 
 class DocResolver:

@@ -37,10 +37,10 @@ UNANSWERABLE = "What is the boiling point of liquid nitrogen in degrees Kelvin?"
 
 
 def agent_config(checkpoints: Path, **agent: Any) -> Any:
+    """The graph with every role on (the query writer is off by default), checkpoints under ``checkpoints``."""
     cfg = make_config(TEST_HOME, contracts={"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"]})
-    return cfg.model_copy(
-        update={"agent": cfg.agent.model_copy(update={"checkpoint_path": checkpoints / "runs.sqlite", **agent})}
-    )
+    settings = {"checkpoint_path": checkpoints / "runs.sqlite", "use_query_writer": True, **agent}
+    return cfg.model_copy(update={"agent": cfg.agent.model_copy(update=settings)})
 
 
 @pytest.fixture(scope="session")

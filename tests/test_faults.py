@@ -291,6 +291,7 @@ def test_vllm_server_gone_mid_run_then_the_run_resumes(
                 "max_queries": 1,
                 "max_iterations": 1,
                 "use_critic": False,
+                "use_query_writer": True,
                 "checkpoint_path": str(tmp_path / "runs.sqlite"),
             },
         }

@@ -13,6 +13,7 @@ from langgraph.runtime import Runtime
 
 from rolora import telemetry
 from rolora.retrieval import rrf_fuse_items
+from rolora.retrieval.resolve import clause_words
 from rolora.roles import QUERY_SCHEMA, query_writer_messages
 
 from ..state import AgentContext, AgentState
@@ -66,6 +67,10 @@ async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         if not explicit:
             resolution = retriever.resolve(question)
         scope = explicit or [d for d, _ in resolution] or None
+        if scope:  # inside the named contract(s), also search what the question asks without the names
+            clause = clause_words(question)
+            if len(clause.split()) >= 3 and clause.lower() not in {x.lower() for x in queries}:
+                queries.append(clause)
         out = []
         for q in queries:
             hits = retriever.search(q, k=2 * ctx.settings.k, mode=ctx.retrieval_mode, doc_ids=scope)

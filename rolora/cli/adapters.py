@@ -55,6 +55,9 @@ def train_command(
     time_budget: Annotated[
         float | None, typer.Option(min=0.1, help="minutes of training at most (then a checkpoint: --resume goes on)")
     ] = None,
+    stop_after: Annotated[
+        int | None, typer.Option(min=1, help="stop at this step; the schedule still spans --epochs/--max-steps")
+    ] = None,
     eval_limit: EvalLimitOpt = None,
     eval_steps: Annotated[int, typer.Option(min=1, help="validation loss (and a checkpoint) every N steps")] = 20,
     eval_rows: Annotated[
@@ -92,6 +95,7 @@ def train_command(
         time_budget_s=time_budget * 60 if time_budget else None,
         eval_steps=eval_steps,
         max_eval_examples=eval_rows,
+        stop_after_steps=stop_after,
     )
     run = train_role(
         cfg,
