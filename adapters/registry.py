@@ -23,7 +23,8 @@ leaves the last good state and two processes never get the same version.
 >>> reg.promote(rec.ref)  # doctest: +SKIP
 >>> reg("contracts-analyst")  # ('contracts-analyst@1', PosixPath('.../contracts-analyst@1')) # doctest: +SKIP
 
-Importing this module is light: torch, transformers and PEFT load inside ``export_merged`` only.
+Importing this module is light: it loads no torch, transformers or PEFT (merging an adapter into a full model is
+``rolora.adapters.export``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ from .base_models import (
     _check_weights,
     _read_json,
     _recorded_base_name,
-    _weights_sha,
     base_model_info,
     check_base_compatible,
     check_model_folder,
@@ -592,57 +592,3 @@ class Registry:
                     self._set_stage(other, "retired", f"rolled back to {previous.ref}")
         log.info("rolled %s back to %s", current.ref, previous.ref)
         return restored
-
-    # -- export ---------------------------------------------------------------------------------------------------
-    def export_merged(self, ref: str, out_dir: Path | str, base_dir: Path | str, *, overwrite: bool = False) -> Path:
-        """Merge a LoRA adapter into ``base_dir`` (PEFT ``merge_and_unload``) and save a full safetensors model
-        folder with the tokenizer at ``out_dir``, for a single-role deployment. Written atomically.
-
-        The folder's ``rolora_model.json`` names the adapter it was merged from and the new weights' SHA-256.
-        """
-        out = Path(out_dir).expanduser()
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise UserError(f"{out} exists and is not empty; choose another folder or pass overwrite")
-        rec = self.check_base(ref, base_dir)
-        _check_weights(rec.ref, rec.path, rec.kind)
-        verify_adapter_files(rec.ref, rec.path)
-        if rec.kind != "lora":
-            raise UserError(f"'{rec.ref}' is already a full model; use its folder {rec.path} directly")
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from rolora.models import sha256_file
-
-        base = base_model_info(base_dir)
-        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(model, str(rec.path)).merge_and_unload()
-        tokenizer = AutoTokenizer.from_pretrained(base.path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        try:
-            merged.save_pretrained(str(tmp), safe_serialization=True)
-            tokenizer.save_pretrained(str(tmp))
-            meta = {
-                "alias": rec.ref,
-                "hub_id": base.model_id,
-                "merged_from": rec.ref,
-                "base_weights_sha256": base.weights_sha256,
-                "weights_sha256": _weights_sha(tmp),
-                "adapter_sha256": sha256_file(rec.path / "adapter_model.safetensors"),
-                "role": rec.role,
-                "domain": rec.domain,
-            }
-            _write_json_atomic(tmp / "rolora_model.json", meta)
-            if out.exists():
-                old = out.with_name(f".{out.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                out.rename(old)
-                os.rename(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out

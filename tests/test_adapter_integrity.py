@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rolora.adapters.export import export_merged
 from rolora.adapters.registry import Registry
 from rolora.adapters.serving import DirectoryAdapters, GenerationRequest
 from rolora.adapters.serving.base import verify_adapter_files
@@ -53,7 +54,7 @@ def test_registry_refuses_an_adapter_whose_bytes_changed(
     with pytest.raises(RoloraRuntimeError, match=r"adapter_model\.safetensors has sha256"):
         reg(f"{NAME}@1")  # the AdapterResolver the backends use
     with pytest.raises(RoloraRuntimeError, match=r"adapter_model\.safetensors has sha256"):
-        reg.export_merged(f"{NAME}@1", reg.root.parent / "merged", generator_dir)
+        export_merged(reg, f"{NAME}@1", reg.root.parent / "merged", generator_dir)
     weights.write_bytes(original)  # restored: the same bytes load again
     assert reg.resolve(f"{NAME}@1")[0] == f"{NAME}@1"
 

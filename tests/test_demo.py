@@ -102,7 +102,7 @@ def test_demo_runs_on_the_shipped_adapters_and_cites_the_named_contract(
     answer = demo_answers[question]
     served = {s["role"]: s["adapter"] for s in answer["trace"] if s.get("role")}
     assert served["analyst"].startswith("contracts-analyst@"), served  # the shipped adapter, not the base model
-    assert answer["adapters"]["analyst"] == "contracts-analyst"
+    assert answer["adapters"]["analyst"] == served["analyst"]
     cites = [c for c in answer["citations"] if c["verified"]]
     assert not answer["not_found"] and cites and all(c["doc_id"] == doc_id for c in cites), answer["citations"]
     retrieve = next(s for s in answer["trace"] if s["node"] == "retrieve" and not s.get("role"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rolora.adapters import registry as registry_mod
+from rolora.adapters.export import export_merged
 from rolora.adapters.gates import GateReport, GateThresholds, gate_forgetting, gate_val_perplexity
 from rolora.adapters.registry import AdapterRecord, Registry, check_base_compatible
 from rolora.errors import UserError
@@ -111,7 +112,7 @@ def test_refuses_adapter_on_another_base_by_weights_hash(
     with pytest.raises(UserError, match="retrain it on this one"):
         Registry(reg.root, base_dir=other).resolve(rec.ref)
     with pytest.raises(UserError, match="sha256"):
-        reg.export_merged(rec.ref, tmp_path / "merged", other)
+        export_merged(reg, rec.ref, tmp_path / "merged", other)
     assert Registry(reg.root, base_dir=generator_dir).resolve(rec.ref) == (rec.ref, rec.path)
     check_base_compatible(rec.path, generator_dir)
     with pytest.raises(UserError, match="sha256"):
@@ -312,7 +313,7 @@ def test_full_model_is_registered_but_not_served_as_lora(reg: Registry, generato
     with pytest.raises(UserError, match="full fine-tuned model, not a LoRA adapter"):
         reg(rec.ref)
     with pytest.raises(UserError, match="already a full model"):
-        reg.export_merged(rec.ref, tmp_path / "merged", generator_dir)
+        export_merged(reg, rec.ref, tmp_path / "merged", generator_dir)
 
 
 def test_export_merged_matches_the_adapter(
@@ -326,14 +327,14 @@ def test_export_merged_matches_the_adapter(
     torch.set_num_threads(1)  # faster than two on a busy 2-core machine
     request.addfinalizer(lambda: torch.set_num_threads(threads))
     rec = _register(reg, lora_adapters["alpha@1"], generator_dir)
-    out = reg.export_merged(rec.ref, tmp_path / "export" / "analyst-merged", generator_dir)
+    out = export_merged(reg, rec.ref, tmp_path / "export" / "analyst-merged", generator_dir)
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert not list(out.glob("*.bin")) and not (out / "adapter_config.json").exists()
     meta = json.loads((out / "rolora_model.json").read_text())
     assert meta["merged_from"] == rec.ref and meta["weights_sha256"] != rec.base_weights_sha256
     assert _leftovers(out.parent) == []
     with pytest.raises(UserError, match="not empty"):
-        reg.export_merged(rec.ref, out, generator_dir)
+        export_merged(reg, rec.ref, out, generator_dir)
 
     tok = AutoTokenizer.from_pretrained(generator_dir)
     ids = tok.apply_chat_template(

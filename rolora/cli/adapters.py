@@ -247,7 +247,9 @@ def adapters_export(
         return
     if ref is None or out is None:
         raise typer.BadParameter("give an adapter and --out DIR, or --vllm DOMAIN")
-    folder = registry.export_merged(ref, out, resolve_generator(cfg.models.generator, cfg.home_dir))
+    from rolora.adapters.export import export_merged
+
+    folder = export_merged(registry, ref, out, resolve_generator(cfg.models.generator, cfg.home_dir))
     console.print(f"merged model written to {folder}")
 
 
