@@ -50,7 +50,7 @@ def test_registry_refuses_an_adapter_whose_bytes_changed(
         reg.resolve(f"{NAME}@1")
     msg = str(err.value)
     assert f"adapter '{NAME}@1'" in msg and "adapter_model.safetensors" in msg and "recorded" in msg
-    assert "`rolora train analyst --domain contracts`" in msg and "\n" not in msg
+    assert "`rolora train --role analyst --domain contracts`" in msg and "\n" not in msg
     with pytest.raises(RoloraRuntimeError, match=r"adapter_model\.safetensors has sha256"):
         reg(f"{NAME}@1")  # the AdapterResolver the backends use
     with pytest.raises(RoloraRuntimeError, match=r"adapter_model\.safetensors has sha256"):

@@ -114,8 +114,11 @@ def test_answers_with_verified_citations_and_refuses_the_unanswerable(
     assert any(c.doc_id == ANSWERABLE[1] for c in answer.citations)
 
 
-def test_without_the_query_writer_the_question_alone_is_searched(agent_backend: Any, tmp_path: Path) -> None:
+def test_without_the_query_writer_only_the_question_and_its_clause_words_are_searched(
+    agent_backend: Any, tmp_path: Path
+) -> None:
     from rolora.agents import Agent
+    from rolora.retrieval.resolve import clause_words
 
     agent = Agent.from_config(
         agent_config(tmp_path, use_query_writer=False, use_critic=False), backend=agent_backend, adapters=ADAPTERS
@@ -126,7 +129,10 @@ def test_without_the_query_writer_the_question_alone_is_searched(agent_backend: 
         agent.close()
     assert {s.role for s in answer.trace if s.role} == {"analyst"}  # no query writer, no critic model call
     (retrieve,) = [s for s in answer.trace if s.node == "retrieve"]
-    assert retrieve.detail["queries"] == [ANSWERABLE[0]] and retrieve.detail["passages"]
+    # the question, and (inside the contract it names) the question without its naming words
+    assert retrieve.detail["scope"] == "resolved" and retrieve.detail["doc_ids"] == [ANSWERABLE[1]]
+    assert retrieve.detail["queries"] == [ANSWERABLE[0], clause_words(ANSWERABLE[0])] and retrieve.detail["passages"]
+    assert "Halvorsen" not in retrieve.detail["queries"][1] and "effective date" in retrieve.detail["queries"][1]
 
 
 def test_the_same_run_on_a_real_vllm_server(

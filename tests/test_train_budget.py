@@ -8,6 +8,17 @@ from typing import Any
 
 import pytest
 
+# a few short steps of a rank-4 LoRA on the query writer's data: what both tests train
+SMALL: dict[str, Any] = {
+    "batch_size": 1,
+    "grad_accum": 1,
+    "max_length": 256,
+    "r": 4,
+    "alpha": 8,
+    "target_modules": ["q_proj", "v_proj"],
+    "eval_steps": 1000,
+}
+
 
 @pytest.mark.slow
 def test_a_run_stops_at_its_time_budget_and_resumes(
@@ -15,17 +26,7 @@ def test_a_run_stops_at_its_time_budget_and_resumes(
 ) -> None:
     from rolora.adapters.train import TrainConfig, train
 
-    settings: dict[str, Any] = {
-        "max_steps": 400,
-        "batch_size": 1,
-        "grad_accum": 1,
-        "max_length": 256,
-        "r": 4,
-        "alpha": 8,
-        "target_modules": ["q_proj", "v_proj"],
-        "eval_steps": 1000,
-        "time_budget_s": 3.0,
-    }
+    settings: dict[str, Any] = {**SMALL, "max_steps": 400, "time_budget_s": 3.0}
     first = train(generator_dir, role_datasets["query_writer"], tmp_path, TrainConfig(**settings), progress=False)
     assert 1 <= first.steps < 400  # stopped by the budget, not by max_steps
     assert list(tmp_path.glob("checkpoints/checkpoint-*")) or list(tmp_path.glob("**/checkpoint-*"))
@@ -46,19 +47,7 @@ def test_stop_after_steps_keeps_the_epoch_schedule(
 
     from rolora.adapters.train import TrainConfig, train
 
-    settings: dict[str, Any] = {
-        "max_steps": 0,
-        "epochs": 2.0,
-        "batch_size": 1,
-        "grad_accum": 1,
-        "max_length": 256,
-        "r": 4,
-        "alpha": 8,
-        "target_modules": ["q_proj", "v_proj"],
-        "eval_steps": 1000,
-        "max_eval_examples": 2,
-        "stop_after_steps": 3,
-    }
+    settings: dict[str, Any] = {**SMALL, "max_steps": 0, "epochs": 2.0, "max_eval_examples": 2, "stop_after_steps": 3}
     res = train(generator_dir, role_datasets["query_writer"], tmp_path, TrainConfig(**settings), progress=False)
     assert res.steps == 3
     (checkpoint,) = tmp_path.glob("checkpoint-*")
