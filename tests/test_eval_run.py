@@ -187,7 +187,7 @@ def test_cli_writes_every_report_file(real_run: SimpleNamespace) -> None:
     diff = report["differences"]["adapters"]["retrieval.span_recall@5"]
     assert diff["n"] == SAMPLE - 1 and diff["low"] <= diff["mean"] <= diff["high"]
     used = report["configurations"]["adapters"]["adapters_used"]
-    assert used["analyst"] == {real_run.adapter: SAMPLE} and "query_writer" not in used  # off by default
+    assert used["analyst"] == {real_run.adapter: SAMPLE} and used["query_writer"] == {"base": SAMPLE}
     [adapter] = report["adapters"]
     assert adapter["ref"] == real_run.adapter and adapter["gates_passed"] is True
     assert adapter["forgetting_pct"] == pytest.approx(2.0)
