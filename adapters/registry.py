@@ -282,6 +282,10 @@ class Registry:
         """The record of ``name@version``, or of the latest promoted version for a bare ``name``."""
         return self._get(ref, "promoted")
 
+    def latest(self, ref: str) -> AdapterRecord:
+        """The record of ``name@version``, or of the highest version of a bare ``name`` whatever its stage."""
+        return self._get(ref, "latest")
+
     def list(
         self, domain: str | None = None, role: str | None = None, stage: Stage | None = None
     ) -> builtins.list[AdapterRecord]:

@@ -64,16 +64,17 @@ def _gate_markdown(name: str, gates: Mapping[str, Any], metrics: Mapping[str, An
     return "\n".join(lines)
 
 
-def pack_adapter(registry: Any, ref: str, out_root: Path | str, data_dir: Path | str | None = None) -> Path:
-    """Write ``out_root/<name>/`` from registered ``ref`` (a bare name: its latest version). Refused when the
-    recorded gates failed or were never run, when it is not a LoRA adapter, or when its weights exceed 8 MB in
-    bfloat16 (train with a lower ``--rank``). Written to a temp folder and renamed into place."""
+def pack_adapter(registry: Any, ref: str, out_root: Path | str, data_root: Path | str | None = None) -> Path:
+    """Write ``out_root/<name>/`` from registered ``ref`` (a bare name: its latest version), with the data card of
+    ``data_root/<domain>/<role>/`` (``$ROLORA_HOME/data``, where ``rolora train`` builds it) when there is one.
+    Refused when the recorded gates failed or were never run, when it is not a LoRA adapter, or when its weights
+    exceed 8 MB in bfloat16 (train with a lower ``--rank``). Written to a temp folder and renamed into place."""
     import torch
     from safetensors.torch import load_file, save_file
 
     from rolora.models import sha256_file
 
-    rec = registry._get(ref, "latest")
+    rec = registry.latest(ref)
     if rec.kind != "lora":
         raise UserError(f"{rec.ref} is a {rec.kind} model; only LoRA adapters are shipped")
     if not rec.gates:
@@ -95,8 +96,9 @@ def pack_adapter(registry: Any, ref: str, out_root: Path | str, data_dir: Path |
         peft_cfg = json.loads((rec.path / _CONFIG).read_text(encoding="utf-8"))
         peft_cfg["base_model_name_or_path"] = rec.base_model
         (tmp / _CONFIG).write_text(json.dumps(peft_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if data_dir is not None and (Path(data_dir) / "data_card.json").is_file():
-            card = json.loads((Path(data_dir) / "data_card.json").read_text(encoding="utf-8"))
+        card_path = Path(data_root) / rec.domain / rec.role / "data_card.json" if data_root is not None else None
+        if card_path is not None and card_path.is_file():
+            card = json.loads(card_path.read_text(encoding="utf-8"))
             (tmp / "data_card.json").write_text(json.dumps(_scrub(card), indent=2) + "\n", encoding="utf-8")
         (tmp / "gate_report.md").write_text(_gate_markdown(rec.ref, rec.gates, rec.metrics), encoding="utf-8")
         manifest = _scrub(rec.manifest())

@@ -63,9 +63,11 @@ def test_pack_casts_to_bf16_scrubs_paths_and_installs_once(generator_dir: Path, 
     from rolora.errors import UserError
 
     src = make_lora_adapter(generator_dir, tmp_path / "src", seed=5)
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "data_card.json").write_text(json.dumps({"source": str(REPO / "examples"), "counts": {"train": 3}}))
+    data = tmp_path / "data"  # as $ROLORA_HOME/data: <domain>/<role>/data_card.json
+    (data / "contracts" / "analyst").mkdir(parents=True)
+    (data / "contracts" / "analyst" / "data_card.json").write_text(
+        json.dumps({"source": str(REPO / "examples"), "counts": {"train": 3}})
+    )
     trainer = Registry(tmp_path / "trainer-registry", base_dir=generator_dir)
     rec = trainer.register(src, "contracts-analyst", "analyst", "contracts", generator_dir, "abc", {"r": 8}, {})
     with pytest.raises(UserError, match="no gate results"):

@@ -29,6 +29,14 @@ def fuse(rankings: list[list[PassageRef]], k: int, rrf_k: int = 60) -> list[Pass
     return [p.model_copy(update={"score": round(score, 6)}) for p, score in fused]
 
 
+def _add_queries(queries: list[str], new: list[str]) -> None:
+    """Append each of ``new`` (stripped) that ``queries`` does not hold yet, case aside."""
+    for q in new:
+        q = q.strip()
+        if q and q.lower() not in {x.lower() for x in queries}:
+            queries.append(q)
+
+
 async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
     started = time.perf_counter()
@@ -52,10 +60,7 @@ async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
             iteration=iteration,
             writer=None,
         )
-        written = [q.strip() for q in (parsed or {}).get("queries", []) if isinstance(q, str) and q.strip()]
-        for q in written:
-            if q.lower() not in {x.lower() for x in queries}:
-                queries.append(q)
+        _add_queries(queries, [q for q in (parsed or {}).get("queries", []) if isinstance(q, str)])
     queries = queries[: ctx.settings.max_queries + 1]  # the question itself plus the writer's queries
     retriever = ctx.retriever(domain)
     t0 = time.perf_counter()
@@ -69,8 +74,7 @@ async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         scope = explicit or [d for d, _ in resolution] or None
         if scope:  # inside the named contract(s), also search what the question asks without the names
             clause = clause_words(question)
-            if len(clause.split()) >= 3 and clause.lower() not in {x.lower() for x in queries}:
-                queries.append(clause)
+            _add_queries(queries, [clause] if len(clause.split()) >= 3 else [])
         out = []
         for q in queries:
             hits = retriever.search(q, k=2 * ctx.settings.k, mode=ctx.retrieval_mode, doc_ids=scope)

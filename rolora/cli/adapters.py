@@ -201,10 +201,10 @@ def adapters_pack(
     cfg = load(config)
     registry = _registry(cfg)
     for ref in refs:
-        rec = registry._get(ref, "latest")
-        folder = pack_adapter(registry, rec.ref, out, cfg.home_dir / "data" / rec.domain / rec.role)
+        folder = pack_adapter(registry, ref, out, cfg.home_dir / "data")
         size = (folder / "adapter_model.safetensors").stat().st_size / 2**20
-        console.print(f"packed {rec.ref} -> {folder} ({size:.1f} MB)")
+        shipped_from = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["shipped_from"]
+        console.print(f"packed {shipped_from} -> {folder} ({size:.1f} MB)")
 
 
 @adapters_app.command("install")
