@@ -3,6 +3,7 @@
     .venv/bin/python bench/retrieval.py --quality [--work /tmp/rolora-quality] [--chunk-sizes 1000,500]
     .venv/bin/python bench/retrieval.py --cuad-full [--work DIR]    # all 401 contracts, the fixed 100-contract sample
     .venv/bin/python bench/retrieval.py [--chunks 50000] [--queries 200] [--ingest-chunks 1000]
+    .venv/bin/python bench/retrieval.py --embedder tuned:cuad-retriever [--max-contracts 25]   # base vs tuned
 
 Quality (``--quality``): character-level span recall (LegalBench-RAG's definition, overlapping passages merged) of
 CUAD questions on the contracts of the test split of ``rolora.adapters.data.doc_split`` (never used for tuning),
@@ -293,14 +294,19 @@ def open_variant(
     v: Variant, split: str, work: Path, emb: Any, max_contracts: int | None = None
 ) -> tuple[Any, float | None]:
     """The variant's index of the split's contracts (built once, cached under ``work``) and its ingest chunks/s."""
+    import hashlib
+
     from rolora.config import Config
     from rolora.retrieval import Retriever
 
     sample = "" if max_contracts is None else f"-{max_contracts}"
     domain = f"{split}{sample}-c{v.chunk_max_chars}-{'ctx' if v.contextual else 'plain'}"  # stemmer: BM25 rebuild
+    if emb.name != "all-minilm-l6-v2":  # another embedder (bench --embedder): its own index
+        domain += "-e" + hashlib.sha256(emb.name.encode()).hexdigest()[:8]
     cfg = Config.model_validate(
         {
             "home": str(work / "home"),
+            "models": {"embedder": emb.name},
             "retrieval": {
                 "chunk_max_chars": v.chunk_max_chars,
                 "contextual": v.contextual,
@@ -530,6 +536,81 @@ def bench_quality(work: Path, chunk_sizes: list[int], limit: int | None, max_con
         print(f"  last row, {mode} alone (unscoped): " + " ".join(f"@{k} {x:.3f}" for k, x in zip(KS, m, strict=True)))
 
 
+def _chunk_recalls(r: Any, q: dict[str, Any], passages: list[Any], gold_of: dict[str, set[str]]) -> list[float]:
+    """Share of the chunks that overlap the evidence found in the top k, for k in KS."""
+    key = q["id"]
+    if key not in gold_of:
+        spans = [(e["start"], e["end"]) for e in q["evidence"] if e["doc_id"] == q["doc_id"]]
+        gold_of[key] = {
+            p.chunk_id for p in r.document_chunks(q["doc_id"]) if any(p.start < e and s < p.end for s, e in spans)
+        }
+    gold = gold_of[key]
+    return [len(gold & {p.chunk_id for p in passages[:k]}) / len(gold) if gold else 0.0 for k in KS]
+
+
+def bench_embedders(work: Path, ref: str, limit: int | None, max_contracts: int | None) -> None:
+    """Base MiniLM vs a tuned embedder (``rolora retriever tune``) on the test split: span and chunk recall of dense
+    and hybrid search (contextual chunks, stemmed BM25, RRF 1:1), unscoped with contract resolution and scoped to the
+    right contract; 95 % bootstrap CIs of @5 and of the paired tuned - base difference."""
+    from rolora.embedder_registry import EmbedderRegistry
+    from rolora.evals.bootstrap import bootstrap_mean, paired_bootstrap
+    from rolora.models import default_home
+    from rolora.retrieval import make_embedder
+
+    test_docs = set(split_contracts("test", max_contracts))
+    test_qs = [q for q in cuad_questions("test") if q["doc_id"] in test_docs]
+    if limit:
+        test_qs = test_qs[:limit]
+    sampled = "" if max_contracts is None else " (a seeded sample)"
+    n_docs = len({q["doc_id"] for q in test_qs})
+    print(f"== base vs {ref}: test split, {len(test_qs)} questions on {n_docs} contracts{sampled}")
+    v = Variant("+ stemmed BM25 (RRF 1:1)", True, True, "english")
+    per: dict[str, list[list[float]]] = {}
+    canonical = ref
+    for label in ("base", "tuned"):
+        spec = "all-minilm-l6-v2"
+        if label == "tuned":  # looked up after the base index is built: a tuning run may still be registering it
+            canonical, folder = EmbedderRegistry.from_home(default_home()).resolve(ref)
+            spec = str(folder)
+            print(f"  tuned: {canonical} ({folder})")
+        emb = make_embedder(spec)
+        t = time.perf_counter()
+        r, rate = open_variant(v, "test", work, emb, max_contracts)
+        ensure_stemmer(r, v)
+        print(
+            f"  {label}: index ready in {time.perf_counter() - t:.0f} s (ingest {rate or 0:.1f} chunks/s)", flush=True
+        )
+        gold_of: dict[str, set[str]] = {}
+        for scope, rows in (
+            ("unscoped", rankings(r, test_qs, True, False)),
+            ("scoped", rankings(r, test_qs, False, True)),
+        ):
+            s = score_rows(rows, (1.0, 1.0), 60)
+            for mode in ("hybrid", "dense"):
+                per[f"{label} {mode} {scope} span"] = s[mode]
+                ranked = [fused(row, (1.0, 1.0), 60) if mode == "hybrid" else row["dense"] for row in rows]
+                per[f"{label} {mode} {scope} chunk"] = [
+                    _chunk_recalls(r, row["q"], p, gold_of) for row, p in zip(rows, ranked, strict=True)
+                ]
+    print()
+    print("| embedder | search | recall | @1 | @5 [95 % CI] | @20 | tuned - base @5 [95 % CI] |")
+    print("|---|---|---|---|---|---|---|")
+    for scope in ("unscoped", "scoped"):
+        for mode in ("hybrid", "dense"):
+            for kind in ("span", "chunk"):
+                for label in ("base", "tuned"):
+                    vals = per[f"{label} {mode} {scope} {kind}"]
+                    m = [statistics.mean(col) for col in zip(*vals, strict=True)]
+                    ci = bootstrap_mean([x[1] for x in vals], samples=2000, seed=0)
+                    diff = "–"
+                    if label == "tuned":
+                        base5 = [x[1] for x in per[f"base {mode} {scope} {kind}"]]
+                        diff = paired_bootstrap(base5, [x[1] for x in vals], samples=2000, seed=0).fmt()
+                    name = "MiniLM" if label == "base" else canonical
+                    print(f"| {name} | {mode}, {scope} | {kind} | {m[0]:.3f} | {ci.fmt()} | {m[2]:.3f} | {diff} |")
+    print(f"n = {len(test_qs)} questions")
+
+
 def bench_cuad_full(work: Path) -> None:
     """All 401 CUAD contracts in one index; hybrid/dense/lexical span recall on the fixed sample of 100 contracts
     (seed 0) that tests/test_cuad_retrieval.py used; the index is cached under ``work``."""
@@ -570,7 +651,11 @@ def main() -> None:
     ap.add_argument("--chunk-sizes", default="1000", help="chunk_max_chars values compared on the validation split")
     ap.add_argument("--limit", type=int, default=None, help="questions per split (quick runs)")
     ap.add_argument("--max-contracts", type=int, default=None, help="a seeded sample of the test split's contracts")
+    ap.add_argument("--embedder", metavar="REF", help="base vs this tuned embedder (tuned:NAME[@N]) on the test split")
     args = ap.parse_args()
+    if args.embedder:
+        bench_embedders(args.work, args.embedder, args.limit, args.max_contracts)
+        return
     if args.quality or args.cuad_full:
         if args.quality:
             bench_quality(args.work, [int(x) for x in args.chunk_sizes.split(",")], args.limit, args.max_contracts)

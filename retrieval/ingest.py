@@ -27,11 +27,11 @@ from .chunking import ChunkingOptions, chunk_document
 from .embedder import Embedder
 from .index import IndexManifest, LexicalIndex, build_dense, publish_generation, write_generation_folder
 from .loaders import iter_corpus, load_path
-from .profile import context_prefix, extract_profile
+from .profile import DocProfile, context_prefix, extract_profile
 from .store import SCHEMA_VERSION, Store, indexed_text, text_hash
-from .types import LoadedDocument, SkippedFile
+from .types import Chunk, LoadedDocument, SkippedFile
 
-__all__ = ["IngestReport", "ingest_paths", "rebuild_indexes"]
+__all__ = ["IngestReport", "chunk_for_index", "ingest_paths", "rebuild_indexes"]
 
 log = logging.getLogger("rolora.retrieval")
 
@@ -157,6 +157,16 @@ def ingest_paths(
         raise
 
 
+def chunk_for_index(doc: LoadedDocument, cfg: RetrievalConfig) -> tuple[list[Chunk], DocProfile, list[str]]:
+    """A document's chunks, its profile and each chunk's context line, as ingest stores them: what is embedded for
+    chunk ``i`` is ``indexed_text(contexts[i], chunks[i].text)`` (the embedder tuning builds its pairs from this)."""
+    opts = ChunkingOptions(cfg.chunk_max_chars, cfg.chunk_min_chars, cfg.chunk_overlap_words)
+    chunks = chunk_document(doc.doc_id, doc.text, opts)
+    profile = extract_profile(doc.doc_id, doc.text)
+    contexts = [context_prefix(profile, c.heading_path) if cfg.contextual else "" for c in chunks]
+    return chunks, profile, contexts
+
+
 def _ingest_paths(
     store: Store,
     domain_dir: Path,
@@ -231,12 +241,9 @@ def _ingest_paths(
     ]
     report.documents_removed = len(removed)
 
-    opts = ChunkingOptions(cfg.chunk_max_chars, cfg.chunk_min_chars, cfg.chunk_overlap_words)
     chunked = []
     for doc, root in new_docs:
-        chunks = chunk_document(doc.doc_id, doc.text, opts)
-        profile = extract_profile(doc.doc_id, doc.text)
-        contexts = [context_prefix(profile, c.heading_path) if cfg.contextual else "" for c in chunks]
+        chunks, profile, contexts = chunk_for_index(doc, cfg)
         chunked.append((doc, root, chunks, profile, contexts))
     indexed = [indexed_text(x, c.text) for _, _, cs, _, xs in chunked for c, x in zip(cs, xs, strict=True)]
     _embed_missing(store, embedder, indexed, cfg.batch_size, progress, report)

@@ -23,6 +23,7 @@ import numpy as np
 from rolora.config import Config, load_config
 from rolora.errors import IndexError_, UserError
 from rolora.fileutil import is_disk_full
+from rolora.models import embedder_name
 
 from .embedder import Embedder, make_embedder
 from .index import INDEX_VERSION, DenseIndex, LexicalIndex, load_generation, read_manifest
@@ -115,7 +116,7 @@ class Retriever:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = make_embedder(self.config.models.embedder)
+            self._embedder = make_embedder(self.config.models.embedder, home=self.config.home_dir)
         return self._embedder
 
     # -- ingest -------------------------------------------------------------------------------------------
@@ -159,11 +160,13 @@ class Retriever:
                 f"{self.store.schema_version}; this one needs {INDEX_VERSION}/{SCHEMA_VERSION}: document profiles for "
                 f"contract resolution, contextual chunks); {rebuild} (cached embeddings of unchanged text are reused)"
             )
-        want = self.config.models.embedder
+        spec = self.config.models.embedder
+        want = embedder_name(spec, self.config.home_dir)  # tuned:NAME -> tuned:NAME@N (its promoted version)
         recorded = manifest.embedder if manifest else self.store.get_meta("embedder")
         if recorded != want:
+            says = f"'{spec}'" + (f" ({want})" if want != spec else "")
             raise IndexError_(
-                f"index of domain '{self.domain}' was built with embedder '{recorded}', config says '{want}'; "
+                f"index of domain '{self.domain}' was built with embedder '{recorded}', config says {says}; "
                 f"re-ingest with `rolora ingest PATH --domain {self.domain} --rebuild` or set models.embedder"
             )
         dim = int(self.store.get_meta("dim") or 0)
@@ -320,7 +323,7 @@ class Retriever:
             qvec = self.embedder.embed([query])
         rows = self.store.chunks_by_ids([i for i, _ in scored])
         hashes = [rows[i][6] for i, _ in scored]
-        vecs = self.store.get_embeddings(self.config.models.embedder, hashes, qvec.shape[1])
+        vecs = self.store.get_embeddings(self.embedder.name, hashes, qvec.shape[1])
         rel = vecs @ qvec[0]
         chosen: list[int] = []
         rest = list(range(len(scored)))

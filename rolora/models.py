@@ -25,6 +25,7 @@ __all__ = [
     "EMBEDDER_ALIASES",
     "GENERATOR_ALIASES",
     "ModelInfo",
+    "embedder_name",
     "list_models",
     "prepare_generator",
     "resolve_embedder",
@@ -120,11 +121,26 @@ def _hub_or_folder(spec: str, what: str) -> Path:
         ) from e
 
 
-def resolve_embedder(spec: str) -> Path:
-    """Return the local sentence-transformers folder for ``spec`` (alias, folder or hub id)."""
+def resolve_embedder(spec: str, home: Path | None = None) -> Path:
+    """Return the local sentence-transformers folder for ``spec`` (alias, folder, hub id, or ``tuned:NAME[@N]``: a
+    tuned embedder of the registry under ``home``, its files checked against their recorded SHA-256)."""
+    from rolora.embedder_registry import EmbedderRegistry, is_tuned
+
+    if is_tuned(spec):
+        return EmbedderRegistry.from_home(home or default_home()).resolve(spec)[1]
     if spec in EMBEDDER_ALIASES:
         return _wheel_path(EMBEDDER_ALIASES[spec], spec)
     return _hub_or_folder(spec, "embedder")
+
+
+def embedder_name(spec: str, home: Path | None = None) -> str:
+    """The name an index records for ``spec``: ``tuned:NAME`` becomes ``tuned:NAME@N`` (its promoted version), so a
+    newly promoted version never searches vectors of the old one; any other spec is its own name."""
+    from rolora.embedder_registry import EmbedderRegistry, is_tuned
+
+    if is_tuned(spec):
+        return EmbedderRegistry.from_home(home or default_home()).canonical(spec)
+    return spec
 
 
 def _prepared_dir(alias: str, home: Path | None) -> Path:

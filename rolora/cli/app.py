@@ -16,6 +16,7 @@ from rolora.cli.ask import ask_command
 from rolora.cli.common import ConfigOpt, DomainOpt, command_group, console, domain_of, err_console, load
 from rolora.cli.data import data_app
 from rolora.cli.eval import eval_command
+from rolora.cli.retriever import retriever_app
 from rolora.cli.runs import runs_app
 from rolora.cli.serve import serve_app
 from rolora.errors import RoloraError
@@ -35,6 +36,7 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(runs_app, name="runs")
 app.add_typer(data_app, name="data")
+app.add_typer(retriever_app, name="retriever")
 app.command("train")(train_command)
 app.command("analyze")(analyze_command)
 app.command("eval")(eval_command)
@@ -83,7 +85,7 @@ def models_prepare(
     with console.status(f"preparing {cfg.models.generator}"):
         folder = prepare_generator(cfg.models.generator, cfg.home_dir, force=force)
     console.print(f"generator {cfg.models.generator}: {folder}")
-    console.print(f"embedder {cfg.models.embedder}: {resolve_embedder(cfg.models.embedder)}")
+    console.print(f"embedder {cfg.models.embedder}: {resolve_embedder(cfg.models.embedder, cfg.home_dir)}")
 
 
 @app.command()
