@@ -54,6 +54,7 @@ def train_role(
     max_refusal_share: float | None = 0.25,
     distractors: int = 3,
     generated_per_document: int = 40,
+    analyst_format: str = "quote",
     progress: bool = True,
 ) -> RoleRun:
     """Build the role's data from the domain, train, gate, and register the result as a candidate."""
@@ -86,6 +87,7 @@ def train_role(
         max_refusal_share=max_refusal_share,
         distractors=distractors,
         generated_per_document=generated_per_document,
+        analyst_format=analyst_format,
         progress=progress,
     )
     ctx.extra["clause_docs"] = sorted({q.doc_id for q in rows})
@@ -116,7 +118,8 @@ def train_role(
         domain,
         base_dir,
         card.digest,
-        cfg.model_dump(mode="json"),
+        # the analyst's output format belongs to the adapter: the graph asks it in the format it learned
+        {**cfg.model_dump(mode="json"), **({"analyst_format": analyst_format} if role == "analyst" else {})},
         {"train": result.to_json(), "role": metrics},
     )
     record = registry.record_gates(record.ref, report)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rolora.evals.metrics import token_f1
-from rolora.roles import ANALYST_SCHEMA, CRITIC_SCHEMA, QUERY_SCHEMA
+from rolora.roles import ANALYST_SCHEMA, CRITIC_SCHEMA, QUERY_SCHEMA, AnalystCall, analyst_call, reply_citations
 
 from .serving.base import Backend, GenerationRequest
 
@@ -50,6 +50,20 @@ def _cited_span(cite: Any, passages: Sequence[Sequence[Any]], retriever: Any) ->
     return None if at < 0 else (doc, s + at, s + at + len(quote))
 
 
+class _Text:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _analyst_call(row: dict[str, Any], retriever: Any) -> AnalystCall | None:
+    """The call a row was built with, in its format (its passages' sentences, and for the sentence format the
+    numbered prompt's narrowed schema); None without a retriever to read the passages."""
+    if retriever is None:
+        return None
+    passages = [_Text(retriever.document_text(d)[s:e]) for d, s, e in row["meta"]["passages"]]
+    return analyst_call(row.get("meta", {}).get("format", "quote"), "", passages, min_citations=0)
+
+
 def _overlaps_gold(span: tuple[str, int, int], evidence: Sequence[Sequence[Any]]) -> bool:
     doc, s, e = span
     return any(d == doc and s < ge and gs < e for d, gs, ge in evidence)
@@ -61,12 +75,25 @@ def role_metrics(
     """Metrics of ``adapter`` (None = base model) on test rows written by the role's data builder."""
     if not rows:
         return {}
+    calls = [_analyst_call(r, retriever) if role == "analyst" else None for r in rows]
     reqs = [
-        GenerationRequest(r["prompt"], adapter=adapter, max_tokens=_MAX_TOKENS[role], json_schema=_SCHEMAS[role])
-        for r in rows
+        GenerationRequest(
+            r["prompt"],
+            adapter=adapter,
+            max_tokens=_MAX_TOKENS[role],
+            # the quote format keeps the open schema its gate has always read; numbers need the row's own list
+            json_schema=c.schema if c is not None and c.format == "sentence" else _SCHEMAS[role],
+        )
+        for r, c in zip(rows, calls, strict=True)
     ]
     outs = backend.generate(reqs)
     parsed = [o.json if isinstance(o.json, dict) else None for o in outs]
+    # the citations as the graph takes them (rolora.roles.reply_citations): a number names its sentence, and an
+    # answer stated word for word in a sentence is cited by it
+    parsed = [
+        {**p, "citations": reply_citations(p, c)} if p is not None and c is not None else p
+        for p, c in zip(parsed, calls, strict=True)
+    ]
     targets = [json.loads(r["completion"][0]["content"]) for r in rows]
     out: dict[str, float] = {"parse_rate": sum(p is not None for p in parsed) / len(rows)}
     if role == "analyst":

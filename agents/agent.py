@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rolora import telemetry
@@ -90,6 +92,7 @@ class Agent:
         self._lock = threading.Lock()
         self._registry: Any = None
         self._warned: set[tuple[str, str]] = set()
+        self._formats: dict[str, str] = {}
         settings = config.agent
         if max_iterations is not None:
             settings = settings.model_copy(update={"max_iterations": max_iterations})
@@ -102,6 +105,7 @@ class Agent:
             retrieval_mode=retrieval_mode,
             use_critic=settings.use_critic if use_critic is None else use_critic,
             settings=settings,
+            analyst_format=self.analyst_format,
         )
         telemetry.configure(config.telemetry)
         self._loop = asyncio.new_event_loop()
@@ -154,6 +158,32 @@ class Agent:
                     log.warning("%s; using the base model for %s", e, role)
                 out[role] = None
         return out
+
+    def analyst_format(self, ref: str) -> str:
+        """The output format the analyst adapter ``ref`` was trained on: its manifest's
+        ``training_config.analyst_format`` (the registry's record, else the ``manifest.json`` of the folder the
+        backend serves it from, as for a shipped adapter); "quote" for an adapter trained before there was a choice;
+        the configured ``agent.analyst_format`` when neither knows the adapter."""
+        with self._lock:
+            cached = self._formats.get(ref)
+        if cached is not None:
+            return cached
+        training: dict[str, Any] | None = None
+        try:
+            training = self._registry_obj().show(ref).training_config
+        except UserError:
+            folder_of = getattr(self.backend, "adapter_folder", None)
+            try:
+                folder = folder_of(ref) if folder_of is not None else None
+                if folder is not None and (Path(folder) / "manifest.json").is_file():
+                    manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+                    training = dict(manifest.get("training_config") or {})
+            except (UserError, OSError, ValueError) as e:
+                log.warning("adapter %s: manifest.json unreadable (%s); asked in agent.analyst_format", ref, e)
+        fmt = self.settings.analyst_format if training is None else str(training.get("analyst_format", "quote"))
+        with self._lock:
+            self._formats[ref] = fmt
+        return fmt
 
     def _registry_obj(self) -> Any:
         if self._registry is None:

@@ -80,3 +80,11 @@ class AgentContext:
     constrain_quotes: bool = True
     settings: AgentConfig = field(default_factory=AgentConfig)
     on_token: Callable[[str, str], None] | None = None  # (role, text): streamed answer tokens
+    # adapter ref (None = base model) -> the analyst output format it was trained on (rolora.roles.formats)
+    analyst_format: Callable[[str], str] | None = None
+
+    def format_of(self, adapter: str | None) -> str:
+        """The output format to ask the analyst ``adapter`` (None: the base model) in."""
+        if adapter is None or self.analyst_format is None:
+            return self.settings.analyst_format
+        return self.analyst_format(adapter)

@@ -349,7 +349,8 @@ def build_report(
             "embedder": rc.models.embedder,
             "backend": rc.backend.kind,
             "agent": rc.agent.model_dump(
-                mode="json", include={"k", "max_queries", "max_iterations", "use_critic", "use_query_writer"}
+                mode="json",
+                include={"k", "max_queries", "max_iterations", "use_critic", "use_query_writer", "analyst_format"},
             ),
             "retrieval_mode": rc.retrieval.mode,
             "concurrency": suite.concurrency,

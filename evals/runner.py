@@ -388,9 +388,8 @@ async def _run_pending(
         for plan, domain, *_ in pending:
             if (plan.name, domain) not in agents:
                 plan_cfg = cfg
-                if plan.spec.use_query_writer is not None:
-                    settings = cfg.agent.model_copy(update={"use_query_writer": plan.spec.use_query_writer})
-                    plan_cfg = cfg.model_copy(update={"agent": settings})
+                if overrides := plan.spec.agent_overrides():
+                    plan_cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=overrides)})
                 agents[(plan.name, domain)] = agent_factory(
                     plan_cfg,
                     backend=backend_for(plan.spec.backend or cfg.backend.kind),

@@ -82,6 +82,14 @@ class ConfigurationSpec(_Strict):
     backend: Literal["inprocess", "vllm"] | None = None  # None: the config's backend.kind
     use_critic: bool | None = None  # None: the config's agent.use_critic
     use_query_writer: bool | None = None  # None: the config's agent.use_query_writer
+    max_iterations: int | None = Field(None, ge=1, le=10)  # analyse/critique rounds; None: agent.max_iterations
+    # the base model's analyst output format (an adapter keeps its own); None: the config's agent.analyst_format
+    analyst_format: Literal["quote", "sentence"] | None = None
+
+    def agent_overrides(self) -> dict[str, Any]:
+        """The agent settings this configuration changes (the rest are the config's ``agent:``)."""
+        fields = ("use_query_writer", "max_iterations", "analyst_format")
+        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
 
     def role_choices(self) -> dict[Role, str]:
         if isinstance(self.adapters, str):

@@ -119,6 +119,9 @@ class AgentConfig(_Strict):
     # measured on the example corpus's train+validation questions (66), the base writer's rewrites did not raise
     # hit@5 (0.909 -> 0.894) and cost ~2 s a question; no trained writer has passed its gate yet (README)
     use_query_writer: bool = False
+    # how the base model's analyst cites (rolora.roles.formats): copying a sentence ("quote") or naming its number
+    # ("sentence"); an adapter is always asked in the format it was trained on (its training_config.analyst_format)
+    analyst_format: Literal["quote", "sentence"] = "quote"
     route_min_confidence: float = Field(0.2, ge=0, le=1)
     # mean cosine (MiniLM) of the question with the routed domain's 3 nearest chunks; below it the question is off
     # topic for the corpus and is refused without a model call (sample corpus: its questions score >= 0.48,

@@ -181,3 +181,37 @@ def test_analyst_training_quotes_are_what_the_graph_allows(
                 assert any(c["quote"] in s.text for s in split_sentences(p.text))
                 checked += 1
     assert checked > 20
+
+
+def test_sentence_format_targets_name_the_evidence_sentences_the_graph_numbers(examples_retriever: Any) -> None:
+    """The sentence format's training rows: each prompt is the graph's own sentence-format request for its passages,
+    and each target's numbers are allowed by its grammar and name sentences overlapping the gold evidence."""
+    from rolora.adapters.data import BUILDERS, BuildContext, doc_split, load_qa
+    from rolora.agents.nodes.analyse import analyst_request
+    from rolora.agents.types import PassageRef
+    from rolora.roles import reply_citations
+
+    from conftest import EXAMPLES
+
+    ctx = BuildContext(
+        examples_retriever, load_qa(EXAMPLES / "qa.jsonl"), seed=0, limit=12, analyst_format="sentence", progress=False
+    )
+    splits = BUILDERS["analyst"]().build(ctx, lambda d: doc_split(d, 0))
+    chunks: dict[tuple[str, int, int], Any] = {}
+    cited = 0
+    for ex in (e for rows in splits.values() for e in rows):
+        for doc in {d for d, _, _ in ex.meta["passages"]} - {k[0] for k in chunks}:
+            chunks.update({(c.doc_id, c.start, c.end): c for c in examples_retriever.document_chunks(doc)})
+        passages = [PassageRef.from_passage(chunks[(d, s, e)]) for d, s, e in ex.meta["passages"]]
+        question = ex.prompt[-1]["content"].removeprefix("Question: ").split("\n")[0]
+        call = analyst_request(question, passages, None, "sentence", constrain_quotes=True)
+        assert ex.prompt == call.messages and ex.meta["format"] == "sentence"
+        target = json.loads(ex.completion[0]["content"])
+        assert list(target) == ["evidence", "answer", "not_found"]
+        assert all(i in call.schema["properties"]["evidence"]["items"]["enum"] for i in target["evidence"])
+        for c in reply_citations(target, call):
+            p = passages[c["passage"] - 1]
+            start = p.start + p.text.index(c["quote"])
+            assert any(d == p.doc_id and s < start + len(c["quote"]) and start < e for d, s, e in ex.meta["evidence"])
+            cited += 1
+    assert cited >= 10

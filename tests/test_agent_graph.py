@@ -95,6 +95,11 @@ def _answer_and_refusal(backend: Any, tmp_path: Path) -> tuple[Any, Any]:
     assert answer.adapters == {"query_writer": "base", "analyst": ANALYST, "critic": "base"}
     nodes = [s.node for s in answer.trace]
     assert nodes[:2] == ["route", "retrieve"] and nodes[-1] == "finalise" and "critique" in nodes
+    # the adapter is asked in the output format it was trained on: its manifest's, read from the folder it is served
+    # from (it is not in a registry here)
+    trained = json.loads((SHIPPED_ANALYST / "manifest.json").read_text())["training_config"]
+    formats = {s.detail["format"] for s in answer.trace if s.node == "analyse"}
+    assert formats == {trained.get("analyst_format", "quote")}
     assert refusal.not_found and refusal.citations == [] and refusal.answer == "Not in the provided clauses."
     # off topic for the corpus (MiniLM relevance ~0.15, contract questions >= 0.48): refused before any model call
     assert "off topic" in refusal.trace[0].detail["off_topic"] and [s.node for s in refusal.trace] == [

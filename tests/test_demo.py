@@ -103,6 +103,11 @@ def test_demo_runs_on_the_shipped_adapters_and_cites_the_named_contract(
     served = {s["role"]: s["adapter"] for s in answer["trace"] if s.get("role")}
     assert served["analyst"].startswith("contracts-analyst@"), served  # the shipped adapter, not the base model
     assert answer["adapters"]["analyst"] == served["analyst"]
+    # asked in the output format it was trained on (the registry's record of the installed manifest)
+    trained = json.loads((SHIPPED / "contracts-analyst" / "manifest.json").read_text())["training_config"]
+    assert {s["detail"]["format"] for s in answer["trace"] if s["node"] == "analyse"} == {
+        trained.get("analyst_format", "quote")
+    }
     cites = [c for c in answer["citations"] if c["verified"]]
     assert not answer["not_found"] and cites and all(c["doc_id"] == doc_id for c in cites), answer["citations"]
     retrieve = next(s for s in answer["trace"] if s["node"] == "retrieve" and not s.get("role"))

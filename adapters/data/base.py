@@ -114,6 +114,8 @@ class BuildContext:
     max_refusal_share: float | None = 0.25
     # questions generated from each contract's own text (rolora.adapters.data.generated); 0: annotated ones only
     generated_per_document: int = 0
+    # the analyst's output format (rolora.roles.formats): "quote" copies a sentence, "sentence" names its number
+    analyst_format: str = "quote"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 

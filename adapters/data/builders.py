@@ -11,8 +11,9 @@ from typing import Any
 from rolora.retrieval.types import Passage
 from rolora.roles import (
     NOT_FOUND,
-    analyst_messages,
+    analyst_call,
     critic_messages,
+    evidence_ids,
     query_writer_messages,
     quote_spans,
     split_sentences,
@@ -187,8 +188,7 @@ class AnalystBuilder:
         for split, items in recs.items():
             out[split] = [
                 Example(
-                    analyst_messages(r["q"].question, r["passages"]),
-                    [{"role": "assistant", "content": json.dumps(r["target"], ensure_ascii=False)}],
+                    *_analyst_prompt(r, ctx.analyst_format),
                     r["q"].doc_id,
                     "analyst",
                     r["source"],
@@ -198,11 +198,23 @@ class AnalystBuilder:
                         "answers": list(r["q"].answers),
                         "evidence": [list(e) for e in r["q"].evidence],
                         "passages": [[p.doc_id, p.start, p.end] for p in r["passages"]],
+                        "format": ctx.analyst_format,
                     },
                 )
                 for r in items
             ]
         return _limit(out, ctx.limit)
+
+
+def _analyst_prompt(r: dict[str, Any], fmt: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(prompt, completion) of an analyst record in the output format ``fmt``: the graph's own request
+    (:func:`rolora.roles.analyst_call`), and the target citations as that format writes them."""
+    call = analyst_call(fmt, r["q"].question, r["passages"])
+    target = r["target"]
+    if fmt == "sentence":  # the same citations, named by number (evidence first, as in the quote format)
+        ids = evidence_ids(target["citations"], call.quotes)
+        target = {"evidence": ids, "answer": target["answer"], "not_found": target["not_found"]}
+    return call.messages, [{"role": "assistant", "content": json.dumps(target, ensure_ascii=False)}]
 
 
 _NUMBER = re.compile(r"\d[\d,.]*")

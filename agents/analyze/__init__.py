@@ -3,9 +3,10 @@
 For every category (CUAD's names where CUAD has one: ``Governing Law``, ``Cap On Liability``, ...) the analysis
 picks candidate chunks of the contract (hybrid search restricted to that contract with the category's query, fused
 with the chunks whose heading names the category), asks the analyst role (the domain's registered adapter, or the
-base model when none is bound) with its trained prompt :func:`rolora.roles.analyst_messages`, and maps the quote it
-picks to an exact ``doc_id[start:end]`` span. Quotes are constrained to sentences of the numbered passages (the same
-quotes the agent graph allows, :func:`rolora.roles.quote_candidates`) and then verified against the source text; a
+base model when none is bound) with its trained request :func:`rolora.roles.analyst_call` (in the adapter's output
+format), and maps the sentence it cites to an exact ``doc_id[start:end]`` span. Citations are constrained to sentences
+of the numbered passages (the units the agent graph allows, :func:`rolora.roles.quote_spans`) and then verified
+against the source text; a
 quote that cannot be located is dropped, never invented. All categories go to the backend in one ``agenerate`` call,
 so the in-process backend micro-batches them.
 

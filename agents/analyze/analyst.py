@@ -1,9 +1,9 @@
 """The analyst call of ``rolora analyze``: per category, candidate passages and quote choices, one batched
 ``agenerate`` for all categories, and each reply turned into a :class:`ClauseFinding` with a verified span.
 
-The analyst gets the prompt it is trained on (:func:`rolora.roles.analyst_messages`) and the analyst schema
-narrowed to one quote among the passages' sentences (:func:`rolora.roles.quote_candidates`, the quotes the graph
-allows too), ranked by similarity to the category. A quote that cannot be located is dropped, never invented.
+The analyst gets the request it is trained on, in the output format it was trained on (:func:`rolora.roles.
+analyst_call`: copy a quote, or name a sentence number), narrowed to one citation among the passages' sentences most
+similar to the category (the units the graph allows too). A quote that cannot be located is dropped, never invented.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rolora.errors import RoloraRuntimeError, UserError
-from rolora.roles import analyst_messages, is_refusal, narrow_analyst_schema, quote_candidates
+from rolora.roles import AnalystCall, analyst_call, is_refusal, quote_candidates, reply_citations
 
 from ..citations import citation_from_quote, verify_citation
 from ..types import Citation, PassageRef
@@ -61,9 +61,9 @@ def _ranked_sentences(
     return out
 
 
-def _analysis_schema(passages: Sequence[PassageRef], quotes: Sequence[str]) -> dict[str, Any]:
-    """The analyst's schema narrowed for one category: at most one quote, chosen among ``quotes``."""
-    return narrow_analyst_schema(quotes, max_citations=1, passages=len(passages), answer_chars=160)
+def _analysis_call(fmt: str, cat: ClauseCategory, passages: Sequence[PassageRef], quotes: Sequence[str]) -> AnalystCall:
+    """The analyst's request for one category in output format ``fmt``: at most one citation, among ``quotes``."""
+    return analyst_call(fmt, cat.question, passages, allowed=quotes, max_citations=1, answer_chars=160)
 
 
 def _parse(result: GenerationResult) -> dict[str, Any] | None:
@@ -103,6 +103,7 @@ def _finding(
     passages: list[PassageRef],
     result: GenerationResult | None,
     sentences: Sequence[str] = (),
+    call: AnalystCall | None = None,
 ) -> ClauseFinding:
     """The analyst's reply as a finding; when it found nothing usable, the best sentence matching the category's
     keyword cue (``sentences`` ranked best first; empty = no fallback)."""
@@ -111,6 +112,8 @@ def _finding(
     verified: list[Citation] = []
     dropped = 0
     parsed = _parse(result) if result is not None else None
+    if parsed is not None and call is not None:  # a sentence number names its sentence: one reading for both formats
+        parsed = {**parsed, "citations": reply_citations(parsed, call)}
     if result is not None and parsed is None:
         why = "the analyst's reply was " + ("cut off at max_tokens" if result.finish_reason == "length" else "not JSON")
     elif parsed is not None:
@@ -156,16 +159,21 @@ def _finding(
     return _with_risk(cat, finding, clause.text)
 
 
-def _analyst_adapter(config: Config, domain: str) -> str | None:
-    """The analyst adapter bound to ``domain`` (None: the base model). A binding whose adapter is not trained or
+def _analyst_adapter(config: Config, domain: str) -> tuple[str | None, str]:
+    """The analyst adapter bound to ``domain`` (None: the base model) and the output format to ask it in (the one
+    it was trained on; ``agent.analyst_format`` for the base model). A binding whose adapter is not trained or
     promoted yet falls back to the base model with a warning, as the agent does; the result records which."""
     from rolora.adapters.registry import Registry
 
+    registry = Registry.from_config(config)
     try:
-        return Registry.from_config(config).role_adapter(config, domain, "analyst")
+        ref = registry.role_adapter(config, domain, "analyst")
     except UserError as e:
         log.warning("%s; analysing with the base model", e)
-        return None
+        ref = None
+    if ref is None:
+        return None, config.agent.analyst_format
+    return ref, str(registry.show(ref).training_config.get("analyst_format", "quote"))
 
 
 async def aanalyze_contract(
@@ -200,16 +208,15 @@ async def aanalyze_contract(
     chosen = await asyncio.to_thread(lambda: [candidates(doc, c, k, rrf_k) for c in cats])
     ranked = await asyncio.to_thread(_ranked_sentences, doc, cats, chosen)
     quotes = [r[:quote_choices] if quote_choices > 0 else r for r in ranked]
-    adapter = await asyncio.to_thread(_analyst_adapter, config, domain)
-    requests = [
-        GenerationRequest(
-            analyst_messages(cat.question, passages),
-            adapter=adapter,
-            max_tokens=max_tokens,
-            json_schema=_analysis_schema(passages, q),
-        )
+    adapter, fmt = await asyncio.to_thread(_analyst_adapter, config, domain)
+    calls = [
+        _analysis_call(fmt, cat, passages, q) if passages else None
         for cat, passages, q in zip(cats, chosen, quotes, strict=True)
-        if passages
+    ]
+    requests = [
+        GenerationRequest(c.messages, adapter=adapter, max_tokens=max_tokens, json_schema=c.schema)
+        for c in calls
+        if c is not None
     ]
     progress(f"asking the analyst ({adapter or 'base model'}) about {len(requests)} categories")
     try:
@@ -220,8 +227,8 @@ async def aanalyze_contract(
         raise RoloraRuntimeError(f"analyze: the analyst call ({adapter or 'base model'}) failed: {e}") from e
     it = iter(results)
     findings = [
-        _finding(cat, doc, passages, next(it) if passages else None, sentences if keyword_fallback else ())
-        for cat, passages, sentences in zip(cats, chosen, ranked, strict=True)
+        _finding(cat, doc, passages, next(it) if passages else None, sentences if keyword_fallback else (), call)
+        for cat, passages, sentences, call in zip(cats, chosen, ranked, calls, strict=True)
     ]
     return ContractAnalysis(
         doc_id=doc.doc_id,
@@ -281,7 +288,6 @@ def analyze_contract(
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from inside an event loop
         return pool.submit(asyncio.run, coro).result()
-
 
 
 def _with_risk(cat: ClauseCategory, finding: ClauseFinding, clause_text: str = "") -> ClauseFinding:

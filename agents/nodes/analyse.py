@@ -1,5 +1,6 @@
-"""analyse: the analyst answers from the passages as JSON (answer, quoted citations, not_found); each quote is
-mapped to an exact ``doc_id[start:end]`` span and checked against the source at once."""
+"""analyse: the analyst answers from the passages as JSON (cited sentences, answer, not_found) in the output format its
+adapter was trained on (:mod:`rolora.roles.formats`: a copied quote or a sentence number); each citation is mapped to
+an exact ``doc_id[start:end]`` span and checked against the source at once."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from rolora.roles import NOT_FOUND, analyst_messages, is_refusal, narrow_analyst_schema, quote_candidates
+from rolora.roles import NOT_FOUND, AnalystCall, analyst_call, is_refusal, reply_citations
 from rolora.roles.safety import looks_injected
 
 from ..citations import citation_from_quote, verify_citation
@@ -17,21 +18,37 @@ from ..state import AgentContext, AgentState
 from ..types import PassageRef
 from .llm import call_role
 
-__all__ = ["analyse", "analyst_schema"]
+__all__ = ["analyse", "analyst_request", "analyst_schema"]
+
+
+def analyst_request(
+    question: str,
+    passages: list[PassageRef],
+    feedback: str | None,
+    fmt: str,
+    constrain_quotes: bool,
+    defended: bool = True,
+) -> AnalystCall:
+    """The analyst's messages and JSON schema in output format ``fmt`` (:mod:`rolora.roles.formats`). With
+    ``constrain_quotes`` a citation must be one of the passages' sentences (the units the analyst adapter is trained
+    on: a quote among their texts, or a sentence number among those shown), so even a small base model can only cite
+    text that is really there (verification still runs). ``defended``: a sentence that addresses the model
+    (:func:`rolora.roles.safety.looks_injected`) is never among them, so no answer rests on an injected span."""
+    return analyst_call(
+        fmt,
+        question,
+        passages,
+        feedback,
+        defended=defended,
+        constrain=constrain_quotes,
+        min_citations=1,  # a refusal's citation is dropped by finalise
+        answer_chars=300,
+    )
 
 
 def analyst_schema(passages: list[PassageRef], constrain_quotes: bool, defended: bool = True) -> dict[str, Any]:
-    """The analyst's JSON schema; with ``constrain_quotes`` a quote must be one of the passages' sentences
-    (:func:`rolora.roles.quote_candidates`, the quotes the analyst adapter is trained on), so even a small base model
-    can only quote text that is really there (verification still runs). ``defended``: a sentence that addresses the
-    model (:func:`rolora.roles.safety.looks_injected`) is never among them, so no answer rests on an injected span."""
-    quotes = quote_candidates(passages, exclude_injected=defended)
-    return narrow_analyst_schema(
-        quotes if constrain_quotes else None,
-        min_citations=1,  # a refusal's citation is dropped by finalise
-        passages=len(passages),
-        answer_chars=300,
-    )
+    """The quote format's JSON schema for ``passages`` (see :func:`analyst_request`)."""
+    return analyst_request("", passages, None, "quote", constrain_quotes, defended).schema
 
 
 async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -44,12 +61,15 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     if not passages:
         draft: dict[str, Any] = {"answer": NOT_FOUND, "citations": [], "not_found": True}
         return {"draft": draft, "citations": [], "trace": []}
+    ref = None if adapter == "base" else adapter
+    fmt = ctx.format_of(ref)
+    call = analyst_request(state["question"], passages, state.get("feedback"), fmt, ctx.constrain_quotes, defended)
     parsed, step = await call_role(
         ctx,
         "analyst",
-        None if adapter == "base" else adapter,
-        analyst_messages(state["question"], passages, state.get("feedback"), defended=defended),
-        analyst_schema(passages, ctx.constrain_quotes, defended),
+        ref,
+        call.messages,
+        call.schema,
         200,
         node="analyse",
         iteration=iteration,
@@ -58,7 +78,15 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     draft = parsed or {"answer": "", "citations": [], "not_found": False}
     answer = str(draft.get("answer", "")).strip()
     not_found = bool(draft.get("not_found")) or is_refusal(answer)
-    draft = {"answer": answer, "citations": draft.get("citations") or [], "not_found": not_found}
+    step.detail["format"] = fmt
+    if fmt == "sentence":
+        step.detail["evidence"] = list(draft.get("evidence") or [])
+    # the citations as (passage, quote) whatever the format: a sentence number names its exact sentence
+    own = reply_citations(draft, call, attribute=False)
+    cited = reply_citations({**draft, "not_found": not_found}, call)
+    if cited != own:
+        step.detail["cited_by"] = "answer"  # the sentence stating the answer, not the one the model pointed at
+    draft = {"answer": answer, "citations": cited, "not_found": not_found}
     retriever = ctx.retriever(state["domain"] or "")
     cites = []
     for c in draft["citations"]:

@@ -33,6 +33,11 @@ class Role(StrEnum):
     query_writer = "query_writer"
 
 
+class AnalystFormat(StrEnum):  # rolora.roles.formats.ANALYST_FORMATS
+    quote = "quote"
+    sentence = "sentence"
+
+
 def _registry(cfg: Config) -> Any:
     from rolora.adapters.registry import Registry
     from rolora.models import resolve_generator
@@ -75,6 +80,10 @@ def train_command(
     generated: Annotated[
         int, typer.Option(min=0, help="analyst/critic: questions generated from each contract's text (0: none)")
     ] = 40,
+    analyst_format: Annotated[
+        AnalystFormat,
+        typer.Option("--format", help="analyst: cite by copying a sentence (quote) or by its number (sentence)"),
+    ] = AnalystFormat.quote,
     config: ConfigOpt = None,
 ) -> None:
     """Build the role's data from the domain, train an adapter, run the gates, register a candidate."""
@@ -110,6 +119,7 @@ def train_command(
         max_refusal_share=refusal_share,
         distractors=distractors,
         generated_per_document=generated,
+        analyst_format=analyst_format.value,
     )
     rec, gates = run.record, run.gates
     console.print(f"registered [bold]{rec.ref}[/] ({rec.kind}, stage {rec.stage}) at {rec.path}")

@@ -6,6 +6,17 @@ the same JSON schema and the same quotes (whole sentences of the passages, :func
 part of the core: it imports nothing from the subsystems.
 """
 
+from .formats import (
+    ANALYST_FORMATS,
+    SENTENCE_ANALYST_SCHEMA,
+    AnalystCall,
+    AnalystFormat,
+    analyst_call,
+    analyst_schema_for,
+    answer_sentences,
+    evidence_ids,
+    reply_citations,
+)
 from .prompts import (
     ANALYST_SCHEMA,
     CRITIC_SCHEMA,
@@ -30,16 +41,24 @@ from .quotes import (
 )
 
 __all__ = [
+    "ANALYST_FORMATS",
     "ANALYST_SCHEMA",
     "CRITIC_SCHEMA",
     "MAX_QUOTE_CHARS",
     "MIN_QUOTE_CHARS",
     "NOT_FOUND",
     "QUERY_SCHEMA",
+    "SENTENCE_ANALYST_SCHEMA",
+    "AnalystCall",
+    "AnalystFormat",
     "Quote",
     "Sentence",
+    "analyst_call",
     "analyst_messages",
+    "analyst_schema_for",
+    "answer_sentences",
     "critic_messages",
+    "evidence_ids",
     "format_passages",
     "is_refusal",
     "locate_quote",
@@ -47,5 +66,6 @@ __all__ = [
     "query_writer_messages",
     "quote_candidates",
     "quote_spans",
+    "reply_citations",
     "split_sentences",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .quotes import MAX_QUOTE_CHARS
@@ -26,6 +26,7 @@ __all__ = [
     "format_passages",
     "is_refusal",
     "narrow_analyst_schema",
+    "passage_blocks",
     "query_writer_messages",
 ]
 
@@ -132,17 +133,27 @@ _QUERY_SYSTEM = (
 )
 
 
-def format_passages(passages: Sequence[Any], *, defended: bool = True) -> str:
-    """``[n] (heading)\\ntext`` blocks; ``passages`` have ``.text`` and ``.heading_path``. ``defended``: chat control
-    tokens inside the documents are neutralised (:func:`rolora.roles.safety.neutralise_control_tokens`)."""
+def passage_blocks(
+    passages: Sequence[Any], *, defended: bool = True, rewrite: Callable[[int, str], str] | None = None
+) -> str:
+    """``[n] (heading)\ntext`` blocks; ``passages`` have ``.text`` and ``.heading_path``. ``rewrite(n, text)``
+    changes a passage's text first (the sentence format numbers its sentences); ``defended``: chat control tokens
+    inside the documents are then neutralised (:func:`rolora.roles.safety.neutralise_control_tokens`)."""
     blocks = []
     for i, p in enumerate(passages, start=1):
         text, heading = p.text, getattr(p, "heading_path", "") or ""
+        if rewrite is not None:
+            text = rewrite(i, text)
         if defended:
             text, heading = neutralise_control_tokens(text), neutralise_control_tokens(heading)
         head = f" ({heading})" if heading else ""
         blocks.append(f"[{i}]{head}\n{text}")
     return "\n\n".join(blocks)
+
+
+def format_passages(passages: Sequence[Any], *, defended: bool = True) -> str:
+    """The passages as the quote-format analyst and the critic read them (:func:`passage_blocks`)."""
+    return passage_blocks(passages, defended=defended)
 
 
 def analyst_messages(
