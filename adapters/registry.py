@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rolora.errors import RoloraRuntimeError, UserError
 from rolora.fileutil import atomic_write_text, is_disk_full
+from rolora.staged import Stage, StagedRecord, StageEvent, json_safe, now
 
 from .base_models import (
     BaseModelInfo,
@@ -83,15 +83,10 @@ __all__ = [
 log = logging.getLogger("rolora.adapters")
 
 ROLES = ("query_writer", "analyst", "critic", "domain")
-Stage = Literal["candidate", "promoted", "retired"]
 
 _DOMAIN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _FOLDER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})@([0-9]+)$")
 _LOCK = ".registry.lock"
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -106,25 +101,10 @@ def _no_space(path: Path, doing: str) -> UserError:
     )
 
 
-def _json_safe(value: Any, what: str) -> Any:
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{what} must be JSON-serialisable (plain dicts, lists, numbers, strings): {e}") from e
-
-
 # -- records ------------------------------------------------------------------------------------------------------
 
 
-class StageEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    stage: Stage
-    at: str
-    note: str = ""
-
-
-class AdapterRecord(BaseModel):
+class AdapterRecord(StagedRecord, BaseModel):
     """One registered version: the content of its ``manifest.json`` plus the folder it lives in."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -151,19 +131,6 @@ class AdapterRecord(BaseModel):
     def ref(self) -> str:
         """Canonical ``name@version``."""
         return f"{self.name}@{self.version}"
-
-    @property
-    def failed_gates(self) -> list[str]:
-        """Names of the recorded gates that failed (empty when none failed or none were recorded)."""
-        failed = self.gates.get("failed_gates")
-        if isinstance(failed, list):
-            return [str(g) for g in failed]
-        return [] if self.gates.get("passed", True) else ["(unnamed)"]
-
-    @property
-    def promoted_at(self) -> str:
-        """Time of the last promotion ('' when never promoted)."""
-        return max((e.at for e in self.history if e.stage == "promoted"), default="")
 
     def manifest(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -455,8 +422,8 @@ class Registry:
             reason = _arch_mismatch(bare, _read_json(src / "config.json", "model config"), base)
         if reason:
             raise UserError(reason)
-        tcfg = _json_safe(dict(training_config or {}), "training_config")
-        mets = _json_safe(dict(metrics or {}), "metrics")
+        tcfg = json_safe(dict(training_config or {}), "training_config")
+        mets = json_safe(dict(metrics or {}), "metrics")
 
         from rolora.models import sha256_file
 
@@ -488,9 +455,9 @@ class Registry:
                     data_card_hash=data_card_hash,
                     training_config=tcfg,
                     metrics=mets,
-                    created=_now(),
+                    created=now(),
                     stage="candidate",
-                    history=[StageEvent(stage="candidate", at=_now(), note="registered")],
+                    history=[StageEvent(stage="candidate", at=now(), note="registered")],
                     files={f.name: sha256_file(tmp / f.name) for f in files},
                     path=tmp,
                 )
@@ -507,7 +474,7 @@ class Registry:
         return rec.model_copy(update={"path": final})
 
     def _set_stage(self, rec: AdapterRecord, stage: Stage, note: str = "") -> AdapterRecord:
-        event = StageEvent(stage=stage, at=_now(), note=note)
+        event = StageEvent(stage=stage, at=now(), note=note)
         return self._save(rec.model_copy(update={"stage": stage, "history": [*rec.history, event]}))
 
     def record_gates(self, ref: str, results: Any) -> AdapterRecord:
@@ -515,7 +482,7 @@ class Registry:
         data = results.to_dict() if hasattr(results, "to_dict") else results
         if not isinstance(data, Mapping):
             raise UserError("gate results must be a GateReport or a mapping (GateReport.to_dict())")
-        gates = _json_safe(dict(data), "gate results")
+        gates = json_safe(dict(data), "gate results")
         parse_adapter_ref(ref)
         with self._lock():
             rec = self._get(ref, "latest")
@@ -523,7 +490,7 @@ class Registry:
 
     def record_metrics(self, ref: str, metrics: Mapping[str, Any]) -> AdapterRecord:
         """Merge ``metrics`` into the manifest's metrics of ``name@version``."""
-        mets = _json_safe(dict(metrics), "metrics")
+        mets = json_safe(dict(metrics), "metrics")
         parse_adapter_ref(ref)
         with self._lock():
             rec = self._get(ref, "latest")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import datetime as dt
 import json
 import os
 import re
@@ -38,12 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rolora.errors import RoloraRuntimeError, UserError
 from rolora.fileutil import atomic_write_text
+from rolora.staged import Stage, StagedRecord, StageEvent, json_safe, now
 
 __all__ = ["TUNED_PREFIX", "EmbedderRecord", "EmbedderRegistry", "is_tuned", "parse_tuned"]
 
 TUNED_PREFIX = "tuned:"
 MANIFEST = "manifest.json"
-Stage = Literal["candidate", "promoted", "retired"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _FOLDER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})@([0-9]+)$")
@@ -70,19 +69,7 @@ def parse_tuned(spec: str) -> tuple[str, int | None]:
     return name, int(version) if version else None
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-
-
-class StageEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    stage: Stage
-    at: str
-    note: str = ""
-
-
-class EmbedderRecord(BaseModel):
+class EmbedderRecord(StagedRecord, BaseModel):
     """One registered version: its ``manifest.json`` plus the folder it lives in."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -106,24 +93,6 @@ class EmbedderRecord(BaseModel):
     def ref(self) -> str:
         """Canonical ``tuned:name@version`` (what the index manifest records)."""
         return f"{TUNED_PREFIX}{self.name}@{self.version}"
-
-    @property
-    def failed_gates(self) -> list[str]:
-        failed = self.gates.get("failed_gates")
-        if isinstance(failed, list):
-            return [str(g) for g in failed]
-        return [] if self.gates.get("passed", True) else ["(unnamed)"]
-
-    @property
-    def promoted_at(self) -> str:
-        return max((e.at for e in self.history if e.stage == "promoted"), default="")
-
-
-def _json_safe(value: Any, what: str) -> Any:
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{what} must be JSON-serialisable (plain dicts, lists, numbers, strings): {e}") from e
 
 
 class EmbedderRegistry:
@@ -261,9 +230,9 @@ class EmbedderRegistry:
         pickles = [str(p.relative_to(src)) for p in files if p.name.endswith(_PICKLES)]
         if pickles:
             raise UserError(f"{src} holds pickled files {pickles}; save the model with safetensors only")
-        card = _json_safe(dict(data_card or {}), "data_card")
-        tcfg = _json_safe(dict(training_config or {}), "training_config")
-        mets = _json_safe(dict(metrics or {}), "metrics")
+        card = json_safe(dict(data_card or {}), "data_card")
+        tcfg = json_safe(dict(training_config or {}), "training_config")
+        mets = json_safe(dict(metrics or {}), "metrics")
         from rolora.models import sha256_file
 
         with self._lock():
@@ -283,8 +252,8 @@ class EmbedderRegistry:
                     data_card=card,
                     training_config=tcfg,
                     metrics=mets,
-                    created=_now(),
-                    history=[StageEvent(stage="candidate", at=_now(), note="registered")],
+                    created=now(),
+                    history=[StageEvent(stage="candidate", at=now(), note="registered")],
                     files={str(f.relative_to(src)): sha256_file(tmp / f.relative_to(src)) for f in files},
                     path=tmp,
                 )
@@ -297,13 +266,13 @@ class EmbedderRegistry:
 
     def record_gates(self, ref: str, gates: Mapping[str, Any]) -> EmbedderRecord:
         """Store gate results (``{"passed", "failed_gates", "gates": [...]}``) in the manifest of ``name@version``."""
-        data = _json_safe(dict(gates), "gate results")
+        data = json_safe(dict(gates), "gate results")
         with self._lock():
             rec = self._get(ref, "latest")
             return self._save(rec.model_copy(update={"gates": data}))
 
     def _set_stage(self, rec: EmbedderRecord, stage: Stage, note: str) -> EmbedderRecord:
-        event = StageEvent(stage=stage, at=_now(), note=note)
+        event = StageEvent(stage=stage, at=now(), note=note)
         return self._save(rec.model_copy(update={"stage": stage, "history": [*rec.history, event]}))
 
     def promote(self, ref: str, force: bool = False) -> EmbedderRecord:
