@@ -37,12 +37,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rolora import staged
 from rolora.errors import RoloraRuntimeError, UserError
 from rolora.fileutil import atomic_write_text, is_disk_full
 from rolora.staged import Stage, StagedRecord, StageEvent, json_safe, now
@@ -85,8 +86,6 @@ log = logging.getLogger("rolora.adapters")
 ROLES = ("query_writer", "analyst", "critic", "domain")
 
 _DOMAIN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_FOLDER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})@([0-9]+)$")
-_LOCK = ".registry.lock"
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -182,19 +181,10 @@ class Registry:
     def versions(self, name: str) -> builtins.list[int]:
         """Registered versions of ``name``, ascending."""
         name, _ = parse_adapter_ref(name)
-        if not self.root.is_dir():
-            return []
-        out = []
-        for p in self.root.iterdir():
-            m = _FOLDER.match(p.name)
-            if m and m.group(1) == name and p.is_dir():
-                out.append(int(m.group(2)))
-        return sorted(out)
+        return staged.versions(self.root, name)
 
     def names(self) -> builtins.list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted({m.group(1) for p in self.root.iterdir() if (m := _FOLDER.match(p.name)) and p.is_dir()})
+        return staged.names(self.root)
 
     def _load(self, name: str, version: int) -> AdapterRecord:
         folder = self.root / f"{name}@{version}"
@@ -362,14 +352,8 @@ class Registry:
         return out
 
     # -- writing --------------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        """An exclusive lock on the registry for writers (``filelock``: flock on POSIX, msvcrt on Windows)."""
-        from filelock import FileLock
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.root / _LOCK):
-            yield
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        return staged.registry_lock(self.root)
 
     def _save(self, rec: AdapterRecord) -> AdapterRecord:
         try:

@@ -29,12 +29,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rolora import staged
 from rolora.errors import RoloraRuntimeError, UserError
 from rolora.fileutil import atomic_write_text
 from rolora.staged import Stage, StagedRecord, StageEvent, json_safe, now
@@ -45,9 +46,7 @@ TUNED_PREFIX = "tuned:"
 MANIFEST = "manifest.json"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_FOLDER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})@([0-9]+)$")
 _PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_LOCK = ".registry.lock"
 
 
 def is_tuned(spec: str) -> bool:
@@ -107,16 +106,10 @@ class EmbedderRegistry:
 
     # -- reading --------------------------------------------------------------------------------------------------
     def versions(self, name: str) -> builtins.list[int]:
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            int(m.group(2)) for p in self.root.iterdir() if (m := _FOLDER.match(p.name)) and m.group(1) == name
-        )
+        return staged.versions(self.root, name)
 
     def names(self) -> builtins.list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted({m.group(1) for p in self.root.iterdir() if (m := _FOLDER.match(p.name)) and p.is_dir()})
+        return staged.names(self.root)
 
     def _load(self, name: str, version: int) -> EmbedderRecord:
         folder = self.root / f"{name}@{version}"
@@ -195,13 +188,8 @@ class EmbedderRegistry:
         return rec.ref, rec.path
 
     # -- writing --------------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        from filelock import FileLock
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.root / _LOCK):
-            yield
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        return staged.registry_lock(self.root)
 
     def _save(self, rec: EmbedderRecord) -> EmbedderRecord:
         atomic_write_text(rec.path / MANIFEST, json.dumps(rec.model_dump(mode="json"), indent=2) + "\n")

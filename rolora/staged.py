@@ -4,17 +4,51 @@ of a record, and the checks that keep a manifest plain JSON."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from .errors import UserError
 
-__all__ = ["Stage", "StageEvent", "StagedRecord", "json_safe", "now"]
+__all__ = ["Stage", "StageEvent", "StagedRecord", "json_safe", "names", "now", "registry_lock", "versions"]
 
 Stage = Literal["candidate", "promoted", "retired"]
+# a version is the folder ROOT/NAME@N; writers hold ROOT/.registry.lock
+FOLDER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})@([0-9]+)$")
+_LOCK = ".registry.lock"
+
+
+def versions(root: Path, name: str) -> list[int]:
+    """The versions of ``name`` registered under ``root`` (folders ``name@N``), ascending."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        int(m.group(2)) for p in root.iterdir() if (m := FOLDER.match(p.name)) and m.group(1) == name and p.is_dir()
+    )
+
+
+def names(root: Path) -> list[str]:
+    """The names with at least one version under ``root``, sorted."""
+    if not root.is_dir():
+        return []
+    return sorted({m.group(1) for p in root.iterdir() if (m := FOLDER.match(p.name)) and p.is_dir()})
+
+
+@contextlib.contextmanager
+def registry_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on the registry under ``root`` for writers (``filelock``: flock on POSIX, msvcrt on
+    Windows)."""
+    from filelock import FileLock
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / _LOCK):
+        yield
 
 
 def now() -> str:
