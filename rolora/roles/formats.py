@@ -122,7 +122,8 @@ def analyst_call(
     ``allowed``: a further restriction to these sentence texts (``rolora analyze`` offers the few most similar)."""
     fmt = _check(fmt)
     quotes = quote_spans(passages, exclude_injected=defended)
-    texts = [q.text for q in quotes if allowed is None or q.text in set(allowed)]
+    only = None if allowed is None else set(allowed)
+    texts = [q.text for q in quotes if only is None or q.text in only]
     if fmt == "quote":
         schema = narrow_analyst_schema(
             texts if constrain else None,
@@ -134,7 +135,7 @@ def analyst_call(
         if constrain and not texts:
             schema["properties"]["citations"]["maxItems"] = 0
         return AnalystCall(fmt, analyst_messages(question, passages, feedback, defended=defended), schema, quotes)
-    ids = [i for i, q in enumerate(quotes, start=1) if allowed is None or q.text in set(allowed)]
+    ids = [i for i, q in enumerate(quotes, start=1) if only is None or q.text in only]
     schema = copy.deepcopy(SENTENCE_ANALYST_SCHEMA)
     props = schema["properties"]
     evidence = props["evidence"]
