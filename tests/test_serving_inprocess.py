@@ -121,3 +121,43 @@ def test_caches_stay_bounded_in_a_long_running_process(inprocess_backend: Any) -
         assert len(inprocess_backend._grammars) == 3
     finally:
         inprocess_backend.grammar_cache_size = saved
+
+
+@pytest.mark.slow
+def test_fused_mixed_batch_equals_pefts_own_mixed_batch(
+    inprocess_backend: Any, generator_dir: Path, lora_adapters: dict[str, Path]
+) -> None:
+    """The fused path (one pair of matmuls per LoRA layer for every row) computes what PEFT's per-adapter sub-batches
+    compute: the same logits for a mixed batch, and the same greedy texts through the backend."""
+    import torch
+
+    from rolora.adapters.serving.inprocess import InProcessBackend
+
+    reqs = [_req(p, adapter=a, max_tokens=24) for p in PROMPTS for a in (None, "alpha@1", "beta@1", "gamma@1")]
+    before = inprocess_backend.fused_batches
+    fused = inprocess_backend.generate(reqs)
+    assert inprocess_backend.fused_batches > before, "the mixed batch did not take the fused path"
+    plain = InProcessBackend(
+        generator_dir, DirectoryAdapters(TEST_HOME / "test-adapters"), batch_window_ms=20, fused_lora=False
+    )
+    try:
+        peft_path = plain.generate(reqs)
+        assert plain.fused_batches == 0
+        for f, p in zip(fused, peft_path, strict=True):
+            assert (f.adapter, f.text, f.completion_tokens) == (p.adapter, p.text, p.completion_tokens)
+        # one forward pass of a mixed batch, fused vs PEFT's adapter_names path, on the same loaded model
+        names = ["__base__", "alpha@1", "beta@1", "gamma@1", "alpha@1"]
+        tok = inprocess_backend.tokenizer
+        enc = tok([f"Clause {i}: the Supplier shall indemnify." for i in range(len(names))], return_tensors="pt")
+        peft_model, fused_lora = inprocess_backend._peft, inprocess_backend._fused
+        assert fused_lora.supports(names)
+        with torch.inference_mode():
+            want = peft_model(**enc, adapter_names=names).logits
+            with fused_lora.rows(names):
+                got = peft_model(**enc).logits
+            after = peft_model(**enc, adapter_names=names).logits  # PEFT's own path is back afterwards
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+        assert torch.equal(after, want)
+        assert not torch.allclose(want[0], want[1], atol=1e-3), "the adapters changed nothing"
+    finally:
+        plain.close()

@@ -1,10 +1,11 @@
 """In-process backend (the embedded default): transformers + PEFT, one base model, many LoRA adapters.
 
 Concurrent requests that arrive within ``batch_window_ms`` are micro-batched into one ``generate`` call whatever
-their adapters (PEFT mixed-adapter batches through ``adapter_names``; ``"__base__"`` for the base model), with
-left padding and per-request max tokens and stop strings. Adapters load on demand from an ``AdapterResolver``
-and an LRU bound (``max_loaded``) evicts the least recently used. JSON-schema constrained decoding uses xgrammar.
-All model work happens on one worker thread, so the backend is thread-safe.
+their adapters (``fused_lora``: every row's LoRA in one pair of matmuls per layer, :mod:`.fused_lora`; otherwise, or
+for adapter kinds it does not cover, PEFT's mixed-adapter batches through ``adapter_names``; ``"__base__"`` for the
+base model), with left padding and per-request max tokens and stop strings. Adapters load on demand from an
+``AdapterResolver`` and an LRU bound (``max_loaded``) evicts the least recently used. JSON-schema constrained
+decoding uses xgrammar. All model work happens on one worker thread, so the backend is thread-safe.
 
 >>> backend = InProcessBackend.from_config(load_config(), adapters=DirectoryAdapters(root))  # doctest: +SKIP
 >>> backend.generate([GenerationRequest([{"role": "user", "content": "Hi"}], adapter="contracts-analyst")])
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import queue
@@ -81,6 +83,7 @@ class InProcessBackend(BackendBase):
         max_batch_size: int = 16,
         torch_threads: int = 0,
         micro_batching: bool = True,
+        fused_lora: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,6 +103,9 @@ class InProcessBackend(BackendBase):
         self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         self._model.eval()
         self._peft: Any = None
+        self._fused: Any = None  # FusedLoRA over self._peft (mixed batches in one pass per layer)
+        self.fused_lora = fused_lora
+        self.fused_batches = 0  # generate calls served by the fused path (tests, benchmarks)
         self._resolver = adapters
         self.max_loaded = max_loaded
         self.window = batch_window_ms / 1000.0 if micro_batching else 0.0
@@ -266,6 +272,8 @@ class InProcessBackend(BackendBase):
                     warnings.simplefilter("ignore", UserWarning)
                     self._peft.delete_adapter(victim)
                 del self._loaded[victim]
+                if self._fused is not None:
+                    self._fused.clear()
                 log.info("evicted adapter %s (max_loaded=%d)", victim, self.max_loaded)
             verify_adapter_files(name, folder)  # the bytes registered, checked right before they are read
             try:
@@ -277,6 +285,12 @@ class InProcessBackend(BackendBase):
                 raise RoloraRuntimeError(f"adapter '{name}' at {folder} could not be loaded: {e}") from e
             self._peft.eval()
             self._loaded[name] = folder
+            if self.fused_lora:
+                from .fused_lora import FusedLoRA
+
+                if self._fused is None:
+                    self._fused = FusedLoRA(self._peft)
+                self._fused.clear()
             if _adapter_is_noop(folder):
                 self.noop_adapters.add(name)
                 log.warning("adapter %s has all-zero lora_B weights: it changes nothing", name)
@@ -372,11 +386,18 @@ class InProcessBackend(BackendBase):
             grammars = [self._grammar(j.request.json_schema or {}) for j in jobs]
             kwargs["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(grammars)]
         model: Any = self._model
+        rows: Any = contextlib.nullcontext()
         if self._peft is not None:
             model = self._peft
-            kwargs["adapter_names"] = [j.adapter or BASE for j in jobs]
+            names = [j.adapter or BASE for j in jobs]
+            if self._fused is not None and self._fused.supports(names):
+                rows = self._fused.rows(names)  # every row's adapter in one pass per layer (fused_lora.py)
+                self.fused_batches += 1
+            else:
+                kwargs["adapter_names"] = names  # PEFT's mixed batch: a sub-batch per adapter per layer
         t0 = time.perf_counter()
-        out = model.generate(**enc, **kwargs)
+        with rows:
+            out = model.generate(**enc, **kwargs)
         self.batches.append(len(jobs))
         self.batch_count += 1
         elapsed = time.perf_counter() - t0
