@@ -85,10 +85,11 @@ class ConfigurationSpec(_Strict):
     max_iterations: int | None = Field(None, ge=1, le=10)  # analyse/critique rounds; None: agent.max_iterations
     # the base model's analyst output format (an adapter keeps its own); None: the config's agent.analyst_format
     analyst_format: Literal["quote", "sentence"] | None = None
+    adapter_refusals: bool | None = None  # an analyst adapter may decline with no evidence; None: the config's
 
     def agent_overrides(self) -> dict[str, Any]:
         """The agent settings this configuration changes (the rest are the config's ``agent:``)."""
-        fields = ("use_query_writer", "max_iterations", "analyst_format")
+        fields = ("use_query_writer", "max_iterations", "analyst_format", "adapter_refusals")
         return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
 
     def role_choices(self) -> dict[Role, str]:

@@ -37,9 +37,10 @@ UNANSWERABLE = "What is the boiling point of liquid nitrogen in degrees Kelvin?"
 
 
 def agent_config(checkpoints: Path, **agent: Any) -> Any:
-    """The graph with every role on (the query writer is off by default), checkpoints under ``checkpoints``."""
+    """The graph with every role on (the query writer and the critic are off by default), checkpoints under
+    ``checkpoints``."""
     cfg = make_config(TEST_HOME, contracts={"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"]})
-    settings = {"checkpoint_path": checkpoints / "runs.sqlite", "use_query_writer": True, **agent}
+    settings = {"checkpoint_path": checkpoints / "runs.sqlite", "use_query_writer": True, "use_critic": True, **agent}
     return cfg.model_copy(update={"agent": cfg.agent.model_copy(update=settings)})
 
 
@@ -100,6 +101,8 @@ def _answer_and_refusal(backend: Any, tmp_path: Path) -> tuple[Any, Any]:
     trained = json.loads((SHIPPED_ANALYST / "manifest.json").read_text())["training_config"]
     formats = {s.detail["format"] for s in answer.trace if s.node == "analyse"}
     assert formats == {trained.get("analyst_format", "quote")}
+    # must cite a sentence (agent.adapter_refusals is off by default: measured on the validation split, README)
+    assert {s.detail["may_refuse"] for s in answer.trace if s.node == "analyse"} == {False}
     assert refusal.not_found and refusal.citations == [] and refusal.answer == "Not in the provided clauses."
     # off topic for the corpus (MiniLM relevance ~0.15, contract questions >= 0.48): refused before any model call
     assert "off topic" in refusal.trace[0].detail["off_topic"] and [s.node for s in refusal.trace] == [

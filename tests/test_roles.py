@@ -196,3 +196,50 @@ def test_an_answer_stated_word_for_word_is_cited_by_the_sentence_that_states_it(
             assert reply_citations({**wrong, **other}, call) == [{"passage": 1, "quote": courts}], other
     assert answer_sentences("Delaware", analyst_call("quote", "q", ps).quotes)[0].text == law  # first in order
     assert answer_sentences("Not in the provided clauses.", analyst_call("quote", "q", ps).quotes) == []
+
+
+def test_an_adapter_allowed_to_refuse_is_asked_without_a_minimum_of_evidence() -> None:
+    """agent.adapter_refusals: an analyst adapter may name no evidence (as its training data's refusals do); every
+    other analyst must cite at least one sentence, in both formats."""
+    from rolora.agents.nodes.analyse import analyst_request
+
+    ps = _passages()
+    for fmt, key in (("sentence", "evidence"), ("quote", "citations")):
+        must = analyst_request("Which law governs?", ps, None, fmt, True)
+        may = analyst_request("Which law governs?", ps, None, fmt, True, may_refuse=True)
+        assert must.schema["properties"][key]["minItems"] == 1
+        assert "minItems" not in may.schema["properties"][key]
+        assert must.messages == may.messages  # the same request otherwise
+
+
+def test_headings_are_numbered_but_never_cited() -> None:
+    """A heading says where a clause is (the analyst reads it, numbered like any sentence) but it is never evidence:
+    neither grammar offers it, the answer-word rule never cites it, and training targets skip it."""
+    from rolora.roles import analyst_call, is_heading, reply_citations
+
+    for heading in (
+        "ARTICLE III – TERM AND TERMINATION",
+        "Section 7 – Intellectual Property",
+        "12.2 Termination for Convenience.",
+        "LIMITATION OF LIABILITY",
+    ):
+        assert is_heading(heading), heading
+    for sentence in (
+        "This Agreement shall be governed by the laws of the State of Delaware.",
+        "ALL CONFIDENTIAL INFORMATION IS PROVIDED AS IS.",  # a statement in capitals
+        "Effective Date: January 1, 2024",
+        "Title: President and Chief Executive Officer",
+        "The Receiving Party shall hold Confidential Information in confidence.",
+    ):
+        assert not is_heading(sentence), sentence
+    ps = [_P("ARTICLE XII – GOVERNING LAW AND JURISDICTION\n" + _GOVERNING)]
+    sentence = analyst_call("sentence", "Which law governs?", ps, min_citations=1)
+    texts = [q.text for q in sentence.quotes]
+    heading_id = texts.index("ARTICLE XII – GOVERNING LAW AND JURISDICTION") + 1
+    assert f"[S{heading_id}] ARTICLE XII" in sentence.messages[1]["content"]  # numbered, so the prompt is unchanged
+    assert heading_id not in sentence.schema["properties"]["evidence"]["items"]["enum"]
+    quote = analyst_call("quote", "Which law governs?", ps, min_citations=1)
+    assert texts[heading_id - 1] not in quote.schema["properties"]["citations"]["items"]["properties"]["quote"]["enum"]
+    # an answer that is the heading's words is not attributed to the heading
+    reply = {"evidence": [], "answer": "Governing Law and Jurisdiction", "not_found": False}
+    assert reply_citations(reply, sentence) == []

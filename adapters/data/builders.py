@@ -14,6 +14,7 @@ from rolora.roles import (
     analyst_call,
     critic_messages,
     evidence_ids,
+    is_heading,
     query_writer_messages,
     quote_spans,
     split_sentences,
@@ -61,11 +62,13 @@ def evidence_quotes(
     passages: list[Passage], evidence: tuple[tuple[str, int, int], ...], per_passage: int = 1
 ) -> list[dict[str, Any]]:
     """The analyst's training citations: in each passage, the quote candidates (:func:`rolora.roles.quote_spans` of
-    all ``passages``, the values the graph lets the analyst write) that overlap a gold evidence span, most overlap
-    first, ``per_passage`` of them; ``[{"passage": n, "quote": text}]`` in passage order."""
+    all ``passages``, headings aside: the values the graph lets the analyst write) that overlap a gold evidence span,
+    most overlap first, ``per_passage`` of them; ``[{"passage": n, "quote": text}]`` in passage order."""
     out: list[dict[str, Any]] = []
     by_passage: dict[int, list[tuple[int, str]]] = {}
     for q in quote_spans(passages):
+        if is_heading(q.text):
+            continue  # never evidence: the graph does not let the analyst cite a heading
         p = passages[q.passage - 1]
         lo, hi = p.start + q.start, p.start + q.end
         overlap = sum(max(0, min(hi, e) - max(lo, s)) for d, s, e in evidence if d == p.doc_id)

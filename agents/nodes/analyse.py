@@ -28,12 +28,14 @@ def analyst_request(
     fmt: str,
     constrain_quotes: bool,
     defended: bool = True,
+    may_refuse: bool = False,
 ) -> AnalystCall:
     """The analyst's messages and JSON schema in output format ``fmt`` (:mod:`rolora.roles.formats`). With
     ``constrain_quotes`` a citation must be one of the passages' sentences (the units the analyst adapter is trained
     on: a quote among their texts, or a sentence number among those shown), so even a small base model can only cite
     text that is really there (verification still runs). ``defended``: a sentence that addresses the model
-    (:func:`rolora.roles.safety.looks_injected`) is never among them, so no answer rests on an injected span."""
+    (:func:`rolora.roles.safety.looks_injected`) is never among them, so no answer rests on an injected span.
+    ``may_refuse``: the reply may name no evidence (a refusal); otherwise it must cite at least one sentence."""
     return analyst_call(
         fmt,
         question,
@@ -41,7 +43,7 @@ def analyst_request(
         feedback,
         defended=defended,
         constrain=constrain_quotes,
-        min_citations=1,  # a refusal's citation is dropped by finalise
+        min_citations=0 if may_refuse else 1,  # a refusal's citation is dropped by finalise
         answer_chars=300,
     )
 
@@ -63,7 +65,11 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
         return {"draft": draft, "citations": [], "trace": []}
     ref = None if adapter == "base" else adapter
     fmt = ctx.format_of(ref)
-    call = analyst_request(state["question"], passages, state.get("feedback"), fmt, ctx.constrain_quotes, defended)
+    # an adapter may decline with no evidence, as its training data's refusals do (agent.adapter_refusals)
+    may_refuse = ref is not None and ctx.settings.adapter_refusals
+    call = analyst_request(
+        state["question"], passages, state.get("feedback"), fmt, ctx.constrain_quotes, defended, may_refuse
+    )
     parsed, step = await call_role(
         ctx,
         "analyst",
@@ -112,7 +118,8 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
         for c in checked
     ]
     verified = [c for c in checked if c.verified]
-    if draft["not_found"] and verified:
+    step.detail["may_refuse"] = may_refuse
+    if draft["not_found"] and verified and not may_refuse:
         # it quoted a clause of the passages and then declined: the evidence wins, the clause itself becomes the
         # (extractive) answer, and the critique node judges it like any other draft
         draft = {**draft, "answer": verified[0].quote, "not_found": False}

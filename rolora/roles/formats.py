@@ -30,7 +30,7 @@ from .prompts import (
     narrow_analyst_schema,
     passage_blocks,
 )
-from .quotes import Quote, quote_spans
+from .quotes import Quote, is_heading, quote_spans
 
 __all__ = [
     "ANALYST_FORMATS",
@@ -123,7 +123,9 @@ def analyst_call(
     fmt = _check(fmt)
     quotes = quote_spans(passages, exclude_injected=defended)
     only = None if allowed is None else set(allowed)
-    texts = [q.text for q in quotes if only is None or q.text in only]
+    # a heading is numbered like any sentence (it says where a clause is) but is never evidence
+    citable = [q for q in quotes if not is_heading(q.text) and (only is None or q.text in only)]
+    texts = [q.text for q in citable]
     if fmt == "quote":
         schema = narrow_analyst_schema(
             texts if constrain else None,
@@ -135,7 +137,8 @@ def analyst_call(
         if constrain and not texts:
             schema["properties"]["citations"]["maxItems"] = 0
         return AnalystCall(fmt, analyst_messages(question, passages, feedback, defended=defended), schema, quotes)
-    ids = [i for i, q in enumerate(quotes, start=1) if only is None or q.text in only]
+    keep = {id(q) for q in citable}
+    ids = [i for i, q in enumerate(quotes, start=1) if id(q) in keep]
     schema = copy.deepcopy(SENTENCE_ANALYST_SCHEMA)
     props = schema["properties"]
     evidence = props["evidence"]
@@ -170,7 +173,7 @@ def answer_sentences(answer: str, quotes: Sequence[Quote]) -> list[Quote]:
     needle = _norm(answer)
     if len(needle) < 3 or is_refusal(answer):
         return []
-    return [q for q in quotes if needle in _norm(q.text)]
+    return [q for q in quotes if needle in _norm(q.text) and not is_heading(q.text)]
 
 
 def reply_citations(reply: dict[str, Any], call: AnalystCall, *, attribute: bool = True) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ __all__ = [
     "MIN_QUOTE_CHARS",
     "Quote",
     "Sentence",
+    "is_heading",
     "locate_quote",
     "quote_candidates",
     "quote_spans",
@@ -205,6 +206,33 @@ def quote_spans(
                 if len(out) >= limit:
                     return out
     return out
+
+
+_HEADING_NUMBER = re.compile(
+    r"^(?:(?:article|section|clause|schedule|exhibit|annex|appendix|part)\s+)?"
+    r"(?:[0-9]+(?:\.[0-9]+)*\.?|[IVXLC]+\.?|[A-Z]\.|\([a-z0-9]+\))?\s*[-–—:.]?\s*",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
+
+
+_VERBS = frozenset("IS ARE WAS WERE BE SHALL WILL MAY MUST HAS HAVE DOES".split())
+
+
+def is_heading(text: str) -> bool:
+    """A heading, not a statement: after its numbering ("ARTICLE III –", "7.2"), at most 8 words with no digit and
+    none of ``$ % , ; : /``, every word of four letters or more capitalised (Title Case or ALL CAPS; an ALL CAPS line
+    with a verb such as SHALL or IS is a statement), e.g. "ARTICLE III – TERM AND TERMINATION", "Termination for
+    Convenience." The analyst reads headings in the passages (they say where a clause is) but never cites one: a
+    heading is not evidence, and as an extractive answer it says nothing."""
+    body = _HEADING_NUMBER.sub("", text.strip(), count=1).rstrip(" .:")
+    if not body or any(ch.isdigit() or ch in "$%,;:/" for ch in body):
+        return False
+    words = _WORD.findall(body)
+    long = [w for w in words if len(w) >= 4]
+    if not (0 < len(words) <= 8 and long and all(w[0].isupper() for w in long)):
+        return False
+    return not any(w in _VERBS for w in words)
 
 
 def quote_candidates(
