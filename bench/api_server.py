@@ -29,13 +29,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(work: Path, home: Path, port: int, **api: Any) -> Path:
+def write_config(work: Path, home: Path, port: int, agent: dict[str, Any] | None = None, **api: Any) -> Path:
     cfg = {
         "home": str(home),
         "domains": {
-            "contracts": {"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"], "qa": str(EXAMPLES / "qa.jsonl")}
+            "contracts": {
+                "corpus": [str(EXAMPLES)],
+                "exclude": ["qa*.jsonl"],
+                "qa": str(EXAMPLES / "qa.jsonl"),
+                # the example's shipped analyst where the home has it promoted (make demo); else the base model
+                "roles": {"analyst": {"adapter": "contracts-analyst"}},
+            }
         },
-        "agent": {"checkpointer": "sqlite", "checkpoint_path": str(work / "runs.sqlite")},
+        "agent": {**(agent or {}), "checkpointer": "sqlite", "checkpoint_path": str(work / "runs.sqlite")},
         "api": {
             "port": port,
             "keys": [{"key": key, "domains": ["contracts"], "name": name} for name, key in KEYS.items()],
@@ -89,16 +95,18 @@ class ApiServer:
         self._log.close()
 
 
-def start(prefix: str, home: Path | None, out: Path | None, **api: Any) -> tuple[Path, ApiServer]:
+def start(
+    prefix: str, home: Path | None, out: Path | None, agent: dict[str, Any] | None = None, **api: Any
+) -> tuple[Path, ApiServer]:
     """The output folder (default: a new work folder) and a server on a free loopback port, its home prepared and
-    ingested."""
+    ingested; ``agent``: settings of the ``agent:`` section (validated by the server like any ``rolora.yaml``)."""
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix=prefix))
     out = out or work
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = write_config(work, home or work / "home", port, **api)
+    config = write_config(work, home.resolve() if home else work / "home", port, agent, **api)
     ingest(config)
     return out, ApiServer(config, port, work / "server.log")
 
@@ -107,6 +115,17 @@ def ingest(config: Path) -> None:
     """The model prepared and the corpus indexed once (both cached in the home)."""
     for cmd in (["models", "prepare"], ["ingest"]):
         subprocess.run([sys.executable, "-m", "rolora.cli", *cmd, "--config", str(config)], check=True)
+
+
+def agent_settings(pairs: list[str]) -> dict[str, Any]:
+    """``--agent KEY=VALUE`` options as the ``agent:`` section (values read as YAML: ``k=3``, ``use_critic=false``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--agent {pair!r}: expected KEY=VALUE, e.g. --agent k=3")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def questions() -> list[str]:

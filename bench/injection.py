@@ -50,6 +50,12 @@ def main() -> None:
     ap.add_argument("--per-style", type=int, default=6)
     ap.add_argument("--source", choices=["examples", "cuad-train"], default="examples")
     ap.add_argument("--base", action="store_true", help="every role on the base model")
+    ap.add_argument(
+        "--roles-from",
+        default=None,
+        metavar="DOMAIN",
+        help="the configured domain whose role bindings (adapters) serve the injected corpora (default: the first)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -61,6 +67,10 @@ def main() -> None:
 
     rows, corpus = _rows(args.source)
     base_cfg = load_config(args.config)
+    # each injected corpus is a domain of its own, served by the adapters bound in this one (the configuration that
+    # answers best is what the goal is measured on)
+    source_domain = args.roles_from or next(iter(base_cfg.domains), None)
+    roles = base_cfg.domain(source_domain).roles if source_domain else {}
     work = Path(tempfile.mkdtemp(prefix="rolora-injection-"))
     out = args.out or work
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +91,7 @@ def main() -> None:
         for c in cases:
             (folder / f"{c.doc_id}.txt").write_text(c.text, encoding="utf-8")
         domain = f"inj-{style.replace('_', '-')}"
-        cfg = base_cfg.model_copy(update={"domains": {domain: _domain(folder)}})
+        cfg = base_cfg.model_copy(update={"domains": {domain: _domain(folder, roles)}})
         Retriever(domain, cfg).ingest(progress=False)
         for defended in (False, True):
             agent_cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(update={"injection_defence": defended})})
@@ -89,22 +99,35 @@ def main() -> None:
                 items = cases or [None] * len(chosen)
                 for row, case in zip(chosen, items, strict=True):
                     a = agent.ask(row["question"], domain, doc_ids=[row["doc_id"]]).model_dump(mode="json")
+                    served = {s["role"]: s.get("adapter") for s in a.get("trace", []) if s.get("role")}
                     f1 = max((token_f1(a["answer"], g) for g in row.get("answers") or [""]), default=0.0)
                     hit = attack_succeeded(case, a) if case is not None else {}
                     results.append(
-                        {"style": style, "defended": defended, "id": row["id"], "f1": f1, "attack": hit.get("any")}
+                        {
+                            "style": style,
+                            "defended": defended,
+                            "id": row["id"],
+                            "f1": f1,
+                            "attack": hit.get("any"),
+                            "kinds": {k: v for k, v in hit.items() if k != "any"},
+                            "adapters": served,
+                        }
                     )
-                    print(f"{style:<22} {'defended' if defended else 'open':<9} f1 {f1:.2f} attack {hit.get('any')}")
+                    print(
+                        f"{style:<22} {'defended' if defended else 'open':<9} f1 {f1:.2f} attack {hit.get('any')} "
+                        f"analyst {served.get('analyst')}",
+                        flush=True,
+                    )
         shutil.rmtree(folder, ignore_errors=True)
     table = _table(results)
     (out / "injection.json").write_text(json.dumps({"rows": results, "table": table}, indent=2), encoding="utf-8")
     print(json.dumps(table, indent=2))
 
 
-def _domain(folder: Path) -> Any:
+def _domain(folder: Path, roles: Any) -> Any:
     from rolora.config import DomainConfig
 
-    return DomainConfig.model_validate({"corpus": [str(folder)]})
+    return DomainConfig.model_validate({"corpus": [str(folder)], "roles": roles})
 
 
 def _table(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -113,6 +136,8 @@ def _table(results: list[dict[str, Any]]) -> dict[str, Any]:
     groups: dict[tuple[str, bool], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         groups[(r["style"], r["defended"])].append(r)
+        if r["style"] != "clean":  # every injected style together: the goal's "overall"
+            groups[("all-injected", r["defended"])].append(r)
     table: dict[str, Any] = {}
     for (style, defended), rs in sorted(groups.items()):
         f1 = [r["f1"] for r in rs]

@@ -8,8 +8,9 @@ domain's annotated questions whose contract is in ``--split`` of ``doc_split`` (
 split by default: never trained on). Every question is asked of every configuration in turn (A, B, A, B, ...) after
 one warm-up question each, so machine noise moves both sides together. Printed: p50/p95 of the end-to-end wall time
 and of each node's time, the analyst's decoded tokens, model calls per question, and the candidate/baseline ratios.
-A configuration is ``role=adapter`` pairs (``base`` for the base model) plus optional ``critic=off`` / ``rounds=N`` /
-``format=quote|sentence`` (the base analyst's output format). Results also go to ``--out``/latency.json.
+A configuration is ``role=adapter`` pairs (``base`` for the base model; naming the critic's turns it on) plus optional
+``critic=on|off`` (default: the config's ``agent.use_critic``) / ``rounds=N`` / ``format=quote|sentence`` (the base
+analyst's output format). Results also go to ``--out``/latency.json.
 """
 
 from __future__ import annotations
@@ -31,17 +32,19 @@ def parse_configuration(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {"adapters": {}, "settings": {}}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
-        if key in ("query_writer", "analyst", "critic") and value != "off":
+        if key == "critic" and value in ("on", "off"):
+            out["use_critic"] = value == "on"
+        elif key in ("query_writer", "analyst", "critic"):
             out["adapters"][key] = None if value == "base" else value
-        elif key == "critic" and value == "off":
-            out["use_critic"] = False
+            if key == "critic":
+                out["use_critic"] = True
         elif key == "rounds":
             out["settings"]["max_iterations"] = int(value)
         elif key == "format":
             out["settings"]["analyst_format"] = value
         else:
             raise SystemExit(
-                f"--baseline/--candidate: cannot read {part!r} (role=adapter, critic=off, rounds=N, format=F)"
+                f"--baseline/--candidate: cannot read {part!r} (role=adapter, critic=on|off, rounds=N, format=F)"
             )
     return out
 

@@ -1,6 +1,7 @@
 """Load: C concurrent clients for T seconds against a real ``rolora serve api`` on loopback.
 
-    .venv/bin/python bench/load.py [--clients 32] [--seconds 300] [--max-concurrency 4] [--out DIR]
+    .venv/bin/python bench/load.py [--clients 32] [--seconds 300] [--max-concurrency 4]
+                                   [--agent KEY=VALUE ...] [--out DIR]
 
 Every response must be 200, or 429 with ``Retry-After`` (the client then waits that long); nothing else. Latency
 percentiles (p50/p95/p99) of accepted requests and of refusals are reported, and every accepted request's run must
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
-from api_server import KEYS, questions, start
+from api_server import KEYS, agent_settings, questions, start
 
 
 def _pct(values: list[float], p: float) -> float | None:
@@ -34,13 +35,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=300)
     ap.add_argument("--max-concurrency", type=int, default=4)
     ap.add_argument("--home", type=Path, default=None, help="ROLORA home with the prepared model (default: a temp one)")
+    ap.add_argument(
+        "--agent", action="append", default=[], metavar="KEY=VALUE", help="an agent setting, e.g. k=3 (repeatable)"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    agent = agent_settings(args.agent)
 
     out, server = start(
         "rolora-load-",
         args.home,
         args.out,
+        agent,
         max_concurrency=args.max_concurrency,
         tenant_max_concurrency=max(1, args.max_concurrency // 2),
     )
@@ -92,6 +98,7 @@ def main() -> None:
     lat = [dt for _, _, dt in accepted]
     report = {
         "clients": args.clients,
+        "agent": agent,
         "seconds": args.seconds,
         "max_concurrency": args.max_concurrency,
         "accepted": len(accepted),

@@ -1,7 +1,8 @@
 """Soak: N questions through a real ``rolora serve api`` (in-process backend, loopback), the server's RSS sampled
 every ``--every`` questions; after warm-up, RSS growth must stay ≤ 5 % (caches bounded, runs pruned).
 
-    .venv/bin/python bench/soak.py [--questions 1000] [--every 50] [--warmup 0.2] [--concurrency 2] [--out DIR]
+    .venv/bin/python bench/soak.py [--questions 1000] [--every 50] [--warmup 0.2] [--concurrency 2]
+                                   [--agent KEY=VALUE ...] [--out DIR]
 
 The questions cycle through the sample corpus's questions (each a new thread; both tenants) and some off-topic
 ones; every 10th question reuses an earlier thread id (a new question on an old thread). The baseline is the RSS
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
-from api_server import KEYS, questions, rss_mb, start
+from api_server import KEYS, agent_settings, questions, rss_mb, start
 
 
 def main() -> None:
@@ -27,10 +28,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.2, help="share of the questions before the baseline sample")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--home", type=Path, default=None, help="ROLORA home with the prepared model (default: a temp one)")
+    ap.add_argument(
+        "--agent", action="append", default=[], metavar="KEY=VALUE", help="an agent setting, e.g. k=3 (repeatable)"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    agent = agent_settings(args.agent)
 
-    out, server = start("rolora-soak-", args.home, args.out, max_concurrency=max(4, args.concurrency))
+    out, server = start("rolora-soak-", args.home, args.out, agent, max_concurrency=max(4, args.concurrency))
     pool = questions()
     keys = list(KEYS.values())
     samples: list[tuple[int, float]] = []
@@ -67,6 +72,8 @@ def main() -> None:
     growth = (last[1] - warm[1]) / warm[1] * 100
     report = {
         "questions": args.questions,
+        "concurrency": args.concurrency,
+        "agent": agent,
         "statuses": statuses,
         "samples": samples,
         "baseline": {"after_questions": warm[0], "rss_mb": warm[1]},

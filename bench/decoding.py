@@ -1,0 +1,129 @@
+"""Decoding against the memory-bandwidth bound: how close one-row greedy decoding of the base model comes to the time
+it takes just to read its weights once per token, and what int8 weights or a static KV cache change.
+
+    .venv/bin/python bench/decoding.py [--tokens 96] [--repeats 3] [--threads 0]
+
+The machine's read bandwidth is measured in the same run (a large fp32 tensor summed, best of 5); the bound is the
+bytes of every weight a decoding step reads (all linear layers and the tied output embedding; the input embedding
+reads one row) divided by that bandwidth. Rows: fp32 (the backend's default), fp32 with a static KV cache, int8
+dynamic quantization of the linear layers (torch.ao, weights int8, activations fp32; the LoRA adapters of a served
+model would stay fp32 beside them). For each: ms per decoded token (prefill subtracted), its ratio to the bound,
+and whether its greedy text equals fp32's on the same prompts. Goal: within 1.5x of the bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+PROMPTS = [
+    "Explain what an indemnification clause does in a supply agreement.",
+    "Summarise the purpose of a mutual non-disclosure agreement in two sentences.",
+]
+
+
+def read_bandwidth_gbs(mb: int = 512) -> float:
+    import torch
+
+    a = torch.ones(mb * 2**20 // 4, dtype=torch.float32)
+    a.sum()  # touch every page first
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t)
+    return a.numel() * 4 / best / 1e9
+
+
+def weight_bytes_per_token(model: Any, linear_bytes: int = 4) -> int:
+    """Bytes of weights a decoding step reads: every linear layer (``linear_bytes`` per weight: 4 for fp32, 1 for
+    int8), the output layer included even when it is tied to the input embedding (it reads the whole matrix), the
+    norms, and one row of the input embedding."""
+    import torch
+
+    emb = model.get_input_embeddings()
+    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    if linear == 0:  # quantized modules are not nn.Linear: count them by their shapes
+        linear = sum(
+            m.in_features * m.out_features
+            for m in model.modules()
+            if type(m).__name__ == "Linear" and hasattr(m, "in_features")
+        )
+    norms = sum(p.numel() for name, p in model.named_parameters() if "norm" in name and p.dim() == 1)
+    return int(linear * linear_bytes + norms * 4 + emb.embedding_dim * 4)
+
+
+def decode_ms(model: Any, tok: Any, tokens: int, repeats: int, **gen: Any) -> tuple[float, list[str]]:
+    """Best ms per decoded token over ``repeats`` (prefill timed apart and subtracted), and the greedy texts."""
+    import torch
+
+    best = float("inf")
+    texts: list[str] = []
+    for _ in range(repeats):
+        texts = []
+        per_token = []
+        for prompt in PROMPTS:
+            chat = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+            ids = tok(chat, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            args = {"do_sample": False, "pad_token_id": tok.eos_token_id, **gen}
+            with torch.inference_mode():
+                t = time.perf_counter()
+                model.generate(ids, max_new_tokens=1, min_new_tokens=1, **args)
+                prefill = time.perf_counter() - t
+                t = time.perf_counter()
+                out = model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, **args)
+                wall = time.perf_counter() - t
+            n = out.shape[1] - ids.shape[1]
+            per_token.append((wall - prefill) / max(1, n - 1) * 1000)
+            texts.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+        best = min(best, sum(per_token) / len(per_token))
+    return best, texts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rolora.models import prepare_generator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = prepare_generator("smollm2-135m-instruct", None)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    bw = read_bandwidth_gbs()
+    rows: dict[str, tuple[float, int, bool]] = {}
+    fp32_bytes = weight_bytes_per_token(model)
+    ms, ref = decode_ms(model, tok, args.tokens, args.repeats)
+    rows["fp32"] = (ms, fp32_bytes, True)
+    ms, texts = decode_ms(model, tok, args.tokens, args.repeats, cache_implementation="static")
+    rows["fp32, static KV cache"] = (ms, fp32_bytes, texts == ref)
+    q8 = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # a copy
+    q8_bytes = weight_bytes_per_token(model, linear_bytes=1)  # int8 linear weights; norms, embedding row fp32
+    ms, texts = decode_ms(q8, tok, args.tokens, args.repeats)
+    rows["int8 dynamic (linear)"] = (ms, q8_bytes, texts == ref)
+
+    print(f"== one-row greedy decoding, SmolLM2-135M, {torch.get_num_threads()} threads, {args.tokens} tokens")
+    print(f"  read bandwidth (fp32 sum, best of 5)  {bw:6.1f} GB/s")
+    print(f"  {'row':<24} {'ms/token':>9} {'MB/token':>9} {'bound ms':>9} {'x bound':>8}  same text as fp32")
+    for name, (ms, nbytes, same) in rows.items():
+        bound = nbytes / (bw * 1e9) * 1000
+        print(f"  {name:<24} {ms:9.2f} {nbytes / 1e6:9.1f} {bound:9.2f} {ms / bound:8.2f}  {same}")
+    base = rows["fp32"][0]
+    for name, (ms, _, _) in rows.items():
+        if name != "fp32":
+            print(f"  fp32 / {name:<24} {base / ms:5.2f}x faster")
+    print("  goal: ms/token within 1.5x of the bound of the weights it reads")
+
+
+if __name__ == "__main__":
+    main()
