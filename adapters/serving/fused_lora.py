@@ -163,5 +163,9 @@ class FusedLoRA:
         stack, mask = entry
         x = args[0].to(stack.a.dtype)
         h = x @ stack.a.T  # [b, seq, R]
-        h = h * mask if h.dim() == 3 else h * mask.squeeze(1)
+        h.mul_(mask if h.dim() == 3 else mask.squeeze(1))  # each row keeps its own adapter's rank columns
+        if output.dtype == h.dtype and output.is_contiguous():
+            # out += h @ B_all.T in one kernel, in place (inference only: nothing keeps the base output)
+            output.view(-1, output.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), stack.b.T)
+            return output
         return output + (h @ stack.b.T).to(output.dtype)
