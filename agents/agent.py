@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from rolora import telemetry
 from rolora.config import Config
 from rolora.errors import UserError
+from rolora.roles import trained_format
 
 from .graph import compile_graph
 from .runs import CheckpointerKind, PruneReport, open_checkpointer, prune_runs
@@ -180,7 +181,7 @@ class Agent:
                     training = dict(manifest.get("training_config") or {})
             except (UserError, OSError, ValueError) as e:
                 log.warning("adapter %s: manifest.json unreadable (%s); asked in agent.analyst_format", ref, e)
-        fmt = self.settings.analyst_format if training is None else str(training.get("analyst_format", "quote"))
+        fmt = self.settings.analyst_format if training is None else trained_format(training)
         with self._lock:
             self._formats[ref] = fmt
         return fmt

@@ -134,9 +134,15 @@ class BackendBase:
     """Shared sync wrapper over the async core."""
 
     name = "base"
+    _resolver: AdapterResolver | None = None  # set by backends that resolve adapter refs to folders
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         raise NotImplementedError
+
+    def adapter_folder(self, ref: str) -> Path | None:
+        """The folder that serves adapter ``ref`` (its weights and, when registered or shipped, its
+        ``manifest.json``); None when this backend resolves no folders."""
+        return None if self._resolver is None else self._resolver(ref)[1]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Sync wrapper: runs the async core, also from inside a running event loop (in a helper thread)."""

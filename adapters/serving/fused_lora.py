@@ -51,6 +51,7 @@ class FusedLoRA:
         self._hooked: set[int] = set()
         self._active: dict[int, tuple[_Stack, Any]] | None = None  # layer id -> (stack, row mask) while serving
         self._layer_list: list[Any] | None = None
+        self._plain: dict[str, bool] = {}  # adapter -> plain LoRA on nn.Linear only (fusable)
 
     # -- which batches ---------------------------------------------------------------------------------------
     def _layers(self) -> list[Any]:
@@ -65,22 +66,27 @@ class FusedLoRA:
         ``nn.Linear`` layers, so the fused path serves the batch exactly."""
         from peft.tuners.lora.layer import Linear
 
-        wanted = {n for n in names if n != "__base__"}
-        for m in self._layers():
-            present = wanted & set(m.lora_A.keys())
-            if not present:
-                continue
-            if type(m) is not Linear:
+        for name in {n for n in names if n != "__base__"}:
+            plain = self._plain.get(name)
+            if plain is None:  # read once per loaded adapter, not per batch
+                plain = self._plain[name] = all(
+                    type(m) is Linear
+                    and name not in m.lora_variant
+                    and not m.lora_bias.get(name)
+                    and m.lora_B[name].bias is None
+                    for m in self._layers()
+                    if name in m.lora_A
+                )
+            if not plain:
                 return False
-            for n in present:
-                if n in m.lora_variant or m.lora_bias.get(n) or m.lora_B[n].bias is not None:
-                    return False
         return True
 
     def clear(self) -> None:
-        """Forget the stacked weights and the layer list (after an adapter is loaded or evicted)."""
+        """Forget the stacked weights, the layer list and which adapters are fusable (after an adapter is loaded or
+        evicted)."""
         self._stacks.clear()
         self._layer_list = None
+        self._plain.clear()
 
     # -- serving ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager

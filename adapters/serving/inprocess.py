@@ -163,11 +163,6 @@ class InProcessBackend(BackendBase):
                 yield item
         await asyncio.wrap_future(fut)  # surface errors
 
-    def adapter_folder(self, ref: str) -> Path | None:
-        """The folder that serves adapter ``ref`` (its weights and, when registered or shipped, its
-        ``manifest.json``); None when this backend resolves no folders."""
-        return None if self._resolver is None else self._resolver(ref)[1]
-
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -262,11 +262,6 @@ class VLLMBackend(BackendBase):
         for client in clients.values():
             await client.close()
 
-    def adapter_folder(self, ref: str) -> Path | None:
-        """The folder that serves adapter ``ref`` (its weights and, when registered or shipped, its
-        ``manifest.json``); None when this backend resolves no folders."""
-        return None if self._resolver is None else self._resolver(ref)[1]
-
     def close(self) -> None:
         """Forget every pooled client; those of a loop that is still running are closed by ``aclose``."""
         with self._lock:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rolora.errors import RoloraRuntimeError, UserError
-from rolora.roles import AnalystCall, analyst_call, is_refusal, quote_candidates, reply_citations
+from rolora.roles import AnalystCall, analyst_call, is_refusal, quote_candidates, reply_citations, trained_format
 
 from ..citations import citation_from_quote, verify_citation
 from ..types import Citation, PassageRef
@@ -173,7 +173,7 @@ def _analyst_adapter(config: Config, domain: str) -> tuple[str | None, str]:
         ref = None
     if ref is None:
         return None, config.agent.analyst_format
-    return ref, str(registry.show(ref).training_config.get("analyst_format", "quote"))
+    return ref, trained_format(registry.show(ref).training_config)
 
 
 async def aanalyze_contract(

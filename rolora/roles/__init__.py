@@ -16,6 +16,7 @@ from .formats import (
     answer_sentences,
     evidence_ids,
     reply_citations,
+    trained_format,
 )
 from .prompts import (
     ANALYST_SCHEMA,
@@ -70,4 +71,5 @@ __all__ = [
     "quote_spans",
     "reply_citations",
     "split_sentences",
+    "trained_format",
 ]

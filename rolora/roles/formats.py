@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,6 +42,7 @@ __all__ = [
     "answer_sentences",
     "evidence_ids",
     "reply_citations",
+    "trained_format",
 ]
 
 AnalystFormat = Literal["quote", "sentence"]
@@ -74,6 +75,12 @@ _SENTENCE_SYSTEM = (
 def analyst_schema_for(fmt: AnalystFormat) -> dict[str, Any]:
     """The format's schema, not narrowed to any passages (role evals, documentation)."""
     return ANALYST_SCHEMA if fmt == "quote" else SENTENCE_ANALYST_SCHEMA
+
+
+def trained_format(training_config: Mapping[str, Any]) -> str:
+    """The output format an adapter was trained in, from its manifest's ``training_config``; "quote" for one trained
+    before there was a choice."""
+    return str(training_config.get("analyst_format", "quote"))
 
 
 def _check(fmt: str) -> AnalystFormat:
