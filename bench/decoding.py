@@ -7,8 +7,10 @@ The machine's read bandwidth is measured in the same run (a large fp32 tensor su
 bytes of every weight a decoding step reads (all linear layers and the tied output embedding; the input embedding
 reads one row) divided by that bandwidth. Rows: fp32 (the backend's default), fp32 with a static KV cache, int8
 dynamic quantization of the linear layers (torch.ao, weights int8, activations fp32; the LoRA adapters of a served
-model would stay fp32 beside them). For each: ms per decoded token (prefill subtracted), its ratio to the bound,
-and whether its greedy text equals fp32's on the same prompts. Goal: within 1.5x of the bound.
+model would stay fp32 beside them), and what ``backend.quantize: int8`` serves (``adapters/serving/int8.py``: the
+full 8-bit activation range, the MLP down projections kept fp32). For each: ms per decoded token (prefill
+subtracted), its ratio to the bound, and whether its greedy text equals fp32's on the same prompts.
+Goal: within 1.5x of the bound.
 """
 
 from __future__ import annotations
@@ -111,6 +113,17 @@ def main() -> None:
     q8_bytes = weight_bytes_per_token(model, linear_bytes=1)  # int8 linear weights; norms, embedding row fp32
     ms, texts = decode_ms(q8, tok, args.tokens, args.repeats)
     rows["int8 dynamic (linear)"] = (ms, q8_bytes, texts == ref)
+    import copy
+
+    from rolora.adapters.serving.int8 import Int8Linear, quantize_linear_int8
+
+    served = copy.deepcopy(model)
+    quantize_linear_int8(served)  # what backend.quantize: int8 serves (8-bit range, down projections fp32)
+    served_bytes = weight_bytes_per_token(served, linear_bytes=4) - sum(
+        3 * m.in_features * m.out_features for m in served.modules() if isinstance(m, Int8Linear)
+    )
+    ms, texts = decode_ms(served, tok, args.tokens, args.repeats)
+    rows["backend.quantize: int8"] = (ms, served_bytes, texts == ref)
 
     print(f"== one-row greedy decoding, SmolLM2-135M, {torch.get_num_threads()} threads, {args.tokens} tokens")
     print(f"  read bandwidth (fp32 sum, best of 5)  {bw:6.1f} GB/s")

@@ -9,8 +9,10 @@ split by default: never trained on). Every question is asked of every configurat
 one warm-up question each, so machine noise moves both sides together. Printed: p50/p95 of the end-to-end wall time
 and of each node's time, the analyst's decoded tokens, model calls per question, and the candidate/baseline ratios.
 A configuration is ``role=adapter`` pairs (``base`` for the base model; naming the critic's turns it on) plus optional
-``critic=on|off`` (default: the config's ``agent.use_critic``) / ``rounds=N`` / ``format=quote|sentence`` (the base
-analyst's output format). Results also go to ``--out``/latency.json.
+``critic=on|off`` (default: the config's ``agent.use_critic``) / ``rounds=N`` / ``k=N`` (passages) /
+``format=quote|sentence`` (the base analyst's output format) / ``quantize=none|int8`` (``backend.quantize``: a
+configuration that differs there gets its own backend). Printed too: how many answers (text and citations) the
+candidate gives identically to the baseline. Results also go to ``--out``/latency.json.
 """
 
 from __future__ import annotations
@@ -40,11 +42,16 @@ def parse_configuration(text: str) -> dict[str, Any]:
                 out["use_critic"] = True
         elif key == "rounds":
             out["settings"]["max_iterations"] = int(value)
+        elif key == "k":
+            out["settings"]["k"] = int(value)
+        elif key == "quantize" and value in ("none", "int8"):
+            out["quantize"] = value
         elif key == "format":
             out["settings"]["analyst_format"] = value
         else:
             raise SystemExit(
-                f"--baseline/--candidate: cannot read {part!r} (role=adapter, critic=on|off, rounds=N, format=F)"
+                f"--baseline/--candidate: cannot read {part!r} "
+                "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8)"
             )
     return out
 
@@ -85,12 +92,18 @@ def main() -> None:
     if not questions:
         raise SystemExit(f"no question of domain {args.domain} is in the {args.split} split")
     specs = {"baseline": parse_configuration(args.baseline), "candidate": parse_configuration(args.candidate)}
-    backend = make_backend(cfg)
+    backends: dict[str, Any] = {}  # quantize -> backend: the same loaded weights where the configurations agree
     agents: dict[str, Any] = {}
     for name, spec in specs.items():
         c = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=spec["settings"])}) if spec["settings"] else cfg
+        quantize = spec.get("quantize", cfg.backend.quantize)
+        if quantize not in backends:
+            bc = cfg.model_copy(update={"backend": cfg.backend.model_copy(update={"quantize": quantize})})
+            backends[quantize] = make_backend(bc)
         adapters = {r: spec["adapters"].get(r) for r in ("query_writer", "analyst", "critic")}
-        agents[name] = Agent(c, backend, adapters=adapters, checkpointer="memory", use_critic=spec.get("use_critic"))
+        agents[name] = Agent(
+            c, backends[quantize], adapters=adapters, checkpointer="memory", use_critic=spec.get("use_critic")
+        )
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
     try:
         for agent in agents.values():
@@ -113,6 +126,7 @@ def main() -> None:
                         "analyst_tokens_in": sum(s.tokens_in for s in analyst) / max(1, len(analyst)),
                         "model_calls": sum(1 for s in answer.trace if s.role),
                         "answer": answer.answer,
+                        "citations": [c.citation for c in answer.citations],
                         "not_found": answer.not_found,
                         "adapters": {s.role: s.adapter for s in answer.trace if s.role},
                     }
@@ -121,7 +135,8 @@ def main() -> None:
     finally:
         for agent in agents.values():
             agent.close()
-        backend.close()
+        for backend in backends.values():
+            backend.close()
     summary: dict[str, Any] = {"questions": len(questions), "split": args.split, "configurations": specs}
     print(f"\n{len(questions)} questions ({args.split} split), in turn; seconds unless marked")
     print("| | " + " | ".join(f"{n} p50 | {n} p95" for n in rows) + " | ratio p50 (candidate/baseline) |")
@@ -141,6 +156,12 @@ def main() -> None:
     line("analyst tokens out (per call)", {n: [r["analyst_tokens_out"] for r in rs] for n, rs in rows.items()})
     line("analyst tokens in (per call)", {n: [r["analyst_tokens_in"] for r in rs] for n, rs in rows.items()})
     line("model calls", {n: [float(r["model_calls"]) for r in rs] for n, rs in rows.items()})
+    same = sum(
+        (a["answer"], a["citations"], a["not_found"]) == (b["answer"], b["citations"], b["not_found"])
+        for a, b in zip(rows["baseline"], rows["candidate"], strict=True)
+    )
+    summary["identical answers"] = same
+    print(f"identical answers (text, citations, refusal): {same} / {len(questions)}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latency.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     print(f"\nwritten: {args.out / 'latency.json'}")

@@ -1,6 +1,7 @@
 """Retrieval benchmark: quality on unseen CUAD contracts, and speed against the raw encoder + FAISS and LangChain.
 
-    .venv/bin/python bench/retrieval.py --quality [--work /tmp/rolora-quality] [--chunk-sizes 1000,500]
+    .venv/bin/python bench/retrieval.py --quality [--work /tmp/rolora-quality] [--chunk-sizes 1000,500] \
+        [--tuned tuned:cuad-retriever [--reranker-minutes 13]]    # $ROLORA_HOME holds the tuned embedder
     .venv/bin/python bench/retrieval.py --cuad-full [--work DIR]    # all 401 contracts, the fixed 100-contract sample
     .venv/bin/python bench/retrieval.py [--chunks 50000] [--queries 200] [--ingest-chunks 1000]
     .venv/bin/python bench/retrieval.py --embedder tuned:cuad-retriever [--max-contracts 25]   # base vs tuned
@@ -9,8 +10,10 @@
 Quality (``--quality``): character-level span recall (LegalBench-RAG's definition, overlapping passages merged) of
 CUAD questions on the contracts of the test split of ``rolora.adapters.data.doc_split`` (never used for tuning),
 with the index built from those contracts only; one cumulative row per improvement (contract resolution,
-contextual chunks, stemmed BM25 with fusion weights chosen on the validation split), unscoped and scoped to the
-right contract. Indexes and embeddings are cached under ``--work``: a second run embeds nothing.
+contextual chunks, stemmed BM25 with fusion weights chosen on the validation split; with ``--tuned``: the tuned
+embedder with its fusion re-chosen on validation, and with ``--reranker-minutes`` a cross-encoder trained from MiniLM
+on the train split, its use (top 10/20, alone or fused with the first stage) chosen on validation), unscoped and
+scoped to the right contract. Indexes and embeddings are cached under ``--work``: a second run embeds nothing.
 
 Full corpus (``--cuad-full``): all 401 contracts in one index (~31k chunks: 17 to 25 minutes of MiniLM on 2 idle
 cores, then cached under ``--work``), span recall on the fixed sample of 100 contracts (seed 0; 1,111 answerable
@@ -32,11 +35,12 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +265,8 @@ class Variant:
     lexical_weight: float = 1.0
     rrf_k: int = 60
     fusion: str = "rrf"
+    embedder: str = "all-minilm-l6-v2"  # or a tuned embedder's canonical ref (tuned:NAME@N)
+    rerank: tuple[str, int] | None = None  # (how, top n) of the trained cross-encoder, chosen on validation
 
 
 def cuad_questions(split: str) -> list[dict[str, Any]]:
@@ -451,11 +457,158 @@ def ensure_stemmer(r: Any, v: Variant) -> Any:
     return r
 
 
-def bench_quality(work: Path, chunk_sizes: list[int], limit: int | None, max_contracts: int | None) -> None:
+def _tuned_embedder(ref: str) -> tuple[str, Path]:
+    """(canonical ref, model folder) of a tuned embedder registered under $ROLORA_HOME."""
+    from rolora.embedder_registry import EmbedderRegistry
+    from rolora.models import default_home
+
+    canonical, folder = EmbedderRegistry.from_home(default_home()).resolve(ref)
+    return canonical, folder
+
+
+def _indexed_chunks(v: Variant, split: str, work: Path, max_contracts: int | None = None) -> dict[str, list[Any]]:
+    """doc_id -> its chunks as the index embeds them (context line + exact text), chunked as the variant's index."""
+    from rolora.adapters.embedder_tuning import domain_chunks
+    from rolora.config import Config
+
+    cfg = Config.model_validate(
+        {
+            "home": str(work / "home"),
+            "retrieval": {"chunk_max_chars": v.chunk_max_chars, "contextual": v.contextual},
+            "domains": {"d": {"corpus": [str(split_corpus(split, work, max_contracts))]}},
+        }
+    )
+    return domain_chunks(cfg, "d")
+
+
+def _indexed_texts(v: Variant, split: str, work: Path, max_contracts: int | None = None) -> dict[tuple[str, int], str]:
+    """(doc_id, start) -> the chunk as the index embeds it, for the cross-encoder."""
+    return {(c.doc_id, c.start): c.text for cs in _indexed_chunks(v, split, work, max_contracts).values() for c in cs}
+
+
+def train_reranker(work: Path, v: Variant, minutes: float, steps: int = 150, batch: int = 32) -> Path:
+    """A cross-encoder initialised from MiniLM (a fresh one-logit head), trained by sentence-transformers'
+    ``CrossEncoderTrainer`` with ``BinaryCrossEntropyLoss`` on the CUAD train split: (question, gold chunk as indexed)
+    -> 1, (question, the same contract's BM25-hardest non-evidence chunk) -> 0, (question, a random chunk of the same
+    contract) -> 0; ``steps`` steps (the LR schedule spans them: ~5 s a step of 32 rows on 2 cores, so 150 fill 12
+    minutes), stopped after ``minutes`` at most. Cached under ``work`` by a digest of its settings."""
+    import hashlib
+
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from transformers import TrainerCallback
+
+    from rolora.adapters.data.base import doc_split, load_qa
+    from rolora.adapters.embedder_tuning import build_pairs
+    from rolora.models import resolve_embedder
+
+    key = hashlib.sha256(json.dumps([v.chunk_max_chars, v.contextual, minutes, steps, batch]).encode()).hexdigest()
+    out = work / f"reranker-{key[:10]}"
+    if (out / "config.json").is_file():
+        return out
+    chunks = _indexed_chunks(v, "train", work)
+    rows = [q for q in load_qa(CUAD_DIR / "qa.jsonl") if doc_split(q.doc_id) == "train"]
+    rng = random.Random(0)
+    pairs = build_pairs(rows, chunks, negatives="bm25", max_positives=1)
+    qs, ps, ys = [], [], []
+    for pr in pairs:
+        qs += [pr.question, pr.question, pr.question]
+        ps += [pr.positive, pr.negative or "", rng.choice(chunks[pr.doc_id]).text]
+        ys += [1.0, 0.0, 0.0]
+    print(f"  reranker: {len(pairs)} train-split pairs -> {len(qs)} labelled (question, chunk) rows", flush=True)
+    model = CrossEncoder(str(resolve_embedder("all-minilm-l6-v2")), num_labels=1, max_length=320, device="cpu")
+    t0 = time.perf_counter()
+
+    class Budget(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            control.should_training_stop = time.perf_counter() - t0 >= minutes * 60
+            return control
+
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(work / "reranker-run"),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=5e-5,
+        warmup_steps=max(1, steps // 10),
+        save_strategy="no",
+        logging_steps=20,
+        seed=0,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+    data = Dataset.from_dict({"question": qs, "passage": ps, "label": ys}).shuffle(seed=0)
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=data, loss=BinaryCrossEntropyLoss(model), callbacks=[Budget()]
+    )
+    trainer.train()
+    print(f"  reranker: {trainer.state.global_step} steps of {batch} rows in {time.perf_counter() - t0:.0f} s",
+          flush=True)  # fmt: skip
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(str(tmp))
+    tmp.rename(out)
+    return out
+
+
+class Reranker:
+    """Scores (question, chunk as indexed) with the trained cross-encoder; scores cached per (question, chunk)."""
+
+    def __init__(self, folder: Path, texts: dict[tuple[str, int], str]) -> None:
+        from sentence_transformers.cross_encoder import CrossEncoder
+
+        self.model = CrossEncoder(str(folder), device="cpu", max_length=320)
+        self.texts = texts
+        self.cache: dict[tuple[str, str], float] = {}
+
+    def score(self, rows: list[dict[str, Any]], ranked: list[list[Any]], n: int) -> None:
+        todo = {
+            (row["q"]["question"], p.chunk_id): self.texts.get((p.doc_id, p.start), p.text)
+            for row, ps in zip(rows, ranked, strict=True)
+            for p in ps[:n]
+            if (row["q"]["question"], p.chunk_id) not in self.cache
+        }
+        if todo:
+            keys = list(todo)
+            scores = self.model.predict([(q, todo[(q, c)]) for q, c in keys], batch_size=32, show_progress_bar=False)
+            self.cache.update(zip(keys, (float(x) for x in scores), strict=True))
+
+    def rerank(self, question: str, ranked: list[Any], how: str, n: int) -> list[Any]:
+        head, tail = ranked[:n], ranked[n:]
+        ce = sorted(range(len(head)), key=lambda i: -self.cache[(question, head[i].chunk_id)])
+        if how == "ce":
+            order = ce
+        else:  # "rrf": the cross-encoder's rank fused 1:1 with the first stage's (ties: first-stage order)
+            from rolora.retrieval import rrf_fuse
+
+            order = [i for i, _ in rrf_fuse([list(range(len(head))), ce], k=60)]
+        return [head[i] for i in order] + tail
+
+
+def score_reranked(rows: list[dict[str, Any]], v: Variant, rr: Reranker, how: str, n: int) -> list[list[float]]:
+    """Per question [recall@1, @5, @20, @64] of the variant's hybrid ranking reranked (top ``n``)."""
+    ranked = [fused(row, (v.dense_weight, v.lexical_weight), v.rrf_k, v.fusion) for row in rows]
+    rr.score(rows, ranked, n)
+    out = []
+    for row, ps in zip(rows, ranked, strict=True):
+        gold = [(e["doc_id"], e["start"], e["end"]) for e in row["q"]["evidence"]]
+        out.append(_recalls(gold, rr.rerank(row["q"]["question"], ps, how, n)))
+    return out
+
+
+def bench_quality(
+    work: Path,
+    chunk_sizes: list[int],
+    limit: int | None,
+    max_contracts: int | None,
+    tuned_ref: str | None = None,
+    reranker_minutes: float = 0.0,
+) -> None:
     from rolora.evals.bootstrap import bootstrap_mean
     from rolora.retrieval import make_embedder
 
-    emb = make_embedder("all-minilm-l6-v2")
+    embs: dict[str, Any] = {"all-minilm-l6-v2": make_embedder("all-minilm-l6-v2")}
     work.mkdir(parents=True, exist_ok=True)
     val_qs = cuad_questions("validation")
     test_docs = set(split_contracts("test", max_contracts))
@@ -475,7 +628,7 @@ def bench_quality(work: Path, chunk_sizes: list[int], limit: int | None, max_con
     tuned: tuple[str, tuple[float, float], int] = ("rrf", (1.0, 1.0), 60)
     for size in chunk_sizes:
         v = Variant("val", True, True, "english", size)
-        r, _ = open_variant(v, "validation", work, emb)
+        r, _ = open_variant(v, "validation", work, embs[v.embedder])
         ensure_stemmer(r, v)
         rows = rankings(r, val_qs, resolve=True, scoped=False)
         print(f" chunk_max_chars {size}:")
@@ -499,16 +652,57 @@ def bench_quality(work: Path, chunk_sizes: list[int], limit: int | None, max_con
         variants.append(Variant(name, True, True, "english", 1000, wd, wl, rrf_k, fusion))
     if best_size != 1000:
         variants.append(Variant(f"+ {best_size}-char chunks", True, True, "english", best_size, wd, wl, rrf_k, fusion))
+    if tuned_ref:
+        canonical, folder = _tuned_embedder(tuned_ref)
+        embs[tuned_ref] = make_embedder(str(folder))
+        last = variants[-1]
+        v = Variant("val", True, True, "english", last.chunk_max_chars, embedder=tuned_ref)
+        r, _ = open_variant(v, "validation", work, embs[tuned_ref])
+        ensure_stemmer(r, v)
+        print(f" {canonical}, chunk_max_chars {last.chunk_max_chars}: fusion re-tuned on validation", flush=True)
+        val_rows = rankings(r, val_qs, resolve=True, scoped=False)
+        fusion, (wd, wl), rrf_k = tune_fusion(val_rows)
+        how = f"{fusion} {wd:g}:{wl:g}" + (f" k={rrf_k}" if fusion == "rrf" else "")
+        tuned_name = f"+ tuned embedder {canonical} ({how})"
+        fields = {"dense_weight": wd, "lexical_weight": wl, "rrf_k": rrf_k, "fusion": fusion}
+        variants.append(replace(last, name=tuned_name, embedder=tuned_ref, **fields))
+        if reranker_minutes > 0:
+            folder = train_reranker(work, variants[-1], reranker_minutes)
+            rr = Reranker(folder, _indexed_texts(variants[-1], "validation", work))
+            first = statistics.mean(x[1] for x in score_rows(val_rows, (wd, wl), rrf_k, fusion)["hybrid"])
+            print(f"  reranker on validation (first stage hybrid @5 {first:.3f}):", flush=True)
+            best_rr: tuple[float, tuple[str, int]] | None = None
+            for n in (10, 20):
+                for rr_how in ("ce", "rrf"):
+                    r5 = statistics.mean(x[1] for x in score_reranked(val_rows, variants[-1], rr, rr_how, n))
+                    print(f"    {rr_how} top {n}: @5 {r5:.3f}", flush=True)
+                    if best_rr is None or r5 > best_rr[0]:
+                        best_rr = (r5, (rr_how, n))
+            assert best_rr is not None
+            rr_name = f"+ reranker (cross-encoder, {best_rr[1][0]} over top {best_rr[1][1]})"
+            variants.append(replace(variants[-1], name=rr_name, rerank=best_rr[1]))
+            print(f"  chosen: {best_rr[1]} (validation @5 {best_rr[0]:.3f} vs {first:.3f} without)", flush=True)
     print(f"== test split: {len(test_qs)} questions on {n_test_docs} contracts (the corpus: the test split's "
           f"{len(test_docs)} contracts only{'' if max_contracts is None else ', a seeded sample'})")  # fmt: skip
     table = []
+    cache: dict[tuple[Any, ...], Any] = {}
     for v in variants:
-        r, rate = open_variant(v, "test", work, emb, max_contracts)
+        r, rate = open_variant(v, "test", work, embs[v.embedder], max_contracts)
         ensure_stemmer(r, v)
-        rows = rankings(r, test_qs, resolve=v.resolve, scoped=False)
-        scoped = rankings(r, test_qs, resolve=False, scoped=True)
+        key = (v.embedder, v.chunk_max_chars, v.contextual, v.stemmer, v.resolve)
+        if key not in cache:  # a reranked row reuses its first stage's rankings
+            cache[key] = (rankings(r, test_qs, resolve=v.resolve, scoped=False),
+                          rankings(r, test_qs, resolve=False, scoped=True))  # fmt: skip
+        rows, scoped = cache[key]
         w = (v.dense_weight, v.lexical_weight)
         s, ss = score_rows(rows, w, v.rrf_k, v.fusion), score_rows(scoped, w, v.rrf_k, v.fusion)
+        rr_ms = 0.0
+        if v.rerank is not None:
+            rr = Reranker(train_reranker(work, v, reranker_minutes), _indexed_texts(v, "test", work, max_contracts))
+            t = time.perf_counter()
+            s["hybrid"] = score_reranked(rows, v, rr, *v.rerank)
+            rr_ms = (time.perf_counter() - t) / len(rows) * 1e3  # scoring all top-n pairs of a question, per question
+            ss["hybrid"] = score_reranked(scoped, v, rr, *v.rerank)
         times = []
         for q in test_qs[:200]:
             t = time.perf_counter()
@@ -517,25 +711,29 @@ def bench_quality(work: Path, chunk_sizes: list[int], limit: int | None, max_con
             times.append(time.perf_counter() - t)
         res_acc = resolution_accuracy(rows) if v.resolve else None
         ci = bootstrap_mean([x[1] for x in s["hybrid"]], samples=2000, seed=0)
-        table.append((v, s, ss, res_acc, rate, statistics.median(times) * 1e3, ci))
+        sci = bootstrap_mean([x[1] for x in ss["hybrid"]], samples=2000, seed=0)
+        table.append((v, s, ss, res_acc, rate, statistics.median(times) * 1e3 + rr_ms, ci, sci))
         print(
-            f"  {v.name}: unscoped hybrid @5 {ci.fmt()}  dense/lexical @5 "
-            f"{statistics.mean(x[1] for x in s['dense']):.3f}/{statistics.mean(x[1] for x in s['lexical']):.3f}"
+            f"  {v.name}: unscoped hybrid @5 {ci.fmt()}, scoped @5 {sci.fmt()}  dense/lexical @5 "
+            f"{statistics.mean(x[1] for x in s['dense']):.3f}/{statistics.mean(x[1] for x in s['lexical']):.3f}",
+            flush=True,
         )
     print()
+    print(f"n = {len(test_qs)} questions on {n_test_docs} test-split contracts; hybrid search; 95 % bootstrap CIs")
     print("| | unscoped @1 | @5 | @20 | @64 | scoped @1 | @5 | @20 | @64 | resolution | ingest chunks/s | p50 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for v, s, ss, racc, rate, p50ms, ci in table:
+    for v, s, ss, racc, rate, p50ms, ci, sci in table:
         u = [statistics.mean(col) for col in zip(*s["hybrid"], strict=True)]
         sc = [statistics.mean(col) for col in zip(*ss["hybrid"], strict=True)]
         res = "–" if racc is None else f"{racc[0]:.3f} ({racc[1]:.0%} resolved)"
         print(f"| {v.name} | {u[0]:.3f} | {ci.fmt()} | {u[2]:.3f} | {u[3]:.3f} | "
-              f"{sc[0]:.3f} | {sc[1]:.3f} | {sc[2]:.3f} | {sc[3]:.3f} | {res} | "
+              f"{sc[0]:.3f} | {sci.fmt()} | {sc[2]:.3f} | {sc[3]:.3f} | {res} | "
               f"{'–' if rate is None else f'{rate:.0f}'} | {p50ms:.1f} |")  # fmt: skip
-    last = table[-1]
-    for mode in ("dense", "lexical"):
-        m = [statistics.mean(col) for col in zip(*last[1][mode], strict=True)]
-        print(f"  last row, {mode} alone (unscoped): " + " ".join(f"@{k} {x:.3f}" for k, x in zip(KS, m, strict=True)))
+    for v, s, *_ in table[-2:] if tuned_ref else table[-1:]:
+        for mode in ("dense", "lexical"):
+            m = [statistics.mean(col) for col in zip(*s[mode], strict=True)]
+            at = " ".join(f"@{k} {x:.3f}" for k, x in zip(KS, m, strict=True))
+            print(f"  {v.name}, {mode} alone (unscoped): {at}")
 
 
 def _chunk_recalls(r: Any, q: dict[str, Any], passages: list[Any], gold_of: dict[str, set[str]]) -> list[float]:
@@ -554,9 +752,7 @@ def bench_embedders(work: Path, ref: str, limit: int | None, max_contracts: int 
     """Base MiniLM vs a tuned embedder (``rolora retriever tune``) on the test split: span and chunk recall of dense
     and hybrid search (contextual chunks, stemmed BM25, RRF 1:1), unscoped with contract resolution and scoped to the
     right contract; 95 % bootstrap CIs of @5 and of the paired tuned - base difference."""
-    from rolora.embedder_registry import EmbedderRegistry
     from rolora.evals.bootstrap import bootstrap_mean, paired_bootstrap
-    from rolora.models import default_home
     from rolora.retrieval import make_embedder
 
     test_docs = set(split_contracts("test", max_contracts))
@@ -572,7 +768,7 @@ def bench_embedders(work: Path, ref: str, limit: int | None, max_contracts: int 
     for label in ("base", "tuned"):
         spec = "all-minilm-l6-v2"
         if label == "tuned":  # looked up after the base index is built: a tuning run may still be registering it
-            canonical, folder = EmbedderRegistry.from_home(default_home()).resolve(ref)
+            canonical, folder = _tuned_embedder(ref)
             spec = str(folder)
             print(f"  tuned: {canonical} ({folder})")
         emb = make_embedder(spec)
@@ -729,13 +925,23 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="questions per split (quick runs)")
     ap.add_argument("--max-contracts", type=int, default=None, help="a seeded sample of the test split's contracts")
     ap.add_argument("--embedder", metavar="REF", help="base vs this tuned embedder (tuned:NAME[@N]) on the test split")
+    ap.add_argument("--tuned", metavar="REF", help="--quality: add the rows of this tuned embedder (tuned:NAME[@N])")
+    ap.add_argument("--reranker-minutes", type=float, default=0.0, help="--quality --tuned: train a cross-encoder "
+                    "for this many minutes and add its row (0: no reranker row)")  # fmt: skip
     args = ap.parse_args()
     if args.embedder:
         bench_embedders(args.work, args.embedder, args.limit, args.max_contracts)
         return
     if args.quality or args.cuad_full:
         if args.quality:
-            bench_quality(args.work, [int(x) for x in args.chunk_sizes.split(",")], args.limit, args.max_contracts)
+            bench_quality(
+                args.work,
+                [int(x) for x in args.chunk_sizes.split(",")],
+                args.limit,
+                args.max_contracts,
+                args.tuned,
+                args.reranker_minutes,
+            )
         if args.cuad_full:
             bench_cuad_full(args.work)
         return

@@ -213,6 +213,11 @@ def resolve_adapter(config: Config, registry: Any, domain: str, role: str, choic
     return str(ref), ""
 
 
+def _unset_newer_fields(spec: ConfigurationSpec) -> set[str]:
+    """Configuration fields added after runs were stored (``quantize``): left out of the fingerprint while unset."""
+    return {"quantize"} if spec.quantize is None else set()
+
+
 def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -234,11 +239,13 @@ def _plan(
         agent = cfg.agent.model_dump(mode="json", exclude={"checkpointer", "checkpoint_path", "postgres_url"})
         plan.fingerprints[domain] = _hash(
             {
-                "spec": spec.model_dump(mode="json", exclude={"description"}),
+                # fields added later are left out while unset, so stored runs of older suites stay valid
+                "spec": spec.model_dump(mode="json", exclude={"description"} | _unset_newer_fields(spec)),
                 "adapters": mapping,
                 "models": cfg.models.model_dump(mode="json"),
                 "retrieval": cfg.retrieval.model_dump(mode="json"),
                 "backend": spec.backend or cfg.backend.kind,
+                **({"quantize": quantize} if (quantize := spec.quantize or cfg.backend.quantize) != "none" else {}),
                 "agent": agent,
                 "judge": judge.get(domain, "off") if suite.judge.enabled else "off",
             }
@@ -348,13 +355,14 @@ async def _run_pending(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    backends: dict[str, Any] = {}
+    backends: dict[tuple[str, str], Any] = {}
 
-    def backend_for(kind: str) -> Any:
-        if kind not in backends:
-            backend_cfg = cfg.backend.model_copy(update={"kind": kind})
-            backends[kind] = backend_factory(cfg.model_copy(update={"backend": backend_cfg}))
-        return backends[kind]
+    def backend_for(kind: str, quantize: str | None = None) -> Any:
+        quantize = quantize or cfg.backend.quantize
+        if (kind, quantize) not in backends:
+            backend_cfg = cfg.backend.model_copy(update={"kind": kind, "quantize": quantize})
+            backends[(kind, quantize)] = backend_factory(cfg.model_copy(update={"backend": backend_cfg}))
+        return backends[(kind, quantize)]
 
     sem = asyncio.Semaphore(concurrency)
 
@@ -392,7 +400,7 @@ async def _run_pending(
                     plan_cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=overrides)})
                 agents[(plan.name, domain)] = agent_factory(
                     plan_cfg,
-                    backend=backend_for(plan.spec.backend or cfg.backend.kind),
+                    backend=backend_for(plan.spec.backend or cfg.backend.kind, plan.spec.quantize),
                     adapters=plan.adapters[domain],
                     retrieval_mode=plan.spec.retrieval,
                     checkpointer="memory",

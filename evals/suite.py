@@ -80,6 +80,7 @@ class ConfigurationSpec(_Strict):
     adapter_domain: str | None = None  # where "promoted" looks (default: the questions' domain)
     retrieval: Literal["dense", "lexical", "hybrid"] | None = None  # None: the config's retrieval.mode
     backend: Literal["inprocess", "vllm"] | None = None  # None: the config's backend.kind
+    quantize: Literal["none", "int8"] | None = None  # inprocess: backend.quantize; None: the config's
     use_critic: bool | None = None  # None: the config's agent.use_critic
     use_query_writer: bool | None = None  # None: the config's agent.use_query_writer
     max_iterations: int | None = Field(None, ge=1, le=10)  # analyse/critique rounds; None: agent.max_iterations

@@ -82,3 +82,18 @@ def test_every_shipped_yaml_config_loads() -> None:
     found = [p for p in REPO.rglob("rolora*.yaml") if ".venv" not in p.parts and "build" not in p.parts]
     for p in found:
         load_config(p)
+
+
+def test_fusion_weights_follow_the_fusion(tmp_path: Path) -> None:
+    """The default hybrid fusion is the one measured best on CUAD's validation split (convex 0.6:0.4); choosing RRF
+    without weights means RRF 1:1, not RRF with the convex weights; given weights always win."""
+    from rolora.config import RetrievalConfig
+
+    d = RetrievalConfig()
+    assert (d.fusion, d.dense_weight, d.lexical_weight) == ("convex", 0.6, 0.4)
+    r = RetrievalConfig(fusion="rrf")
+    assert (r.dense_weight, r.lexical_weight) == (1.0, 1.0)
+    assert RetrievalConfig(fusion="rrf", dense_weight=2.0).dense_weight == 2.0
+    path = tmp_path / "rolora.yaml"
+    path.write_text("retrieval:\n  fusion: rrf\n", encoding="utf-8")
+    assert load_config(path).retrieval.lexical_weight == 1.0

@@ -201,3 +201,33 @@ def test_tolerances() -> None:
     assert parse_tolerance("10%") == (pytest.approx(0.10), True)
     with pytest.raises(ValueError):
         parse_tolerance("10")
+
+
+def test_quantize_is_a_configuration_of_its_own_and_leaves_older_fingerprints_alone(tmp_path: Path) -> None:
+    """``quantize: int8`` asks the same questions on int8 base weights: a run of its own (another fingerprint), while a
+    configuration that does not set it keeps the fingerprint it had before the field existed."""
+    import hashlib
+
+    from rolora.config import Config
+    from rolora.evals.runner import _plan
+
+    data = minimal()
+    data["configurations"] = {"base": {"adapters": "base"}, "int8": {"adapters": "base", "quantize": "int8"}}
+    suite = load_suite(write_suite(tmp_path, data))
+    cfg = Config.model_validate({"home": str(tmp_path / "home"), "domains": {"contracts": {"corpus": []}}})
+    fp = {n: _plan(suite, cfg, None, n, ["contracts"], {}).fingerprints["contracts"] for n in ("base", "int8")}
+    assert fp["base"] != fp["int8"]
+    spec = suite.configurations["base"]
+    before = {  # what the fingerprint hashed before quantize existed
+        "spec": spec.model_dump(mode="json", exclude={"description", "quantize"}),
+        "adapters": {r: None for r in spec.role_choices()},
+        "models": cfg.models.model_dump(mode="json"),
+        "retrieval": cfg.retrieval.model_dump(mode="json"),
+        "backend": cfg.backend.kind,
+        "agent": cfg.agent.model_dump(mode="json", exclude={"checkpointer", "checkpoint_path", "postgres_url"}),
+        "judge": "off",
+    }
+    assert fp["base"] == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
+    data["configurations"]["int8"]["quantize"] = "int4"
+    with pytest.raises(ConfigError, match=r"configurations\.int8\.quantize"):
+        load_suite(write_suite(tmp_path, data, "bad.yaml"))

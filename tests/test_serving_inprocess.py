@@ -161,3 +161,49 @@ def test_fused_mixed_batch_equals_pefts_own_mixed_batch(
         assert not torch.allclose(want[0], want[1], atol=1e-3), "the adapters changed nothing"
     finally:
         plain.close()
+
+
+def test_int8_backend_keeps_lora_fp32_around_int8_base_layers(
+    inprocess_backend: Any, generator_dir: Path, lora_adapters: dict[str, Path]
+) -> None:
+    """backend.quantize: int8 swaps the base model's linear layers for int8 kernels; PEFT still wraps them, the LoRA
+    weights stay fp32, a mixed batch still takes the fused path, and both the base model's logits and each adapter's
+    change to them stay close to the fp32 model's."""
+    import torch
+
+    from rolora.adapters.serving.inprocess import InProcessBackend
+    from rolora.adapters.serving.int8 import Int8Linear
+
+    with pytest.raises(UserError, match=r"backend\.quantize"):
+        InProcessBackend(generator_dir, quantize="int4")
+    q = InProcessBackend(generator_dir, DirectoryAdapters(TEST_HOME / "test-adapters"), quantize="int8")
+    try:
+        reqs = [_req(PROMPTS[0], adapter=a, max_tokens=8) for a in (None, "alpha@1", "beta@1")]
+        out = q.generate(reqs)
+        assert [r.adapter for r in out] == [None, "alpha@1", "beta@1"] and all(r.text for r in out)
+        assert q.fused_batches >= 1
+        lora = [m for m in q._peft.modules() if hasattr(m, "lora_A") and "alpha@1" in m.lora_A]
+        assert lora and all(isinstance(m.base_layer, Int8Linear) for m in lora)  # (the test adapters: attention)
+        assert type(q._model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # kept fp32 (int8.py)
+        assert all(type(m.lora_A["alpha@1"]) is torch.nn.Linear for m in lora)  # the adapter itself: fp32
+        head = q._model.get_output_embeddings()
+        assert isinstance(head, Int8Linear) and head.weight is q._model.get_input_embeddings().weight
+        # the same forward pass on the fp32 backend and the int8 one
+        fp32 = inprocess_backend
+        fp32.generate([_req(PROMPTS[0], adapter=a, max_tokens=1) for a in ("alpha@1", "beta@1")])  # loaded there
+        enc = q.tokenizer([f"Clause {i}: the Supplier shall indemnify." for i in range(3)], return_tensors="pt")
+        names = ["__base__", "alpha@1", "beta@1"]
+        with torch.inference_mode():
+            want = fp32._peft(**enc, adapter_names=names).logits[:, -1]
+            got = q._peft(**enc, adapter_names=names).logits[:, -1]
+
+        def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+            return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+        assert corr(got[0], want[0]) > 0.95, "int8 base logits drifted from fp32's"
+        for i, other in ((1, 2), (2, 1)):  # each adapter's effect on the logits survives quantization: it matches
+            # its own fp32 effect, and clearly better than the other adapter's
+            own = corr(got[i] - got[0], want[i] - want[0])
+            assert own > 0.5 and own > corr(got[i] - got[0], want[other] - want[0]) + 0.2
+    finally:
+        q.close()

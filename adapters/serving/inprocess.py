@@ -5,7 +5,9 @@ their adapters (``fused_lora``: every row's LoRA in one pair of matmuls per laye
 for adapter kinds it does not cover, PEFT's mixed-adapter batches through ``adapter_names``; ``"__base__"`` for the
 base model), with left padding and per-request max tokens and stop strings. Adapters load on demand from an
 ``AdapterResolver`` and an LRU bound (``max_loaded``) evicts the least recently used. JSON-schema constrained
-decoding uses xgrammar. All model work happens on one worker thread, so the backend is thread-safe.
+decoding uses xgrammar. ``quantize="int8"`` (``backend.quantize``) runs the base model's linear layers on int8
+kernels with the adapters in fp32 (:mod:`.int8`). All model work happens on one worker thread, so the backend is
+thread-safe.
 
 >>> backend = InProcessBackend.from_config(load_config(), adapters=DirectoryAdapters(root))  # doctest: +SKIP
 >>> backend.generate([GenerationRequest([{"role": "user", "content": "Hi"}], adapter="contracts-analyst")])
@@ -84,6 +86,7 @@ class InProcessBackend(BackendBase):
         torch_threads: int = 0,
         micro_batching: bool = True,
         fused_lora: bool = True,
+        quantize: str = "none",
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,6 +95,8 @@ class InProcessBackend(BackendBase):
 
         if max_loaded < 1:
             raise UserError(f"max_loaded must be >= 1, got {max_loaded}")
+        if quantize not in ("none", "int8"):
+            raise UserError(f"backend.quantize: {quantize!r} is not one of none, int8")
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         folder = Path(model) if Path(str(model)).is_dir() else resolve_generator(str(model), home)
@@ -102,6 +107,11 @@ class InProcessBackend(BackendBase):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         self._model.eval()
+        self.quantize = quantize
+        if quantize == "int8":
+            from .int8 import quantize_linear_int8
+
+            quantize_linear_int8(self._model)  # before PEFT wraps them: LoRA layers stay fp32 around the int8 ones
         self._peft: Any = None
         self._fused: Any = None  # FusedLoRA over self._peft (mixed batches in one pass per layer)
         self.fused_lora = fused_lora
@@ -130,6 +140,7 @@ class InProcessBackend(BackendBase):
             adapters,
             home=config.home_dir,
             torch_threads=config.backend.torch_threads,
+            quantize=config.backend.quantize,
             **kwargs,
         )
 
