@@ -31,6 +31,8 @@ NODES = ("route", "retrieve", "analyse", "critique", "finalise")
 
 def parse_configuration(text: str) -> dict[str, Any]:
     """``analyst=contracts-analyst@5,critic=off,rounds=1`` -> agent arguments."""
+    from rolora.config import QUANTIZE_CHOICES
+
     out: dict[str, Any] = {"adapters": {}, "settings": {}}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
@@ -44,14 +46,16 @@ def parse_configuration(text: str) -> dict[str, Any]:
             out["settings"]["max_iterations"] = int(value)
         elif key == "k":
             out["settings"]["k"] = int(value)
-        elif key == "quantize" and value in ("none", "int8"):
+        elif key == "quantize" and value in QUANTIZE_CHOICES:
             out["quantize"] = value
         elif key == "format":
             out["settings"]["analyst_format"] = value
+        elif key == "declined" and value in ("cited", "nearest"):
+            out["settings"]["declined_answer"] = value
         else:
             raise SystemExit(
                 f"--baseline/--candidate: cannot read {part!r} "
-                "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8)"
+                "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8, declined=cited|nearest)"
             )
     return out
 

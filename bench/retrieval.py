@@ -372,15 +372,7 @@ def fused(row: dict[str, Any], weights: tuple[float, float], rrf_k: int, fusion:
         out = convex_fuse([[(ids[p.chunk_id], p.score) for p in r] for r in ranked], weights)
         chunk_ids = list(by_id)
         return [by_id[chunk_ids[i]] for i, _ in out][:64]
-    if weights == (1.0, 1.0):
-        return [p for p, _ in rrf_fuse_items(ranked, lambda p: p.chunk_id, rrf_k)][:64]
-    scores: dict[str, float] = {}
-    first: dict[str, Any] = {}
-    for w, ranking in zip(weights, ranked, strict=True):
-        for rank, p in enumerate(ranking, start=1):
-            scores[p.chunk_id] = scores.get(p.chunk_id, 0.0) + w / (rrf_k + rank)
-            first.setdefault(p.chunk_id, p)
-    return [first[c] for c, _ in sorted(scores.items(), key=lambda kv: -kv[1])][:64]
+    return [p for p, _ in rrf_fuse_items(ranked, lambda p: p.chunk_id, rrf_k, weights)][:64]
 
 
 def score_rows(

@@ -214,8 +214,9 @@ def resolve_adapter(config: Config, registry: Any, domain: str, role: str, choic
 
 
 def _unset_newer_fields(spec: ConfigurationSpec) -> set[str]:
-    """Configuration fields added after runs were stored (``quantize``): left out of the fingerprint while unset."""
-    return {"quantize"} if spec.quantize is None else set()
+    """Configuration fields added after runs were stored (``quantize``, ``k``, ``declined_answer``): left out of the
+    fingerprint while unset."""
+    return {f for f in ("quantize", "k", "declined_answer") if getattr(spec, f) is None}
 
 
 def _hash(data: Any) -> str:

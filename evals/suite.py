@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from rolora.config import Quantize
 from rolora.errors import ConfigError
 
 from .metrics import GROUPS, Group, metric_catalogue
@@ -80,17 +81,19 @@ class ConfigurationSpec(_Strict):
     adapter_domain: str | None = None  # where "promoted" looks (default: the questions' domain)
     retrieval: Literal["dense", "lexical", "hybrid"] | None = None  # None: the config's retrieval.mode
     backend: Literal["inprocess", "vllm"] | None = None  # None: the config's backend.kind
-    quantize: Literal["none", "int8"] | None = None  # inprocess: backend.quantize; None: the config's
+    quantize: Quantize | None = None  # inprocess: backend.quantize; None: the config's
     use_critic: bool | None = None  # None: the config's agent.use_critic
     use_query_writer: bool | None = None  # None: the config's agent.use_query_writer
     max_iterations: int | None = Field(None, ge=1, le=10)  # analyse/critique rounds; None: agent.max_iterations
     # the base model's analyst output format (an adapter keeps its own); None: the config's agent.analyst_format
     analyst_format: Literal["quote", "sentence"] | None = None
     adapter_refusals: bool | None = None  # an analyst adapter may decline with no evidence; None: the config's
+    k: int | None = Field(None, ge=1, le=20)  # passages given to the analyst; None: the config's agent.k
+    declined_answer: Literal["cited", "nearest"] | None = None  # None: the config's agent.declined_answer
 
     def agent_overrides(self) -> dict[str, Any]:
         """The agent settings this configuration changes (the rest are the config's ``agent:``)."""
-        fields = ("use_query_writer", "max_iterations", "analyst_format", "adapter_refusals")
+        fields = ("use_query_writer", "max_iterations", "analyst_format", "adapter_refusals", "k", "declined_answer")
         return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
 
     def role_choices(self) -> dict[Role, str]:

@@ -65,7 +65,12 @@ def convex_fuse(rankings: Sequence[Sequence[tuple[int, float]]], weights: Sequen
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def rrf_fuse_items(rankings: Sequence[Sequence[T]], key: Callable[[T], Hashable], k: int = 60) -> list[tuple[T, float]]:
+def rrf_fuse_items(
+    rankings: Sequence[Sequence[T]],
+    key: Callable[[T], Hashable],
+    k: int = 60,
+    weights: Sequence[float] | None = None,
+) -> list[tuple[T, float]]:
     """:func:`rrf_fuse` over items identified by ``key`` (e.g. passages by chunk id): the first item seen stands
     for its key, and ties keep first-seen order."""
     ids: dict[Hashable, int] = {}
@@ -79,7 +84,7 @@ def rrf_fuse_items(rankings: Sequence[Sequence[T]], key: Callable[[T], Hashable]
                 first.append(item)
             row.append(ident)
         numbered.append(row)
-    return [(first[i], score) for i, score in rrf_fuse(numbered, k)]
+    return [(first[i], score) for i, score in rrf_fuse(numbered, k, weights)]
 
 
 class Retriever:

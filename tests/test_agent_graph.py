@@ -239,10 +239,12 @@ class _DeclinesAfterQuoting(_BadFirstCitation):
 def test_a_quote_then_a_refusal_becomes_the_extractive_answer(
     agent_backend: Any, examples_retriever: Any, tmp_path: Path
 ) -> None:
+    """agent.declined_answer: cited - the sentence it quoted before declining answers."""
     from rolora.agents import Agent
 
     backend = _DeclinesAfterQuoting(agent_backend)
-    agent = Agent.from_config(agent_config(tmp_path), backend=backend, adapters=ADAPTERS, use_critic=False)
+    cfg = agent_config(tmp_path, declined_answer="cited")
+    agent = Agent.from_config(cfg, backend=backend, adapters=ADAPTERS, use_critic=False)
     try:
         answer = agent.ask(ANSWERABLE[0], "contracts")
     finally:
@@ -251,6 +253,41 @@ def test_a_quote_then_a_refusal_becomes_the_extractive_answer(
     assert backend.injected == 1 and first.detail["answer_from"] == "quote"
     assert not answer.not_found and answer.answer == backend.quote
     assert [c.quote for c in answer.citations] == [backend.quote]
+    _check_answer(answer, examples_retriever)
+
+
+def test_a_refusal_with_a_forced_citation_answers_with_the_sentence_nearest_the_question(
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+) -> None:
+    """agent.declined_answer: nearest - the analyst declined and cited only because it had to: the passages'
+    sentence nearest the question (the real MiniLM, cosine) answers, cited; the forced pick is kept in the trace."""
+    import numpy as np
+
+    from rolora.agents import Agent
+    from rolora.retrieval.resolve import clause_words
+    from rolora.roles import is_heading, quote_spans
+
+    backend = _DeclinesAfterQuoting(agent_backend)
+    cfg = agent_config(tmp_path, declined_answer="nearest", use_query_writer=False)
+    agent = Agent.from_config(cfg, backend=backend, adapters=ADAPTERS, use_critic=False)
+    try:
+        answer = agent.ask(ANSWERABLE[0], "contracts")
+    finally:
+        agent.close()
+    first = next(s for s in answer.trace if s.node == "analyse")
+    assert backend.injected == 1 and first.detail["answer_from"] == "nearest"
+    assert [c["quote"] for c in first.detail["declined_evidence"]] == [backend.quote]
+    # the question names its contract, so the search ran inside it, and the question without the names was searched
+    # (and is compared) too: the names say nothing about the clause
+    clause = clause_words(ANSWERABLE[0])
+    retrieve = next(s for s in answer.trace if s.node == "retrieve" and not s.role)
+    assert clause in retrieve.detail["queries"]
+    sentences = [q.text for q in quote_spans(answer.passages) if not is_heading(q.text)]
+    vectors = examples_retriever.embedder.embed([clause, *sentences])
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    nearest = sentences[int(np.argmax(vectors[1:] @ vectors[0]))]
+    assert not answer.not_found and answer.answer == nearest
+    assert [c.quote for c in answer.citations] == [nearest] and answer.citations[0].doc_id == ANSWERABLE[1]
     _check_answer(answer, examples_retriever)
 
 

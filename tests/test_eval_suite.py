@@ -203,23 +203,32 @@ def test_tolerances() -> None:
         parse_tolerance("10")
 
 
-def test_quantize_is_a_configuration_of_its_own_and_leaves_older_fingerprints_alone(tmp_path: Path) -> None:
-    """``quantize: int8`` asks the same questions on int8 base weights: a run of its own (another fingerprint), while a
-    configuration that does not set it keeps the fingerprint it had before the field existed."""
+def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_fingerprints_alone(tmp_path: Path) -> None:
+    """``quantize: int8`` (int8 base weights), ``k: 3`` (three passages) and ``declined_answer`` ask the same
+    questions: each a run of its own (another fingerprint), while a configuration that sets none of them keeps the
+    fingerprint it had before they existed."""
     import hashlib
 
     from rolora.config import Config
     from rolora.evals.runner import _plan
 
     data = minimal()
-    data["configurations"] = {"base": {"adapters": "base"}, "int8": {"adapters": "base", "quantize": "int8"}}
+    data["configurations"] = {
+        "base": {"adapters": "base"},
+        "int8": {"adapters": "base", "quantize": "int8"},
+        "k3": {"adapters": "base", "k": 3},
+        "nearest": {"adapters": "base", "declined_answer": "nearest"},
+    }
     suite = load_suite(write_suite(tmp_path, data))
     cfg = Config.model_validate({"home": str(tmp_path / "home"), "domains": {"contracts": {"corpus": []}}})
-    fp = {n: _plan(suite, cfg, None, n, ["contracts"], {}).fingerprints["contracts"] for n in ("base", "int8")}
-    assert fp["base"] != fp["int8"]
+    names = ("base", "int8", "k3", "nearest")
+    fp = {n: _plan(suite, cfg, None, n, ["contracts"], {}).fingerprints["contracts"] for n in names}
+    assert len(set(fp.values())) == len(names)
+    assert suite.configurations["k3"].agent_overrides() == {"k": 3}  # the agent reads 3 passages
+    assert suite.configurations["nearest"].agent_overrides() == {"declined_answer": "nearest"}
     spec = suite.configurations["base"]
     before = {  # what the fingerprint hashed before quantize existed
-        "spec": spec.model_dump(mode="json", exclude={"description", "quantize"}),
+        "spec": spec.model_dump(mode="json", exclude={"description", "quantize", "k", "declined_answer"}),
         "adapters": {r: None for r in spec.role_choices()},
         "models": cfg.models.model_dump(mode="json"),
         "retrieval": cfg.retrieval.model_dump(mode="json"),

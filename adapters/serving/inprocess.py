@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rolora.config import QUANTIZE_CHOICES
 from rolora.errors import RoloraRuntimeError, UserError
 
 from .base import (
@@ -95,8 +96,8 @@ class InProcessBackend(BackendBase):
 
         if max_loaded < 1:
             raise UserError(f"max_loaded must be >= 1, got {max_loaded}")
-        if quantize not in ("none", "int8"):
-            raise UserError(f"backend.quantize: {quantize!r} is not one of none, int8")
+        if quantize not in QUANTIZE_CHOICES:
+            raise UserError(f"backend.quantize: {quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         folder = Path(model) if Path(str(model)).is_dir() else resolve_generator(str(model), home)

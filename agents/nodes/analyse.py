@@ -10,7 +10,8 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from rolora.roles import NOT_FOUND, AnalystCall, analyst_call, is_refusal, reply_citations
+from rolora.retrieval.resolve import clause_words
+from rolora.roles import NOT_FOUND, AnalystCall, analyst_call, is_refusal, nearest_sentence, reply_citations
 from rolora.roles.safety import looks_injected
 
 from ..citations import citation_from_quote, verify_citation
@@ -51,6 +52,11 @@ def analyst_request(
 def analyst_schema(passages: list[PassageRef], constrain_quotes: bool, defended: bool = True) -> dict[str, Any]:
     """The quote format's JSON schema for ``passages`` (see :func:`analyst_request`)."""
     return analyst_request("", passages, None, "quote", constrain_quotes, defended).schema
+
+
+def _detail(c: Any) -> dict[str, Any]:
+    """A checked citation as the trace shows it."""
+    return {k: getattr(c, k) for k in ("doc_id", "start", "end", "quote", "verified", "reason")}
 
 
 async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -106,19 +112,27 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     t0 = time.perf_counter()
     checked = await asyncio.to_thread(lambda: [verify_citation(c, passages, retriever.document_text) for c in cites])
     step.detail["verify_s"] = round(time.perf_counter() - t0, 4)
-    step.detail["citations"] = [
-        {
-            "doc_id": c.doc_id,
-            "start": c.start,
-            "end": c.end,
-            "quote": c.quote,
-            "verified": c.verified,
-            "reason": c.reason,
-        }
-        for c in checked
-    ]
+    step.detail["citations"] = [_detail(c) for c in checked]
     verified = [c for c in checked if c.verified]
     step.detail["may_refuse"] = may_refuse
+    if draft["not_found"] and verified and not may_refuse and ctx.settings.declined_answer == "nearest":
+        # it declined and cited only because it had to: that sentence is no choice of evidence (a refusal's forced
+        # pick is sentence 1); the passages' sentence nearest the question answers instead
+        # inside a named contract its names say nothing about the clause: the question without them, as retrieve
+        # searched it (retrieve adds that query only when the search was scoped)
+        clause = clause_words(state["question"])
+        scoped = len(clause.split()) >= 3 and clause.lower() in {q.lower() for q in state.get("queries", [])}
+        embed = retriever.embedder.embed
+        best = await asyncio.to_thread(nearest_sentence, clause if scoped else state["question"], call.quotes, embed)
+        if best is not None:
+            cite = citation_from_quote(passages, best.passage, best.text)
+            near = await asyncio.to_thread(verify_citation, cite, passages, retriever.document_text)
+            if near.verified:
+                checked, verified = [near], [near]
+                step.detail["declined_evidence"] = step.detail.pop("citations")
+                step.detail["citations"] = [_detail(near)]
+                draft = {**draft, "answer": near.quote, "not_found": False}
+                step.detail["answer_from"] = "nearest"
     if draft["not_found"] and verified and not may_refuse:
         # it quoted a clause of the passages and then declined: the evidence wins, the clause itself becomes the
         # (extractive) answer, and the critique node judges it like any other draft

@@ -15,6 +15,7 @@ from .formats import (
     analyst_schema_for,
     answer_sentences,
     evidence_ids,
+    nearest_sentence,
     reply_citations,
     trained_format,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "is_refusal",
     "locate_quote",
     "narrow_analyst_schema",
+    "nearest_sentence",
     "query_writer_messages",
     "quote_candidates",
     "quote_spans",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +41,7 @@ __all__ = [
     "analyst_schema_for",
     "answer_sentences",
     "evidence_ids",
+    "nearest_sentence",
     "reply_citations",
     "trained_format",
 ]
@@ -214,6 +215,23 @@ def reply_citations(reply: dict[str, Any], call: AnalystCall, *, attribute: bool
     if any((c.get("passage"), c.get("quote")) in keys for c in cites):
         return cites  # the model's own citations already hold the sentence that states the answer
     return [{"passage": stated[0].passage, "quote": stated[0].text}]
+
+
+def nearest_sentence(question: str, quotes: Sequence[Quote], embed: Callable[[list[str]], Any]) -> Quote | None:
+    """The sentence among ``quotes`` (headings aside) whose embedding is nearest the question's (cosine; ``embed``
+    returns one vector per text, e.g. the domain's retrieval embedder); None when there is none. Ties keep passage
+    order. The extractive answer of an analyst that declined although it had to cite (``agent.declined_answer``)."""
+    import numpy as np
+
+    citable = [q for q in quotes if not is_heading(q.text)]
+    if not citable:
+        return None
+    vectors = np.asarray(embed([question] + [q.text for q in citable]), dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    norms[norms == 0] = 1.0
+    vectors = vectors / norms[:, None]
+    scores = vectors[1:] @ vectors[0]
+    return citable[int(np.argmax(scores))]
 
 
 def evidence_ids(citations: Sequence[dict[str, Any]], quotes: Sequence[Quote]) -> list[int]:
