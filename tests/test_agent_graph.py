@@ -236,20 +236,25 @@ class _DeclinesAfterQuoting(_BadFirstCitation):
         return out
 
 
-def test_a_quote_then_a_refusal_becomes_the_extractive_answer(
-    agent_backend: Any, examples_retriever: Any, tmp_path: Path
-) -> None:
-    """agent.declined_answer: cited - the sentence it quoted before declining answers."""
+def _ask_declining(agent_backend: Any, tmp_path: Path, **settings: Any) -> tuple[_DeclinesAfterQuoting, Any, Any]:
+    """The answerable question on the real backend whose analyst quotes a sentence and declines: (backend, answer,
+    the analyse step)."""
     from rolora.agents import Agent
 
     backend = _DeclinesAfterQuoting(agent_backend)
-    cfg = agent_config(tmp_path, declined_answer="cited")
-    agent = Agent.from_config(cfg, backend=backend, adapters=ADAPTERS, use_critic=False)
+    agent = Agent.from_config(agent_config(tmp_path, **settings), backend=backend, adapters=ADAPTERS, use_critic=False)
     try:
         answer = agent.ask(ANSWERABLE[0], "contracts")
     finally:
         agent.close()
-    first = next(s for s in answer.trace if s.node == "analyse")
+    return backend, answer, next(s for s in answer.trace if s.node == "analyse")
+
+
+def test_a_quote_then_a_refusal_becomes_the_extractive_answer(
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+) -> None:
+    """agent.declined_answer: cited - the sentence it quoted before declining answers."""
+    backend, answer, first = _ask_declining(agent_backend, tmp_path, declined_answer="cited")
     assert backend.injected == 1 and first.detail["answer_from"] == "quote"
     assert not answer.not_found and answer.answer == backend.quote
     assert [c.quote for c in answer.citations] == [backend.quote]
@@ -263,18 +268,10 @@ def test_a_refusal_with_a_forced_citation_answers_with_the_sentence_nearest_the_
     sentence nearest the question (the real MiniLM, cosine) answers, cited; the forced pick is kept in the trace."""
     import numpy as np
 
-    from rolora.agents import Agent
     from rolora.retrieval.resolve import clause_words
     from rolora.roles import is_heading, quote_spans
 
-    backend = _DeclinesAfterQuoting(agent_backend)
-    cfg = agent_config(tmp_path, declined_answer="nearest", use_query_writer=False)
-    agent = Agent.from_config(cfg, backend=backend, adapters=ADAPTERS, use_critic=False)
-    try:
-        answer = agent.ask(ANSWERABLE[0], "contracts")
-    finally:
-        agent.close()
-    first = next(s for s in answer.trace if s.node == "analyse")
+    backend, answer, first = _ask_declining(agent_backend, tmp_path, declined_answer="nearest", use_query_writer=False)
     assert backend.injected == 1 and first.detail["answer_from"] == "nearest"
     assert [c["quote"] for c in first.detail["declined_evidence"]] == [backend.quote]
     # the question names its contract, so the search ran inside it, and the question without the names was searched
