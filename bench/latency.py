@@ -31,7 +31,7 @@ NODES = ("route", "retrieve", "analyse", "critique", "finalise")
 
 def parse_configuration(text: str) -> dict[str, Any]:
     """``analyst=contracts-analyst@5,critic=off,rounds=1`` -> agent arguments."""
-    from rolora.config import QUANTIZE_CHOICES
+    from rolora.config import DECLINED_ANSWER_CHOICES, QUANTIZE_CHOICES
 
     out: dict[str, Any] = {"adapters": {}, "settings": {}}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -50,7 +50,7 @@ def parse_configuration(text: str) -> dict[str, Any]:
             out["quantize"] = value
         elif key == "format":
             out["settings"]["analyst_format"] = value
-        elif key == "declined" and value in ("cited", "nearest"):
+        elif key == "declined" and value in DECLINED_ANSWER_CHOICES:
             out["settings"]["declined_answer"] = value
         else:
             raise SystemExit(

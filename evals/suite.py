@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from rolora.config import Quantize
+from rolora.config import DeclinedAnswer, Quantize
 from rolora.errors import ConfigError
 
 from .metrics import GROUPS, Group, metric_catalogue
@@ -89,7 +89,7 @@ class ConfigurationSpec(_Strict):
     analyst_format: Literal["quote", "sentence"] | None = None
     adapter_refusals: bool | None = None  # an analyst adapter may decline with no evidence; None: the config's
     k: int | None = Field(None, ge=1, le=20)  # passages given to the analyst; None: the config's agent.k
-    declined_answer: Literal["cited", "nearest"] | None = None  # None: the config's agent.declined_answer
+    declined_answer: DeclinedAnswer | None = None  # None: the config's agent.declined_answer
 
     def agent_overrides(self) -> dict[str, Any]:
         """The agent settings this configuration changes (the rest are the config's ``agent:``)."""

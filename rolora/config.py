@@ -127,6 +127,10 @@ class GatesConfig(_Strict):
     eval_limit: int = Field(20, ge=1, description="test/validation rows the role metric and perplexity gates read")
 
 
+DeclinedAnswer = Literal["cited", "nearest"]  # agent.declined_answer, an eval configuration's, bench/latency.py
+DECLINED_ANSWER_CHOICES: tuple[str, ...] = get_args(DeclinedAnswer)
+
+
 class AgentConfig(_Strict):
     """The agent graph (``rolora.agents``): how many passages, how many critique loops, routing, durability."""
 
@@ -155,7 +159,7 @@ class AgentConfig(_Strict):
     # question by the retrieval embedder (cosine) does, with its citation (the trace says answer_from: nearest).
     # A forced citation after a refusal is not a choice of evidence (the adapters name sentence 1 of passage 1).
     # "nearest", chosen on the validation split: with k 3, token-F1 0.213 -> 0.265, citations on gold 0.222 -> 0.444
-    declined_answer: Literal["cited", "nearest"] = "nearest"
+    declined_answer: DeclinedAnswer = "nearest"
     route_min_confidence: float = Field(0.2, ge=0, le=1)
     # mean cosine (MiniLM) of the question with the routed domain's 3 nearest chunks; below it the question is off
     # topic for the corpus and is refused without a model call (sample corpus: its questions score >= 0.48,

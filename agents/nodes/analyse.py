@@ -59,6 +59,15 @@ def _detail(c: Any) -> dict[str, Any]:
     return {k: getattr(c, k) for k in ("doc_id", "start", "end", "quote", "verified", "reason")}
 
 
+def _nearest(question: str, call: AnalystCall, passages: list[PassageRef], retriever: Any) -> Any:
+    """The verified citation of the passages' sentence nearest ``question`` (:func:`nearest_sentence`), or None."""
+    best = nearest_sentence(question, call.quotes, retriever.embedder.embed)
+    if best is None:
+        return None
+    near = verify_citation(citation_from_quote(passages, best.passage, best.text), passages, retriever.document_text)
+    return near if near.verified else None
+
+
 async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
     started = time.perf_counter()
@@ -117,22 +126,18 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     step.detail["may_refuse"] = may_refuse
     if draft["not_found"] and verified and not may_refuse and ctx.settings.declined_answer == "nearest":
         # it declined and cited only because it had to: that sentence is no choice of evidence (a refusal's forced
-        # pick is sentence 1); the passages' sentence nearest the question answers instead
-        # inside a named contract its names say nothing about the clause: the question without them, as retrieve
-        # searched it (retrieve adds that query only when the search was scoped)
+        # pick is sentence 1); the passages' sentence nearest the question answers instead. Inside a named contract
+        # its names say nothing about the clause: compared is the question without them, the query retrieve added
+        # when it searched inside the contract
         clause = clause_words(state["question"])
-        scoped = len(clause.split()) >= 3 and clause.lower() in {q.lower() for q in state.get("queries", [])}
-        embed = retriever.embedder.embed
-        best = await asyncio.to_thread(nearest_sentence, clause if scoped else state["question"], call.quotes, embed)
-        if best is not None:
-            cite = citation_from_quote(passages, best.passage, best.text)
-            near = await asyncio.to_thread(verify_citation, cite, passages, retriever.document_text)
-            if near.verified:
-                checked, verified = [near], [near]
-                step.detail["declined_evidence"] = step.detail.pop("citations")
-                step.detail["citations"] = [_detail(near)]
-                draft = {**draft, "answer": near.quote, "not_found": False}
-                step.detail["answer_from"] = "nearest"
+        scoped = clause.lower() in {q.lower() for q in state.get("queries", [])}
+        near = await asyncio.to_thread(_nearest, clause if scoped else state["question"], call, passages, retriever)
+        if near is not None:
+            step.detail["declined_evidence"] = step.detail.pop("citations")
+            step.detail["citations"] = [_detail(near)]
+            step.detail["answer_from"] = "nearest"
+            checked, verified = [near], [near]
+            draft = {**draft, "answer": near.quote, "not_found": False}
     if draft["not_found"] and verified and not may_refuse:
         # it quoted a clause of the passages and then declined: the evidence wins, the clause itself becomes the
         # (extractive) answer, and the critique node judges it like any other draft

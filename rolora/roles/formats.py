@@ -218,20 +218,17 @@ def reply_citations(reply: dict[str, Any], call: AnalystCall, *, attribute: bool
 
 
 def nearest_sentence(question: str, quotes: Sequence[Quote], embed: Callable[[list[str]], Any]) -> Quote | None:
-    """The sentence among ``quotes`` (headings aside) whose embedding is nearest the question's (cosine; ``embed``
-    returns one vector per text, e.g. the domain's retrieval embedder); None when there is none. Ties keep passage
-    order. The extractive answer of an analyst that declined although it had to cite (``agent.declined_answer``)."""
+    """The sentence among ``quotes`` (headings aside) whose embedding is nearest the question's: ``embed`` is an
+    :class:`~rolora.retrieval.embedder.Embedder`'s (normalised vectors, so the dot product is the cosine), e.g. the
+    domain's retrieval embedder; None when there is none. Ties keep passage order. The extractive answer of an
+    analyst that declined although it had to cite (``agent.declined_answer``)."""
     import numpy as np
 
     citable = [q for q in quotes if not is_heading(q.text)]
     if not citable:
         return None
-    vectors = np.asarray(embed([question] + [q.text for q in citable]), dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1)
-    norms[norms == 0] = 1.0
-    vectors = vectors / norms[:, None]
-    scores = vectors[1:] @ vectors[0]
-    return citable[int(np.argmax(scores))]
+    vectors = embed([question] + [q.text for q in citable])
+    return citable[int(np.argmax(vectors[1:] @ vectors[0]))]
 
 
 def evidence_ids(citations: Sequence[dict[str, Any]], quotes: Sequence[Quote]) -> list[int]:
