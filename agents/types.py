@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from rolora.roles.verdicts import YesNo
+
 __all__ = ["Answer", "Citation", "PassageRef", "TraceStep", "Verdict"]
 
 Verdict = Literal["supported", "unsupported", "partial", "skipped"]
@@ -87,6 +89,7 @@ class Answer(BaseModel):
     citations: list[Citation] = Field(default_factory=list)
     passages: list[PassageRef] = Field(default_factory=list)  # retrieved, fused rank order
     verdict: Verdict = "skipped"  # the critic's last verdict
+    yes_no: YesNo | None = None  # a yes/no question's verdict (agent.yes_no); None for other questions
     critique: list[str] = Field(default_factory=list)  # the critic's reasons and the failed citation checks
     iterations: int = 1
     route_confidence: float = 1.0

@@ -11,8 +11,9 @@ and of each node's time, the analyst's decoded tokens, model calls per question,
 A configuration is ``role=adapter`` pairs (``base`` for the base model; naming the critic's turns it on) plus optional
 ``critic=on|off`` (default: the config's ``agent.use_critic``) / ``rounds=N`` / ``k=N`` (passages) /
 ``format=quote|sentence`` (the base analyst's output format) / ``quantize=none|int8`` (``backend.quantize``: a
-configuration that differs there gets its own backend). Printed too: how many answers (text and citations) the
-candidate gives identically to the baseline. Results also go to ``--out``/latency.json.
+configuration that differs there gets its own backend) / ``declined=cited|nearest`` / ``yes_no=on|off`` /
+``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence). Printed too: how many
+answers (text and citations) the candidate gives identically to the baseline. Results also go to ``--out``/latency.json.
 """
 
 from __future__ import annotations
@@ -52,10 +53,15 @@ def parse_configuration(text: str) -> dict[str, Any]:
             out["settings"]["analyst_format"] = value
         elif key == "declined" and value in DECLINED_ANSWER_CHOICES:
             out["settings"]["declined_answer"] = value
+        elif key == "yes_no" and value in ("on", "off"):
+            out["settings"]["yes_no"] = value == "on"
+        elif key == "min_evidence":
+            out["settings"]["min_evidence_similarity"] = float(value)
         else:
             raise SystemExit(
                 f"--baseline/--candidate: cannot read {part!r} "
-                "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8, declined=cited|nearest)"
+                "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8, declined=cited|nearest, "
+                "yes_no=on|off, min_evidence=X)"
             )
     return out
 

@@ -10,7 +10,9 @@ unanswerable question), so configurations can be compared question by question (
   covered by the top-k passages, ``span_precision@k`` = share of their characters that are gold.
 - answer: ``exact_match`` (SQuAD-normalised), ``token_f1``, ``rouge_l`` (rouge-score, F) against the best gold
   answer, a refusal counting as the empty answer; ``refusal_accuracy`` on unanswerable questions, and
-  ``false_refusal_rate`` on answerable ones.
+  ``false_refusal_rate`` on answerable ones; ``verdict_accuracy`` on yes/no questions ("Yes", "No" or "Not
+  mentioned" against the verdict the annotation implies, :mod:`rolora.roles.verdicts`; an answer without a verdict
+  is read as one: a refusal is "Not mentioned").
 - grounding: ``citation_precision`` (final citations overlapping gold evidence), ``citation_validity`` (the draft's
   citations that lie inside a retrieved passage whose text holds the quote), ``all_verified`` (answers with at least
   one citation, all of them valid).
@@ -34,6 +36,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from rolora.roles import locate_quote
+from rolora.roles.verdicts import answered_verdict, gold_verdict, is_yes_no
 
 if TYPE_CHECKING:
     from rolora.agents.types import Answer
@@ -164,6 +167,7 @@ def metric_catalogue(ks: Sequence[int]) -> dict[str, MetricInfo]:
     add("rouge_l", "answer", True, "answerable with gold answers", "ROUGE-L F against the best gold answer")
     add("refusal_accuracy", "answer", True, "unanswerable", "share of unanswerable questions refused (not found)")
     add("false_refusal_rate", "answer", False, "answerable", "share of answerable questions refused")
+    add("verdict_accuracy", "answer", True, "yes/no questions", "Yes / No / Not mentioned equals the gold verdict")
     add("citation_precision", "grounding", True, "answerable, cited", "final citations overlapping gold evidence")
     add("citation_validity", "grounding", True, "cited", "draft citations inside a retrieved passage with the quote")
     add("all_verified", "grounding", True, "answered", "answers with >= 1 citation, every one valid")
@@ -282,6 +286,14 @@ def answer_scores(q: EvalQuestion, answer: Answer) -> dict[str, float | None]:
         "rouge_l": rouge_l(pred, golds) if has_gold else None,
         "refusal_accuracy": None if q.answerable else float(answer.not_found),
         "false_refusal_rate": float(answer.not_found) if q.answerable else None,
+        "verdict_accuracy": (
+            float(
+                answered_verdict(answer.answer, answer.not_found, answer.yes_no)
+                == gold_verdict(q.answers, q.answerable)
+            )
+            if is_yes_no(q.question)
+            else None
+        ),
     }
 
 

@@ -90,10 +90,22 @@ class ConfigurationSpec(_Strict):
     adapter_refusals: bool | None = None  # an analyst adapter may decline with no evidence; None: the config's
     k: int | None = Field(None, ge=1, le=20)  # passages given to the analyst; None: the config's agent.k
     declined_answer: DeclinedAnswer | None = None  # None: the config's agent.declined_answer
+    yes_no: bool | None = None  # verdicts for yes/no questions; None: the config's agent.yes_no
+    # refused below it (0: never); None: the config's agent.min_evidence_similarity
+    min_evidence_similarity: float | None = Field(None, ge=0, le=1)
 
     def agent_overrides(self) -> dict[str, Any]:
         """The agent settings this configuration changes (the rest are the config's ``agent:``)."""
-        fields = ("use_query_writer", "max_iterations", "analyst_format", "adapter_refusals", "k", "declined_answer")
+        fields = (
+            "use_query_writer",
+            "max_iterations",
+            "analyst_format",
+            "adapter_refusals",
+            "k",
+            "declined_answer",
+            "yes_no",
+            "min_evidence_similarity",
+        )
         return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
 
     def role_choices(self) -> dict[Role, str]:

@@ -38,9 +38,17 @@ UNANSWERABLE = "What is the boiling point of liquid nitrogen in degrees Kelvin?"
 
 def agent_config(checkpoints: Path, **agent: Any) -> Any:
     """The graph with every role on (the query writer and the critic are off by default), checkpoints under
-    ``checkpoints``."""
+    ``checkpoints``, and no evidence gate: ANSWERABLE's nearest sentence is below agent.min_evidence_similarity
+    (MiniLM, 0.31 < 0.42: one of the false refusals the default accepts, README), and these tests are about the model
+    path; the gate has its own test below."""
     cfg = make_config(TEST_HOME, contracts={"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"]})
-    settings = {"checkpoint_path": checkpoints / "runs.sqlite", "use_query_writer": True, "use_critic": True, **agent}
+    settings = {
+        "checkpoint_path": checkpoints / "runs.sqlite",
+        "use_query_writer": True,
+        "use_critic": True,
+        "min_evidence_similarity": 0.0,
+        **agent,
+    }
     return cfg.model_copy(update={"agent": cfg.agent.model_copy(update=settings)})
 
 
@@ -286,6 +294,67 @@ def test_a_refusal_with_a_forced_citation_answers_with_the_sentence_nearest_the_
     assert not answer.not_found and answer.answer == nearest
     assert [c.quote for c in answer.citations] == [nearest] and answer.citations[0].doc_id == ANSWERABLE[1]
     _check_answer(answer, examples_retriever)
+
+
+CONSULTING = (
+    "Consider the Independent Consulting Agreement between Northwind Ridge Therapeutics, Inc. and Adeyemi-Brandt "
+    "Regulatory Advisory LLC. "
+)
+
+
+def test_a_yes_no_question_gets_a_verdict_with_the_clause_that_decides_it(
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+) -> None:
+    """agent.yes_no: "May the Consultant ...?" is answered "No" with the clause that forbids it cited, "May either
+    Party ...?" "Yes" with the clause that allows it; a question no
+    sentence of the passages comes near (below agent.min_evidence_similarity) is "Not mentioned", a refusal; with
+    yes_no off the same question gets an extractive answer."""
+    from rolora.agents import Agent
+
+    forbidden = CONSULTING + "May the Consultant use a subcontractor without the Company's prior written consent?"
+    allowed = CONSULTING + "May either Party terminate this Agreement for convenience?"
+    absent = CONSULTING + "Is there a clause about the chartering of aircraft?"
+    from rolora.config import AgentConfig
+
+    gate = AgentConfig().min_evidence_similarity  # the default
+    cfg = agent_config(tmp_path, min_evidence_similarity=gate)
+    agent = Agent.from_config(cfg, backend=agent_backend, adapters=ADAPTERS, use_critic=False)
+    try:
+        no, yes, nothing = (agent.ask(q, "contracts") for q in (forbidden, allowed, absent))
+    finally:
+        agent.close()
+    print(json.dumps([a.model_dump(exclude={"passages"}) for a in (no, yes, nothing)], indent=1))
+    # "Yes" is no text of its clause: the deterministic answer-support check does not reject it
+    assert yes.yes_no == "Yes" and yes.answer == "Yes" and not yes.not_found and yes.iterations == 1
+    assert len(yes.citations) == 1 and "terminat" in yes.citations[0].quote
+    _check_answer(yes, examples_retriever)
+    decided = next(s for s in no.trace if s.node == "analyse")
+    assert no.yes_no == "No" and no.answer == "No" and not no.not_found
+    # decided by the nearest sentence, without a model call
+    assert decided.role is None and decided.detail["yes_no"]["verdict"] == "No"
+    assert decided.detail["evidence_gate"]["similarity"] >= decided.detail["evidence_gate"]["min_similarity"] > 0
+    assert len(no.citations) == 1 and "subcontract" in no.citations[0].quote
+    assert no.citations[0].doc_id == "consulting_agreement"
+    _check_answer(no, examples_retriever)
+    # nothing in the passages is near the question: refused before any model call
+    missing = next(s for s in nothing.trace if s.node == "analyse")
+    assert missing.detail["evidence_gate"]["similarity"] < missing.detail["evidence_gate"]["min_similarity"]
+    assert "refused" in missing.detail["evidence_gate"]
+    assert nothing.yes_no == "Not mentioned" and nothing.answer == "Not mentioned"
+    assert nothing.not_found and nothing.citations == []
+    plain = Agent.from_config(
+        agent_config(tmp_path, yes_no=False, min_evidence_similarity=gate),
+        backend=agent_backend,
+        adapters=ADAPTERS,
+        use_critic=False,
+    )
+    try:
+        extractive = plain.ask(forbidden, "contracts")
+    finally:
+        plain.close()
+    assert extractive.yes_no is None and extractive.answer not in ("Yes", "No", "Not mentioned")
+    assert "yes_no" not in next(s for s in extractive.trace if s.node == "analyse").detail
+    assert {st.role for a in (no, yes, nothing) for st in a.trace if st.node == "analyse"} == {None}  # no model call
 
 
 _CHILD = textwrap.dedent(

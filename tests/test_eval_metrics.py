@@ -139,6 +139,7 @@ def test_answer_scores_unanswerable_measure_refusal_only() -> None:
         "rouge_l": None,
         "refusal_accuracy": 1.0,
         "false_refusal_rate": None,
+        "verdict_accuracy": None,  # not a yes/no question
     }
     wrong = answer_scores(question(answerable=False), answer("Delaware"))
     assert wrong["refusal_accuracy"] == 0.0

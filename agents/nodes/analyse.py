@@ -11,15 +11,24 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from rolora.retrieval.resolve import clause_words
-from rolora.roles import NOT_FOUND, AnalystCall, analyst_call, is_refusal, nearest_sentence, reply_citations
+from rolora.roles import (
+    NOT_FOUND,
+    AnalystCall,
+    analyst_call,
+    is_refusal,
+    nearest_sentence,
+    reply_citations,
+    sentence_similarities,
+)
 from rolora.roles.safety import looks_injected
+from rolora.roles.verdicts import NOT_MENTIONED, asked_sentence, evidence_query, is_yes_no, verdict_of
 
 from ..citations import citation_from_quote, verify_citation
 from ..state import AgentContext, AgentState
-from ..types import PassageRef
+from ..types import PassageRef, TraceStep
 from .llm import call_role
 
-__all__ = ["analyse", "analyst_request", "analyst_schema"]
+__all__ = ["analyse", "analyst_request", "analyst_schema", "evidence_scores"]
 
 
 def analyst_request(
@@ -59,13 +68,42 @@ def _detail(c: Any) -> dict[str, Any]:
     return {k: getattr(c, k) for k in ("doc_id", "start", "end", "quote", "verified", "reason")}
 
 
+def _cite(passages: list[PassageRef], sentence: Any, retriever: Any) -> Any:
+    """The verified citation of one of the passages' sentences, or None."""
+    cited = verify_citation(
+        citation_from_quote(passages, sentence.passage, sentence.text), passages, retriever.document_text
+    )
+    return cited if cited.verified else None
+
+
 def _nearest(question: str, call: AnalystCall, passages: list[PassageRef], retriever: Any) -> Any:
     """The verified citation of the passages' sentence nearest ``question`` (:func:`nearest_sentence`), or None."""
     best = nearest_sentence(question, call.quotes, retriever.embedder.embed)
-    if best is None:
-        return None
-    near = verify_citation(citation_from_quote(passages, best.passage, best.text), passages, retriever.document_text)
-    return near if near.verified else None
+    return None if best is None else _cite(passages, best, retriever)
+
+
+def evidence_scores(question: str, call: AnalystCall, retriever: Any) -> tuple[list[tuple[Any, float]], dict[str, Any]]:
+    """The passages' sentences with their cosine (the retrieval embedder) to what ``question`` asks
+    (:func:`rolora.roles.verdicts.evidence_query`), and the best of them as the trace shows it."""
+    query = evidence_query(question, clause_words(asked_sentence(question)))
+    scored = sentence_similarities(query, call.quotes, retriever.embedder.embed)
+    best = max((s for _, s in scored), default=None)
+    return scored, {"query": query, "similarity": None if best is None else round(best, 4)}
+
+
+def _yes_no(
+    question: str, scored: list[tuple[Any, float]], passages: list[PassageRef], retriever: Any, min_sim: float
+) -> tuple[str, Any]:
+    """A yes/no question's verdict (:mod:`rolora.roles.verdicts`) and its deciding citation (None for "Not
+    mentioned"): the passages' sentence nearest what the question asks decides it, when it is near enough."""
+    if not scored:
+        return NOT_MENTIONED, None
+    nearest, best = max(scored, key=lambda qs: qs[1])
+    near = _cite(passages, nearest, retriever)
+    if near is None:
+        return NOT_MENTIONED, None
+    verdict = verdict_of(question, best, near.quote, min_sim)
+    return verdict, (near if verdict != NOT_MENTIONED else None)
 
 
 async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -75,9 +113,10 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     passages = [PassageRef.model_validate(p) for p in state.get("passages", [])]
     adapter = state["adapters"].get("analyst", "base")
     defended = ctx.settings.injection_defence
+    yes_no = ctx.settings.yes_no and is_yes_no(state["question"])
     if not passages:
         draft: dict[str, Any] = {"answer": NOT_FOUND, "citations": [], "not_found": True}
-        return {"draft": draft, "citations": [], "trace": []}
+        return {"draft": {**draft, **({"yes_no": NOT_MENTIONED} if yes_no else {})}, "citations": [], "trace": []}
     ref = None if adapter == "base" else adapter
     fmt = ctx.format_of(ref)
     # an adapter may decline with no evidence, as its training data's refusals do (agent.adapter_refusals)
@@ -85,6 +124,36 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     call = analyst_request(
         state["question"], passages, state.get("feedback"), fmt, ctx.constrain_quotes, defended, may_refuse
     )
+    retriever = ctx.retriever(state["domain"] or "")
+    min_sim = ctx.settings.min_evidence_similarity
+    scored: list[tuple[Any, float]] = []
+    evidence: dict[str, Any] = {}
+    if min_sim > 0 or yes_no:
+        scored, evidence = await asyncio.to_thread(evidence_scores, state["question"], call, retriever)
+        evidence["min_similarity"] = min_sim
+    refused = min_sim > 0 and (evidence["similarity"] is None or evidence["similarity"] < min_sim)
+    if refused or yes_no:
+        # refused: no sentence of the passages is near what the question asks (without a model call; a yes/no
+        # question is "Not mentioned"). A yes/no question is decided by the nearest sentence, without one either
+        detail: dict[str, Any] = {"evidence_gate": evidence}
+        draft = {"answer": NOT_FOUND, "citations": [], "not_found": True}
+        checked: list[Any] = []
+        if refused:
+            evidence["refused"] = "no sentence of the passages is near what the question asks"
+        if yes_no:
+            verdict, deciding = (
+                (NOT_MENTIONED, None)
+                if refused
+                else await asyncio.to_thread(_yes_no, state["question"], scored, passages, retriever, min_sim)
+            )
+            detail["yes_no"] = {"verdict": verdict}
+            draft = {"answer": verdict, "citations": [], "not_found": deciding is None, "yes_no": verdict}
+            if deciding is not None:
+                draft["citations"] = [{"passage": deciding.passage, "quote": deciding.quote}]
+                detail["citations"] = [_detail(deciding)]
+                checked = [deciding]
+        gate = TraceStep(node="analyse", latency_s=time.perf_counter() - started, iteration=iteration, detail=detail)
+        return {"draft": draft, "citations": [c.model_dump() for c in checked], "trace": [gate.model_dump()]}
     parsed, step = await call_role(
         ctx,
         "analyst",
@@ -108,7 +177,8 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     if cited != own:
         step.detail["cited_by"] = "answer"  # the sentence stating the answer, not the one the model pointed at
     draft = {"answer": answer, "citations": cited, "not_found": not_found}
-    retriever = ctx.retriever(state["domain"] or "")
+    if evidence:
+        step.detail["evidence_gate"] = evidence
     cites = []
     for c in draft["citations"]:
         if not isinstance(c, dict) or (defended and looks_injected(str(c.get("quote", "")))):

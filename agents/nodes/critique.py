@@ -40,7 +40,10 @@ async def critique(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         verdict = "unsupported"
         feedback = "Quote the exact words of a numbered clause. " + "; ".join(reasons)[:400]
         nxt = "analyse" if can_loop else "finalise"
-    elif (support := answer_support(str(draft.get("answer", "")), [c.quote for c in verified])) < MIN_SUPPORT:
+    elif (
+        not draft.get("yes_no")  # a verdict ("Yes"/"No") is not text of its clause: the clause decides it
+        and (support := answer_support(str(draft.get("answer", "")), [c.quote for c in verified])) < MIN_SUPPORT
+    ):
         reasons.append(f"only {support:.0%} of the answer's words are in its quotes (needs {MIN_SUPPORT:.0%})")
         verdict = "unsupported"
         feedback = "Answer with the words of the quoted clause. " + reasons[-1]

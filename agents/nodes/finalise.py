@@ -8,6 +8,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from rolora.roles import NOT_FOUND
+from rolora.roles.verdicts import NOT_MENTIONED
 
 from ..state import AgentContext, AgentState
 from ..types import Answer, Citation, PassageRef, TraceStep
@@ -35,6 +36,9 @@ async def finalise(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         answer, not_found = NOT_FOUND, True
     if not_found:
         verified = []
+    yes_no = draft.get("yes_no") if draft else None
+    if yes_no is not None and not_found:  # a yes/no question nothing decides is answered so
+        answer, yes_no = NOT_MENTIONED, NOT_MENTIONED
     step = TraceStep(
         node="finalise",
         latency_s=time.perf_counter() - started,
@@ -42,6 +46,7 @@ async def finalise(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         detail={
             "citations": [c.citation for c in verified],
             "not_found": not_found,
+            **({"yes_no": yes_no} if yes_no is not None else {}),
             **({"refusal": why} if why else {}),
         },
     )
@@ -54,6 +59,7 @@ async def finalise(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         citations=verified,
         passages=[PassageRef.model_validate(p) for p in state.get("passages", [])],
         verdict=state.get("verdict", "skipped"),
+        yes_no=yes_no,
         critique=state.get("critique", []) + ([why] if why else []),
         iterations=state.get("iteration", 0) + 1,
         route_confidence=state.get("route_confidence", 1.0),

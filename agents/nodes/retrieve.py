@@ -20,7 +20,7 @@ from ..state import AgentContext, AgentState
 from ..types import PassageRef, TraceStep
 from .llm import call_role
 
-__all__ = ["fuse", "retrieve"]
+__all__ = ["fuse", "retrieve", "search_rankings"]
 
 
 def fuse(rankings: list[list[PassageRef]], k: int, rrf_k: int = 60) -> list[PassageRef]:
@@ -35,6 +35,25 @@ def _add_queries(queries: list[str], new: list[str]) -> None:
         q = q.strip()
         if q and q.lower() not in {x.lower() for x in queries}:
             queries.append(q)
+
+
+def search_rankings(
+    retriever: Any, question: str, queries: list[str], explicit: list[str], k: int, mode: str | None
+) -> tuple[list[list[PassageRef]], list[tuple[str, float]]]:
+    """One ranking of ``k`` passages per query (``queries`` grows by the clause query when the search is scoped) and
+    the contract resolution: inside ``explicit`` documents when given, else inside the contract(s) ``question``
+    names when ``retriever.resolve`` is confident, else the whole domain. What the node searches, and what
+    ``bench/verdicts.py`` reproduces without a model."""
+    resolution = [] if explicit else retriever.resolve(question)
+    scope = explicit or [d for d, _ in resolution] or None
+    if scope:  # inside the named contract(s), also search what the question asks without the names
+        clause = clause_words(question)
+        _add_queries(queries, [clause] if len(clause.split()) >= 3 else [])
+    out = []
+    for q in queries:
+        hits = retriever.search(q, k=k, mode=mode, doc_ids=scope)
+        out.append([PassageRef.from_passage(h, query=q) for h in hits])
+    return out, resolution
 
 
 async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -65,25 +84,11 @@ async def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
     retriever = ctx.retriever(domain)
     t0 = time.perf_counter()
     explicit = list(state.get("doc_ids") or [])
-    resolution: list[tuple[str, float]] = []
-
-    def search_all() -> list[list[PassageRef]]:
-        nonlocal resolution
-        if not explicit:
-            resolution = retriever.resolve(question)
-        scope = explicit or [d for d, _ in resolution] or None
-        if scope:  # inside the named contract(s), also search what the question asks without the names
-            clause = clause_words(question)
-            _add_queries(queries, [clause] if len(clause.split()) >= 3 else [])
-        out = []
-        for q in queries:
-            hits = retriever.search(q, k=2 * ctx.settings.k, mode=ctx.retrieval_mode, doc_ids=scope)
-            out.append([PassageRef.from_passage(h, query=q) for h in hits])
-        return out
-
     attrs = {"rolora.domain": domain, "rolora.queries": len(queries), "rolora.mode": ctx.retrieval_mode or "config"}
     with telemetry.span("rolora.search", attrs):
-        rankings = await asyncio.to_thread(search_all)
+        rankings, resolution = await asyncio.to_thread(
+            search_rankings, retriever, question, queries, explicit, 2 * ctx.settings.k, ctx.retrieval_mode
+        )
     retrieval_s = time.perf_counter() - t0
     passages = fuse(rankings, ctx.settings.k, ctx.config.retrieval.rrf_k)
     if step is not None:

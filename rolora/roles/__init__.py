@@ -17,6 +17,7 @@ from .formats import (
     evidence_ids,
     nearest_sentence,
     reply_citations,
+    sentence_similarities,
     trained_format,
 )
 from .prompts import (
@@ -72,6 +73,7 @@ __all__ = [
     "quote_candidates",
     "quote_spans",
     "reply_citations",
+    "sentence_similarities",
     "split_sentences",
     "trained_format",
 ]

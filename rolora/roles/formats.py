@@ -43,6 +43,7 @@ __all__ = [
     "evidence_ids",
     "nearest_sentence",
     "reply_citations",
+    "sentence_similarities",
     "trained_format",
 ]
 
@@ -217,18 +218,25 @@ def reply_citations(reply: dict[str, Any], call: AnalystCall, *, attribute: bool
     return [{"passage": stated[0].passage, "quote": stated[0].text}]
 
 
-def nearest_sentence(question: str, quotes: Sequence[Quote], embed: Callable[[list[str]], Any]) -> Quote | None:
-    """The sentence among ``quotes`` (headings aside) whose embedding is nearest the question's: ``embed`` is an
+def sentence_similarities(
+    query: str, quotes: Sequence[Quote], embed: Callable[[list[str]], Any]
+) -> list[tuple[Quote, float]]:
+    """Each of ``quotes`` but headings with its cosine to ``query``, in passage order: ``embed`` is an
     :class:`~rolora.retrieval.embedder.Embedder`'s (normalised vectors, so the dot product is the cosine), e.g. the
-    domain's retrieval embedder; None when there is none. Ties keep passage order. The extractive answer of an
-    analyst that declined although it had to cite (``agent.declined_answer``)."""
-    import numpy as np
-
+    domain's retrieval embedder."""
     citable = [q for q in quotes if not is_heading(q.text)]
     if not citable:
-        return None
-    vectors = embed([question] + [q.text for q in citable])
-    return citable[int(np.argmax(vectors[1:] @ vectors[0]))]
+        return []
+    vectors = embed([query] + [q.text for q in citable])
+    return list(zip(citable, (float(x) for x in vectors[1:] @ vectors[0]), strict=True))
+
+
+def nearest_sentence(question: str, quotes: Sequence[Quote], embed: Callable[[list[str]], Any]) -> Quote | None:
+    """The sentence among ``quotes`` (headings aside) whose embedding is nearest the question's
+    (:func:`sentence_similarities`); None when there is none. Ties keep passage order. The extractive answer of an
+    analyst that declined although it had to cite (``agent.declined_answer``)."""
+    scored = sentence_similarities(question, quotes, embed)
+    return max(scored, key=lambda qs: qs[1])[0] if scored else None
 
 
 def evidence_ids(citations: Sequence[dict[str, Any]], quotes: Sequence[Quote]) -> list[int]:

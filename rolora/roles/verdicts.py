@@ -1,0 +1,103 @@
+"""Yes/no questions and their verdicts: "Does the agreement allow the receiving party to ...?" is answered "Yes",
+"No" or "Not mentioned", with the clause that decides it cited (``agent.yes_no``).
+
+The verdict rests on the passages, not on the model's wording: a question is *mentioned* when one of the passages'
+sentences is near enough what it asks (cosine of the retrieval embedder, at least ``agent.min_evidence_similarity``,
+chosen on the validation splits by ``bench/verdicts.py``; below it any question is refused). The analyst's own cited
+sentence, when it is that near, else the nearest sentence decides it, and it is "No" only when the question asks
+whether something is allowed and the deciding clause forbids it. CUAD's yes/no questions ("Is there a clause ...?")
+are answered "Yes" when the contract has the clause and are unanswerable otherwise, so there "Not mentioned" is the
+refusal the eval counts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+__all__ = [
+    "NOT_MENTIONED",
+    "YES_NO",
+    "YesNo",
+    "answered_verdict",
+    "asked_sentence",
+    "evidence_query",
+    "gold_verdict",
+    "is_yes_no",
+    "verdict_of",
+]
+
+YesNo = Literal["Yes", "No", "Not mentioned"]
+YES_NO: tuple[str, ...] = get_args(YesNo)
+NOT_MENTIONED: YesNo = "Not mentioned"
+
+# the auxiliary a yes/no question opens with ("Is there ...", "Does a party ...", "May the licensee ...")
+_AUX = ("is are was were am does do did can could may might must shall should will would has have had").split()
+_OPENS_YES_NO = re.compile(rf"^(?:{'|'.join(_AUX)})\b", re.IGNORECASE)
+# the last sentence of a question that opens with context ("Consider the Supply Agreement between A and B. Is ...?")
+_SENTENCES = re.compile(r"(?<=[.?!])\s+(?=[A-Z\"“(])")
+# the question asks whether something is allowed
+_PERMISSION = re.compile(r"\b(?:allow\w*|permit\w*|may|can|entitled|right to|free to)\b", re.IGNORECASE)
+# the clause forbids it
+_FORBIDS = re.compile(
+    r"\b(?:shall|will|may|must|can|could|should)\s+not\b|\b(?:cannot|can't|won't|shan't)\b|\bnot\s+(?:be\s+)?"
+    r"(?:permitted|allowed|entitled)\b|\b(?:prohibited|forbidden)\b|\bno\s+(?:\w+\s+){0,3}(?:shall|may|will)\b",
+    re.IGNORECASE,
+)
+
+
+def asked_sentence(question: str) -> str:
+    """The sentence of ``question`` that asks (its last one): context before it, such as the contract it is about,
+    says nothing about the answer."""
+    parts = [p for p in _SENTENCES.split(question.strip()) if p.strip()]
+    return parts[-1].strip() if parts else question.strip()
+
+
+def is_yes_no(question: str) -> bool:
+    """A question answered by yes or no: its asking sentence opens with an auxiliary verb and ends with "?"
+    ("Does the agreement allow ...?", "Is there a clause ...?"; not "Which law governs ...?")."""
+    asked = asked_sentence(question)
+    return asked.endswith("?") and bool(_OPENS_YES_NO.match(asked))
+
+
+def evidence_query(question: str, clause_words: str) -> str:
+    """What a sentence of the passages must be near to say something about what ``question`` asks (any question,
+    ``agent.min_evidence_similarity``): the asking sentence without the contract's naming words (``clause_words`` of
+    it), or the asking sentence itself when too little is left."""
+    return clause_words if len(clause_words.split()) >= 3 else asked_sentence(question)
+
+
+def verdict_of(question: str, similarity: float | None, clause: str | None, min_similarity: float) -> YesNo:
+    """The verdict for ``question`` when the passages' deciding sentence ``clause`` is ``similarity`` near it (None:
+    no sentence): "Not mentioned" below ``min_similarity``; "No" when the question asks whether something is
+    allowed and the clause forbids it; "Yes" otherwise."""
+    if clause is None or similarity is None or similarity < min_similarity:
+        return NOT_MENTIONED
+    if _PERMISSION.search(asked_sentence(question)) and _FORBIDS.search(clause):
+        return "No"
+    return "Yes"
+
+
+def gold_verdict(answers: Sequence[str], answerable: bool) -> YesNo:
+    """The verdict a yes/no question's annotation implies: "Not mentioned" when it is unanswerable (CUAD marks a
+    clause the contract lacks that way), its gold answer when that is "Yes" or "No", else "Yes" (a gold span
+    answers it)."""
+    if not answerable:
+        return NOT_MENTIONED
+    for a in answers:
+        word = a.strip().rstrip(".").lower()
+        if word in ("yes", "no"):
+            return "Yes" if word == "yes" else "No"
+    return "Yes"
+
+
+def answered_verdict(answer: str, not_found: bool, verdict: str | None) -> YesNo:
+    """The verdict an answer gives: its own when the graph decided one, else read from it (a refusal is "Not
+    mentioned", an answer opening with "No" is "No", any other answer "Yes") - so a graph without verdicts is scored
+    on the same footing."""
+    if verdict in YES_NO:
+        return verdict  # type: ignore[return-value]
+    if not_found:
+        return NOT_MENTIONED
+    return "No" if re.match(r"^\s*no\b", answer, re.IGNORECASE) else "Yes"
