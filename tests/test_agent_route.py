@@ -57,9 +57,26 @@ def test_off_topic_question_is_refused_before_any_model_call(
 def test_min_relevance_zero_turns_the_gate_off(examples_retriever: Any, embedder: Any, tmp_path: Path) -> None:
     from rolora.errors import RoloraRuntimeError
 
-    agent = _agent(tmp_path, embedder, min_relevance=0.0)
+    agent = _agent(tmp_path, embedder, min_relevance=0.0, min_evidence_similarity=0.0)
     try:
-        with pytest.raises(RoloraRuntimeError, match="the model was called"):  # it went on to the query writer
+        with pytest.raises(RoloraRuntimeError, match="the model was called"):  # it went on to the analyst
             agent.ask(OFF_TOPIC, "contracts")
     finally:
         agent.close()
+
+
+def test_past_the_route_the_evidence_gate_refuses_before_any_model_call(
+    examples_retriever: Any, embedder: Any, tmp_path: Path
+) -> None:
+    """agent.min_evidence_similarity (default on): no sentence of the retrieved passages is near what the off-topic
+    question asks, so it is refused after retrieval and still without a model call."""
+    agent = _agent(tmp_path, embedder, min_relevance=0.0)
+    try:
+        answer = agent.ask(OFF_TOPIC, "contracts")
+    finally:
+        agent.close()
+    assert answer.not_found and answer.answer == "Not in the provided clauses." and answer.citations == []
+    assert [s.node for s in answer.trace][:3] == ["route", "retrieve", "analyse"] and answer.passages
+    gate = next(s for s in answer.trace if s.node == "analyse")
+    assert gate.role is None and "refused" in gate.detail["evidence_gate"]
+    assert gate.detail["evidence_gate"]["similarity"] < gate.detail["evidence_gate"]["min_similarity"]
