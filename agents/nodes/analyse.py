@@ -106,6 +106,34 @@ def _yes_no(
     return verdict, (near if verdict != NOT_MENTIONED else None)
 
 
+def _without_model(
+    question: str,
+    yes_no: bool,
+    refused: bool,
+    scored: list[tuple[Any, float]],
+    evidence: dict[str, Any],
+    passages: list[PassageRef],
+    retriever: Any,
+    min_sim: float,
+) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
+    """The draft, its checked citations and the trace detail of a question decided without a model call: refused
+    (no sentence of the passages is near what it asks; a yes/no question is "Not mentioned"), or a yes/no question,
+    which the nearest sentence decides."""
+    detail: dict[str, Any] = {"evidence_gate": evidence}
+    if refused:
+        evidence["refused"] = "no sentence of the passages is near what the question asks"
+    if not yes_no:
+        return {"answer": NOT_FOUND, "citations": [], "not_found": True}, [], detail
+    verdict, deciding = (NOT_MENTIONED, None) if refused else _yes_no(question, scored, passages, retriever, min_sim)
+    detail["yes_no"] = {"verdict": verdict}
+    draft: dict[str, Any] = {"answer": verdict, "citations": [], "not_found": deciding is None, "yes_no": verdict}
+    if deciding is None:
+        return draft, [], detail
+    draft["citations"] = [{"passage": deciding.passage, "quote": deciding.quote}]
+    detail["citations"] = [_detail(deciding)]
+    return draft, [deciding], detail
+
+
 async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
     started = time.perf_counter()
@@ -132,26 +160,10 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
         scored, evidence = await asyncio.to_thread(evidence_scores, state["question"], call, retriever)
         evidence["min_similarity"] = min_sim
     refused = min_sim > 0 and (evidence["similarity"] is None or evidence["similarity"] < min_sim)
-    if refused or yes_no:
-        # refused: no sentence of the passages is near what the question asks (without a model call; a yes/no
-        # question is "Not mentioned"). A yes/no question is decided by the nearest sentence, without one either
-        detail: dict[str, Any] = {"evidence_gate": evidence}
-        draft = {"answer": NOT_FOUND, "citations": [], "not_found": True}
-        checked: list[Any] = []
-        if refused:
-            evidence["refused"] = "no sentence of the passages is near what the question asks"
-        if yes_no:
-            verdict, deciding = (
-                (NOT_MENTIONED, None)
-                if refused
-                else await asyncio.to_thread(_yes_no, state["question"], scored, passages, retriever, min_sim)
-            )
-            detail["yes_no"] = {"verdict": verdict}
-            draft = {"answer": verdict, "citations": [], "not_found": deciding is None, "yes_no": verdict}
-            if deciding is not None:
-                draft["citations"] = [{"passage": deciding.passage, "quote": deciding.quote}]
-                detail["citations"] = [_detail(deciding)]
-                checked = [deciding]
+    if refused or yes_no:  # decided without a model call
+        draft, checked, detail = await asyncio.to_thread(
+            _without_model, state["question"], yes_no, refused, scored, evidence, passages, retriever, min_sim
+        )
         gate = TraceStep(node="analyse", latency_s=time.perf_counter() - started, iteration=iteration, detail=detail)
         return {"draft": draft, "citations": [c.model_dump() for c in checked], "trace": [gate.model_dump()]}
     parsed, step = await call_role(
