@@ -3,9 +3,9 @@
 
 The verdict rests on the passages, not on the model's wording: a question is *mentioned* when one of the passages'
 sentences is near enough what it asks (cosine of the retrieval embedder, at least ``agent.min_evidence_similarity``,
-chosen on the validation splits by ``bench/verdicts.py``; below it any question is refused). The analyst's own cited
-sentence, when it is that near, else the nearest sentence decides it, and it is "No" only when the question asks
-whether something is allowed and the deciding clause forbids it. CUAD's yes/no questions ("Is there a clause ...?")
+chosen on the validation splits by ``bench/verdicts.py``; below it any question is refused). The nearest sentence
+decides it, without a model call, and it is "No" only when the question asks whether something is allowed and that
+clause forbids it. CUAD's yes/no questions ("Is there a clause ...?")
 are answered "Yes" when the contract has the clause and are unanswerable otherwise, so there "Not mentioned" is the
 refusal the eval counts.
 """
