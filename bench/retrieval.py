@@ -363,15 +363,11 @@ def rankings(r: Any, qs: list[dict[str, Any]], resolve: bool, scoped: bool) -> l
 def fused(row: dict[str, Any], weights: tuple[float, float], rrf_k: int, fusion: str = "rrf") -> list[Any]:
     """The hybrid ranking the Retriever would return, from the two rankings (the same fusion code)."""
     from rolora.retrieval import rrf_fuse_items
-    from rolora.retrieval.retriever import convex_fuse
+    from rolora.retrieval.retriever import convex_fuse_items
 
     ranked = [row["dense"], row["lexical"]]
     if fusion == "convex":
-        by_id = {p.chunk_id: p for r in ranked for p in r}
-        ids = {c: i for i, c in enumerate(by_id)}
-        out = convex_fuse([[(ids[p.chunk_id], p.score) for p in r] for r in ranked], weights)
-        chunk_ids = list(by_id)
-        return [by_id[chunk_ids[i]] for i, _ in out][:64]
+        return [p for p, _ in convex_fuse_items(ranked, lambda p: p.chunk_id, lambda p: p.score, weights)][:64]
     return [p for p, _ in rrf_fuse_items(ranked, lambda p: p.chunk_id, rrf_k, weights)][:64]
 
 

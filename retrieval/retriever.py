@@ -65,14 +65,9 @@ def convex_fuse(rankings: Sequence[Sequence[tuple[int, float]]], weights: Sequen
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def rrf_fuse_items(
-    rankings: Sequence[Sequence[T]],
-    key: Callable[[T], Hashable],
-    k: int = 60,
-    weights: Sequence[float] | None = None,
-) -> list[tuple[T, float]]:
-    """:func:`rrf_fuse` over items identified by ``key`` (e.g. passages by chunk id): the first item seen stands
-    for its key, and ties keep first-seen order."""
+def _numbered(rankings: Sequence[Sequence[T]], key: Callable[[T], Hashable]) -> tuple[list[T], list[list[int]]]:
+    """Items identified by ``key`` as integer ids (first-seen order) for the id-based fusions: the first item seen
+    for each key, and each ranking as ids."""
     ids: dict[Hashable, int] = {}
     first: list[T] = []
     numbered = []
@@ -84,7 +79,35 @@ def rrf_fuse_items(
                 first.append(item)
             row.append(ident)
         numbered.append(row)
+    return first, numbered
+
+
+def rrf_fuse_items(
+    rankings: Sequence[Sequence[T]],
+    key: Callable[[T], Hashable],
+    k: int = 60,
+    weights: Sequence[float] | None = None,
+) -> list[tuple[T, float]]:
+    """:func:`rrf_fuse` over items identified by ``key`` (e.g. passages by chunk id): the first item seen stands
+    for its key, and ties keep first-seen order."""
+    first, numbered = _numbered(rankings, key)
     return [(first[i], score) for i, score in rrf_fuse(numbered, k, weights)]
+
+
+def convex_fuse_items(
+    rankings: Sequence[Sequence[T]],
+    key: Callable[[T], Hashable],
+    score: Callable[[T], float],
+    weights: Sequence[float],
+) -> list[tuple[T, float]]:
+    """:func:`convex_fuse` over items identified by ``key`` with their ranking's ``score``: the first item seen
+    stands for its key, and ties keep first-seen order."""
+    first, numbered = _numbered(rankings, key)
+    scored = [
+        [(i, score(item)) for i, item in zip(row, ranking, strict=True)]
+        for row, ranking in zip(numbered, rankings, strict=True)
+    ]
+    return [(first[i], s) for i, s in convex_fuse(scored, weights)]
 
 
 class Retriever:

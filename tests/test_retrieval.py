@@ -63,6 +63,28 @@ def test_sample_corpus_hybrid_recall(examples_retriever: Retriever) -> None:
     assert table[("hybrid", 5)] >= 0.86 and table[("hybrid", 20)] >= 0.95
 
 
+def test_fusion_over_items_equals_fusion_over_ids(examples_retriever: Retriever) -> None:
+    """convex_fuse_items / rrf_fuse_items (what bench/retrieval.py fuses real passages with) rank the real dense and
+    BM25 passages exactly as convex_fuse / rrf_fuse rank their first-seen ids, keeping the first passage seen."""
+    from rolora.retrieval.retriever import convex_fuse, convex_fuse_items, rrf_fuse, rrf_fuse_items
+
+    q = "Which law governs the Mutual Non-Disclosure Agreement?"
+    ranked = [examples_retriever.search(q, k=20, mode=m) for m in ("dense", "lexical")]
+    ids: dict[str, int] = {}
+    for r in ranked:
+        for p in r:
+            ids.setdefault(p.chunk_id, len(ids))
+    first = {p.chunk_id: p for r in reversed(ranked) for p in reversed(r)}
+    assert len({p.chunk_id for p in ranked[0]} & {p.chunk_id for p in ranked[1]}) > 0  # both rank some chunks
+    by_ids = convex_fuse([[(ids[p.chunk_id], p.score) for p in r] for r in ranked], (0.6, 0.4))
+    items = convex_fuse_items(ranked, lambda p: p.chunk_id, lambda p: p.score, (0.6, 0.4))
+    assert [(p.chunk_id, s) for p, s in items] == [(list(ids)[i], s) for i, s in by_ids]
+    assert all(p is first[p.chunk_id] for p, _ in items)
+    by_ids = rrf_fuse([[ids[p.chunk_id] for p in r] for r in ranked], 60, (1.0, 0.5))
+    items = rrf_fuse_items(ranked, lambda p: p.chunk_id, 60, (1.0, 0.5))
+    assert [(p.chunk_id, s) for p, s in items] == [(list(ids)[i], s) for i, s in by_ids]
+
+
 def test_passages_cite_exact_spans(examples_retriever: Retriever) -> None:
     for p in examples_retriever.search("limitation of liability cap", k=10):
         source = examples_retriever.document_text(p.doc_id)
