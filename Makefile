@@ -38,7 +38,7 @@ adapters: setup
 	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora ingest examples/contracts --domain contracts
 	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora train --role analyst --domain contracts $(ANALYST_TRAIN)
 	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora adapters pack contracts-analyst --out examples/adapters
-ANALYST_TRAIN ?= --format sentence --rank 8 --max-steps 0 --epochs 2 --stop-after 64 --distractors 2 --generated 40 --eval-steps 32 --eval-rows 24
+ANALYST_TRAIN ?= --format sentence --rank 8 --max-steps 0 --epochs 2 --stop-after 64 --distractors 2 --generated 40 --eval-steps 32 --eval-rows 24 --role-eval-rows 0
 
 lint: setup
 	$(BIN)/ruff check .

@@ -14,9 +14,9 @@ from typing import Any
 from rolora.config import Config
 from rolora.errors import UserError
 
-from .train import TrainConfig, TrainResult
+from .train import RoleEval, TrainConfig, TrainResult
 
-__all__ = ["RoleRun", "adapter_name", "regate", "train_role"]
+__all__ = ["RoleRun", "adapter_name", "regate", "role_scorer", "train_role"]
 
 log = logging.getLogger("rolora.adapters")
 
@@ -96,7 +96,9 @@ def train_role(
     log.info("data for %s/%s: %s", domain, role, card.counts)
 
     run_dir = home / "runs" / adapter_name(domain, role, cfg.full)
-    result = train(base_dir, data_dir, run_dir, cfg, resume=resume, progress=progress)
+    val_rows = _rows(data_dir / "validation.jsonl")[: cfg.role_eval_rows]
+    role_eval = role_scorer(role, base_dir, val_rows, retriever) if val_rows and not cfg.full else None
+    result = train(base_dir, data_dir, run_dir, cfg, resume=resume, progress=progress, role_eval=role_eval)
 
     metrics, report = _evaluate(
         config,
@@ -124,6 +126,27 @@ def train_role(
     )
     record = registry.record_gates(record.ref, report)
     return RoleRun(record, report, result, card, metrics)
+
+
+def role_scorer(role: str, base_dir: Path, rows: list[dict[str, Any]], retriever: Any) -> RoleEval:
+    """The role metric of an adapter folder on ``rows`` (validation rows of the role's data), for training to pick its
+    best checkpoint by; one in-process backend on the base model, loaded at the first score."""
+    from .role_eval import ROLE_METRIC, role_metrics
+    from .serving.base import DirectoryAdapters
+    from .serving.inprocess import InProcessBackend
+
+    backend: list[InProcessBackend] = []
+
+    def score(folder: Path) -> dict[str, float]:
+        if not backend:
+            backend.append(InProcessBackend(base_dir, DirectoryAdapters(folder.parent)))
+        return role_metrics(role, backend[0], folder.name, rows, retriever)
+
+    def close() -> None:
+        while backend:
+            backend.pop().close()
+
+    return RoleEval(ROLE_METRIC[role], score, close)
 
 
 def _evaluate(

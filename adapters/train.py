@@ -4,6 +4,11 @@ Loss on the completion only (TRL's conversational prompt-completion format throu
 packing, gradient accumulation and checkpointing, cosine/linear schedule, a seed. Validation loss every
 ``eval_steps``; early stopping; the best checkpoint is kept; Ctrl-C or a crash resumes with ``resume=True`` from the
 last checkpoint. A progress line shows loss, tokens/s and ETA; a loss-curve PNG is saved beside the result.
+
+With a :class:`RoleEval` (``rolora train`` gives one: ``--role-eval-rows``), each evaluation also measures the role's
+own metric (the analyst's answer F1, ...) on validation rows by generating with the adapter as it stands; that metric,
+not the validation loss, then picks the best checkpoint and stops the run early, and the learning curve (role metric
+vs minutes of training, resumed runs included) is saved beside the result as JSON and PNG.
 ``bf16`` stays off: these AVX2 CPUs run it slower than fp32.
 """
 
@@ -17,7 +22,8 @@ import resource
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rolora.errors import UserError
 
-__all__ = ["TrainConfig", "TrainResult", "plot_loss_curve", "train"]
+__all__ = ["RoleEval", "TrainConfig", "TrainResult", "plot_learning_curve", "plot_loss_curve", "train"]
 
 log = logging.getLogger("rolora.train")
 
@@ -69,6 +75,9 @@ class TrainConfig(BaseModel):
     # stop after this many optimizer steps although the schedule (warmup, cosine) runs over max_steps/epochs: the
     # step-count twin of time_budget_s, for a run another machine reproduces exactly
     stop_after_steps: int | None = Field(None, ge=1)
+    # validation rows the role's own metric reads at each evaluation (LoRA runs given a RoleEval); 0: the validation
+    # loss alone picks the best checkpoint and stops early
+    role_eval_rows: int = Field(0, ge=0)
 
     @property
     def lr(self) -> float:
@@ -91,6 +100,9 @@ class TrainResult:
     tokens_per_s: float
     peak_rss_mb: float
     loss_curve: str
+    # role metric vs minutes of training, one point per evaluation (empty without a RoleEval)
+    learning_curve: list[dict[str, Any]] = field(default_factory=list)
+    best_role_metric: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +142,94 @@ def plot_loss_curve(log_history: list[dict[str, Any]], out: Path, title: str) ->
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+@dataclass
+class RoleEval:
+    """How a run measures its role's own metric while it trains: ``score`` gets a folder holding the adapter as it
+    stands (PEFT layout) and returns the role's metrics on validation rows; ``metric`` names the one that picks the
+    best checkpoint and stops early (higher is better). ``close`` frees what ``score`` loaded."""
+
+    metric: str
+    score: Callable[[Path], dict[str, float]]
+    close: Callable[[], None] = lambda: None
+
+
+LEARNING_CURVE_KEY = "role_eval"  # the key of a learning-curve point in the trainer's log history
+
+
+def learning_curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The learning-curve points of a run's log history (the last one of each step: a resumed run re-measures)."""
+    points = {h["step"]: h for h in log_history if LEARNING_CURVE_KEY in h}
+    return [{"step": s, "minutes": h["minutes"], **h[LEARNING_CURVE_KEY]} for s, h in sorted(points.items())]
+
+
+def plot_learning_curve(curve: list[dict[str, Any]], metric: str, out: Path, title: str) -> Path:
+    """The role metric (and, for the analyst, citation correctness) against minutes of training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    minutes = [p["minutes"] for p in curve]
+    for key in dict.fromkeys((metric, "citation_correctness")):
+        if all(key in p for p in curve):
+            ax.plot(minutes, [p[key] for p in curve], marker="o", label=f"validation {key}")
+    ax.set_xlabel("minutes of training")
+    ax.set_ylabel("role metric")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _role_eval_callback(role_eval: RoleEval, scratch: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class RoleMetric(TrainerCallback):
+        """At each evaluation: save the adapter as it stands, score the role metric on validation rows, add it to the
+        evaluation's metrics (``eval_role_<name>``: what picks the best checkpoint and what early stopping reads) and a
+        learning-curve point (minutes of training so far, the scoring itself not counted) to the log history, which
+        checkpoints keep, so a resumed run's curve goes on."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            done = learning_curve(state.log_history)
+            self.minutes0 = done[-1]["minutes"] if done else 0.0
+            self.t0 = time.perf_counter()
+            self.scoring_s = 0.0
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any) -> None:
+            model = kw.get("model")
+            if metrics is None or model is None:
+                return
+            t = time.perf_counter()
+            folder = scratch / f"step-{state.global_step}@1"
+            shutil.rmtree(folder, ignore_errors=True)
+            model.save_pretrained(str(folder))
+            try:
+                scores = role_eval.score(folder)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            self.scoring_s += time.perf_counter() - t
+            if role_eval.metric not in scores:
+                raise UserError(f"the role evaluation returned no '{role_eval.metric}' (it gave {sorted(scores)})")
+            metrics.update({f"eval_role_{k}": v for k, v in scores.items()})
+            minutes = self.minutes0 + (time.perf_counter() - self.t0 - self.scoring_s) / 60
+            point = {"step": state.global_step, "minutes": round(minutes, 3), "eval_loss": metrics.get("eval_loss")}
+            state.log_history.append({**point, LEARNING_CURVE_KEY: scores})
+            log.info(
+                "step %d, %.1f min: validation %s %.4f",
+                state.global_step,
+                minutes,
+                role_eval.metric,
+                scores[role_eval.metric],
+            )
+
+    return RoleMetric()
 
 
 def _progress_callback(total_hint: int) -> Any:
@@ -192,8 +292,12 @@ def train(
     resume: bool = False,
     progress: bool = True,
     callbacks: list[Any] | None = None,
+    role_eval: RoleEval | None = None,
 ) -> TrainResult:
-    """Train on ``data_dir/{train,validation}.jsonl``; checkpoints in ``run_dir``; the result in ``run_dir/final``."""
+    """Train on ``data_dir/{train,validation}.jsonl``; checkpoints in ``run_dir``; the result in ``run_dir/final``.
+
+    ``role_eval`` (LoRA only, with validation rows): the role's own metric picks the best checkpoint and stops early.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
     from transformers.trainer_utils import get_last_checkpoint
@@ -232,6 +336,10 @@ def train(
             task_type="CAUSAL_LM",
         )
     evaluate = val_ds is not None
+    if role_eval is not None and (cfg.full or not evaluate):
+        log.warning("no role metric during training: %s", "full fine-tuning" if cfg.full else "no validation rows")
+        role_eval = None
+    best_by = f"role_{role_eval.metric}" if role_eval is not None else "eval_loss"
     per_step = cfg.batch_size * cfg.grad_accum
     steps_hint = cfg.max_steps if cfg.max_steps > 0 else math.ceil(len(train_ds) / per_step * cfg.epochs)
     args = SFTConfig(
@@ -252,8 +360,8 @@ def train(
         save_steps=cfg.eval_steps,
         save_total_limit=2,
         load_best_model_at_end=evaluate,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        metric_for_best_model=best_by,
+        greater_is_better=role_eval is not None,
         max_length=cfg.max_length,
         packing=cfg.packing,
         completion_only_loss=True,
@@ -273,6 +381,9 @@ def train(
         cbs.append(_progress_callback(steps_hint))
     if cfg.time_budget_s is not None or cfg.stop_after_steps is not None:
         cbs.append(_budget_callback(cfg.time_budget_s, cfg.stop_after_steps))
+    role_cb = _role_eval_callback(role_eval, run_dir / ".role-eval") if role_eval is not None else None
+    if role_cb is not None:
+        cbs.append(role_cb)  # before early stopping, which reads the metric it adds
     if evaluate and cfg.early_stopping_patience > 0:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SFTTrainer(
@@ -291,7 +402,13 @@ def train(
     trainable = sum(int(p.numel()) for p in trained.parameters() if p.requires_grad)
     total = sum(int(p.numel()) for p in trained.parameters())
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        if role_eval is not None:
+            role_eval.close()
+            trainer.remove_callback(role_cb)  # the final evaluation below is the best checkpoint's loss only
+            shutil.rmtree(run_dir / ".role-eval", ignore_errors=True)
     wall = time.perf_counter() - t0
     best_eval = trainer.evaluate()["eval_loss"] if evaluate else None
 
@@ -305,6 +422,12 @@ def train(
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     curve = plot_loss_curve(history, tmp / "loss_curve.png", f"{'full' if cfg.full else 'LoRA'} training")
+    points = learning_curve(history)
+    best_role = None
+    if role_eval is not None and points:
+        best_role = max(p[role_eval.metric] for p in points)
+        (tmp / "learning_curve.json").write_text(json.dumps(points, indent=2))
+        plot_learning_curve(points, role_eval.metric, tmp / "learning_curve.png", "LoRA training: role metric")
     result = TrainResult(
         output=str(final),
         kind="full" if cfg.full else "lora",
@@ -320,6 +443,8 @@ def train(
         tokens_per_s=trainer.state.num_input_tokens_seen / max(wall, 1e-9),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         loss_curve=str(final / curve.name),
+        learning_curve=points,
+        best_role_metric=best_role,
     )
     (tmp / "train_result.json").write_text(json.dumps(result.to_json(), indent=2))
     (tmp / "train_config.json").write_text(cfg.model_dump_json(indent=2))

@@ -55,3 +55,64 @@ def test_stop_after_steps_keeps_the_epoch_schedule(
     rows = len((role_datasets["query_writer"] / "train.jsonl").read_text().splitlines())
     assert state["max_steps"] == 2 * rows  # the schedule of two epochs of batch 1, of which 3 steps ran
     assert any("eval_loss" in h for h in state["log_history"])  # evaluated at the stop (2 validation rows)
+
+
+@pytest.mark.slow
+def test_the_role_metric_picks_the_checkpoint_and_draws_the_learning_curve(
+    generator_dir: Path, role_datasets: dict[str, Path], examples_retriever: Any, tmp_path: Path
+) -> None:
+    """With a role evaluation, each evaluation scores the role's metric on validation rows by generating with the
+    adapter as it stands (real backend, real retriever; the query writer's gold recall@5, the cheapest role to run):
+    that metric, not the loss, names the best checkpoint, and the learning curve (metric vs minutes) is saved beside
+    the result and goes on when the run is resumed."""
+    import json
+
+    from rolora.adapters.pipeline import role_scorer
+    from rolora.adapters.train import TrainConfig, train
+
+    data = role_datasets["query_writer"]
+    rows = [json.loads(line) for line in (data / "validation.jsonl").read_text().splitlines()][:4]
+    settings: dict[str, Any] = {
+        **SMALL,
+        "max_steps": 6,
+        "eval_steps": 2,
+        "max_eval_examples": 2,
+        "role_eval_rows": 4,
+        "early_stopping_patience": 0,
+        "stop_after_steps": 4,
+    }
+    res = train(
+        generator_dir,
+        data,
+        tmp_path,
+        TrainConfig(**settings),
+        progress=False,
+        role_eval=role_scorer("query_writer", generator_dir, rows, examples_retriever),
+    )
+    assert [p["step"] for p in res.learning_curve] == [2, 4]
+    assert all({"gold_recall@5", "parse_rate"} <= set(p) for p in res.learning_curve)
+    assert 0 < res.learning_curve[0]["minutes"] < res.learning_curve[1]["minutes"]
+    assert res.best_role_metric == max(p["gold_recall@5"] for p in res.learning_curve)
+    state = json.loads(
+        (max(tmp_path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) / "trainer_state.json").read_text()
+    )
+    assert state["best_metric"] == res.best_role_metric  # the role metric chose the checkpoint, not the loss
+    best_step = next(p["step"] for p in res.learning_curve if p["gold_recall@5"] == res.best_role_metric)
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+    final = Path(res.output)
+    assert json.loads((final / "learning_curve.json").read_text()) == res.learning_curve
+    assert (final / "learning_curve.png").stat().st_size > 1000
+    assert not (tmp_path / ".role-eval").exists()  # the scored snapshots are removed
+
+    settings["stop_after_steps"] = 6
+    again = train(
+        generator_dir,
+        data,
+        tmp_path,
+        TrainConfig(**settings),
+        resume=True,
+        progress=False,
+        role_eval=role_scorer("query_writer", generator_dir, rows, examples_retriever),
+    )
+    assert [p["step"] for p in again.learning_curve] == [2, 4, 6]  # the curve goes on across the resume
+    assert again.learning_curve[2]["minutes"] > again.learning_curve[1]["minutes"]

@@ -68,6 +68,14 @@ def train_command(
     eval_rows: Annotated[
         int | None, typer.Option(min=1, help="validation rows the validation loss reads (default: all)")
     ] = None,
+    role_eval_rows: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="validation rows the role metric reads at each evaluation: it picks the best checkpoint, stops early "
+            "and draws the learning curve (0: the validation loss does)",
+        ),
+    ] = 24,
     oracle_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="analyst (RAFT): share of contexts holding the gold clause")
     ] = 0.8,
@@ -89,6 +97,7 @@ def train_command(
     """Build the role's data from the domain, train an adapter, run the gates, register a candidate."""
 
     from rolora.adapters.pipeline import train_role
+    from rolora.adapters.role_eval import ROLE_METRIC
     from rolora.adapters.train import TrainConfig
 
     cfg = load(config)
@@ -105,6 +114,7 @@ def train_command(
         eval_steps=eval_steps,
         max_eval_examples=eval_rows,
         stop_after_steps=stop_after,
+        role_eval_rows=role_eval_rows,
     )
     run = train_role(
         cfg,
@@ -126,6 +136,11 @@ def train_command(
     console.print(
         f"data: {run.data_card.counts}; loss {run.train.train_loss_first:.3f} -> {run.train.train_loss_last:.3f}"
     )
+    if run.train.learning_curve:
+        curve = ", ".join(f"{p['minutes']:.1f} min {p[ROLE_METRIC[role.value]]:.3f}" for p in run.train.learning_curve)
+        console.print(
+            f"validation {ROLE_METRIC[role.value]} while training: {curve} (learning_curve.png in {rec.path})"
+        )
     _print_gates(gates, "quality gates")
     console.print(
         "promote with `rolora adapters promote " + rec.ref + "`" if gates.passed else "gates failed: not promotable"
