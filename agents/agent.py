@@ -57,9 +57,8 @@ def make_backend(config: Config) -> Any:
         return VLLMBackend.from_config(config, registry)
     from rolora.adapters.serving.inprocess import InProcessBackend
 
-    return InProcessBackend(
-        base_dir, registry, home=config.home_dir, torch_threads=config.backend.torch_threads, batch_window_ms=10
-    )
+    # from_config: every backend.* setting (threads, quantize, prefix_cache) reaches the backend
+    return InProcessBackend.from_config(config, registry, batch_window_ms=10)
 
 
 class Agent:

@@ -12,7 +12,8 @@ A configuration is ``role=adapter`` pairs (``base`` for the base model; naming t
 ``critic=on|off`` (default: the config's ``agent.use_critic``) / ``rounds=N`` / ``k=N`` (passages) /
 ``format=quote|sentence`` (the base analyst's output format) / ``quantize=none|int8`` (``backend.quantize``: a
 configuration that differs there gets its own backend) / ``declined=cited|nearest`` / ``yes_no=on|off`` /
-``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence). Printed too: how many
+``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence) /
+``prefix_cache=on|off`` (``backend.prefix_cache``; like ``quantize``, its own backend). Printed too: how many
 answers (text and citations) the candidate gives identically to the baseline. Results also go to ``--out``/latency.json.
 """
 
@@ -57,11 +58,13 @@ def parse_configuration(text: str) -> dict[str, Any]:
             out["settings"]["yes_no"] = value == "on"
         elif key == "min_evidence":
             out["settings"]["min_evidence_similarity"] = float(value)
+        elif key == "prefix_cache" and value in ("on", "off"):
+            out["prefix_cache"] = value == "on"
         else:
             raise SystemExit(
                 f"--baseline/--candidate: cannot read {part!r} "
                 "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8, declined=cited|nearest, "
-                "yes_no=on|off, min_evidence=X)"
+                "yes_no=on|off, min_evidence=X, prefix_cache=on|off)"
             )
     return out
 
@@ -102,17 +105,21 @@ def main() -> None:
     if not questions:
         raise SystemExit(f"no question of domain {args.domain} is in the {args.split} split")
     specs = {"baseline": parse_configuration(args.baseline), "candidate": parse_configuration(args.candidate)}
-    backends: dict[str, Any] = {}  # quantize -> backend: the same loaded weights where the configurations agree
+    # (quantize, prefix_cache) -> backend: the same loaded weights where the configurations agree
+    backends: dict[tuple[str, bool], Any] = {}
     agents: dict[str, Any] = {}
     for name, spec in specs.items():
         c = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=spec["settings"])}) if spec["settings"] else cfg
-        quantize = spec.get("quantize", cfg.backend.quantize)
-        if quantize not in backends:
-            bc = cfg.model_copy(update={"backend": cfg.backend.model_copy(update={"quantize": quantize})})
-            backends[quantize] = make_backend(bc)
+        serving = {
+            "quantize": spec.get("quantize", cfg.backend.quantize),
+            "prefix_cache": spec.get("prefix_cache", cfg.backend.prefix_cache),
+        }
+        key = (serving["quantize"], serving["prefix_cache"])
+        if key not in backends:
+            backends[key] = make_backend(cfg.model_copy(update={"backend": cfg.backend.model_copy(update=serving)}))
         adapters = {r: spec["adapters"].get(r) for r in ("query_writer", "analyst", "critic")}
         agents[name] = Agent(
-            c, backends[quantize], adapters=adapters, checkpointer="memory", use_critic=spec.get("use_critic")
+            c, backends[key], adapters=adapters, checkpointer="memory", use_critic=spec.get("use_critic")
         )
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
     try:

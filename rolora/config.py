@@ -110,6 +110,11 @@ class BackendConfig(_Strict):
         description="inprocess: int8 weights for the base model's linear layers (dynamic quantization; LoRA stays "
         "fp32). Faster on CPUs, answers not bit-identical: measured in the README (bench/latency.py quantize=int8)",
     )
+    prefix_cache: bool = Field(
+        True,
+        description="inprocess: a request reuses the key/value cache of the prompt prefix it shares with a recent "
+        "prompt of the same adapter (system prompt, question lead-in); measured in the README (bench/latency.py)",
+    )
     timeout_s: float = Field(120.0, gt=0, description="vllm: seconds one HTTP call may take (a long generation)")
     max_retries: int = Field(3, ge=0, description="vllm: extra tries on connection errors, timeouts, 408/409/429/5xx")
     api_key_env: str | None = Field(None, description="vllm: environment variable holding the servers' --api-key")
@@ -325,6 +330,7 @@ backend:
   kind: inprocess           # inprocess | vllm (env: ROLORA_BACKEND)
   endpoints: ["http://127.0.0.1:8000"]
   torch_threads: 0          # 0 = torch default
+  prefix_cache: true        # inprocess: reuse the key/value cache of a prompt prefix shared with a recent prompt
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)
   max_retries: 3            # vllm: extra tries on connection errors, timeouts, 408/409/429/5xx
   api_key_env: null         # vllm: env variable with the servers' API key (needed for runtime adapter loading)

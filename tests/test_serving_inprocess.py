@@ -207,3 +207,72 @@ def test_int8_backend_keeps_lora_fp32_around_int8_base_layers(
             assert own > 0.5 and own > corr(got[i] - got[0], want[other] - want[0]) + 0.2
     finally:
         q.close()
+
+
+@pytest.mark.slow
+def test_a_shared_prompt_prefix_is_prefilled_once(generator_dir: Path, lora_adapters: dict[str, Path]) -> None:
+    """``prefix_cache``: a request reuses the key/value cache of the prefix its prompt shares with a recent prompt of
+    the same adapter (here: the analyst's system prompt for a second question; the whole first prompt when it is asked
+    again with a reviewer's feedback), never another adapter's, and answers exactly as a full prefill does (real
+    SmolLM2, a real contract's clauses, greedy)."""
+    from types import SimpleNamespace
+
+    from rolora.adapters.serving.inprocess import InProcessBackend
+    from rolora.roles.prompts import analyst_messages
+
+    from conftest import EXAMPLES
+
+    text = (EXAMPLES / "nda_mutual.txt").read_text(encoding="utf-8")
+    clauses = [SimpleNamespace(text=text[i : i + 700], heading_path="") for i in (0, 700)]
+    first = analyst_messages("How long do the confidentiality obligations last?", clauses)
+    asks = [
+        (first, None),
+        (analyst_messages("Which law governs the agreement?", clauses), None),
+        (analyst_messages("How long do the confidentiality obligations last?", clauses, "cite the clause"), None),
+        (first, "alpha@1"),
+        (analyst_messages("Which law governs the agreement?", clauses), "alpha@1"),
+    ]
+    roots = DirectoryAdapters(TEST_HOME / "test-adapters")
+    cached = InProcessBackend(generator_dir, roots, micro_batching=False)
+    plain = InProcessBackend(generator_dir, roots, micro_batching=False, prefix_cache=False)
+    try:
+        tok = cached.tokenizer
+        prompts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _ in asks]
+        tokens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        reused = []
+        for messages, adapter in asks:
+            req = GenerationRequest(messages, adapter=adapter, max_tokens=24)
+            before = cached.prefix_tokens_reused
+            a, b = cached.generate([req])[0], plain.generate([req])[0]
+            assert a.text == b.text, (adapter, a.text, b.text)  # the same answer as a full prefill
+            reused.append(cached.prefix_tokens_reused - before)
+        assert plain.prefix_tokens_reused == 0
+    finally:
+        cached.close()
+        plain.close()
+    assert reused[0] == 0 and reused[3] == 0  # nothing kept yet for that adapter: the base's caches are not its own
+    assert 32 <= reused[1] < tokens[1] // 2  # the system prompt and the question's lead-in, not the clauses
+    assert reused[2] >= tokens[0] - 8  # the whole first prompt (up to its last tokens), only the feedback is new
+    assert reused[4] == reused[1]  # the adapter's own cache of the same prefix
+
+
+def test_the_agents_backend_takes_every_backend_setting(generator_dir: Path) -> None:
+    """``make_backend`` (what ``rolora ask``, the service, ``rolora eval`` and ``bench/latency.py`` serve with) builds
+    the in-process backend from ``backend.*``: ``quantize: int8`` and ``prefix_cache: false`` take effect (they were
+    once dropped there, so a configured int8 backend ran fp32)."""
+    from rolora.adapters.serving.int8 import Int8Linear
+    from rolora.agents import make_backend
+    from rolora.config import Config
+
+    cfg = Config.model_validate({"home": str(TEST_HOME), "backend": {"quantize": "int8", "prefix_cache": False}})
+    backend = make_backend(cfg)
+    try:
+        assert backend.quantize == "int8" and backend.prefix_cache is False
+        assert isinstance(backend._model.model.layers[0].self_attn.q_proj, Int8Linear)
+    finally:
+        backend.close()
+    default = make_backend(Config.model_validate({"home": str(TEST_HOME)}))
+    try:
+        assert default.quantize == "none" and default.prefix_cache is True
+    finally:
+        default.close()

@@ -9,6 +9,12 @@ decoding uses xgrammar. ``quantize="int8"`` (``backend.quantize``) runs the base
 kernels with the adapters in fp32 (:mod:`.int8`). All model work happens on one worker thread, so the backend is
 thread-safe.
 
+``prefix_cache`` (``backend.prefix_cache``, on by default): a request generated alone reuses the key/value cache of
+the longest token prefix its prompt shares with one of the latest prompts of the same adapter (the system prompt and
+the question's lead-in for every question; a whole earlier prompt when a role is asked again with feedback), so only
+the rest is prefilled. The cache of a prefix is the same numbers the model computes for it in a full prefill (the
+attention is causal), kept per adapter because a LoRA on the key/value projections changes them.
+
 >>> backend = InProcessBackend.from_config(load_config(), adapters=DirectoryAdapters(root))  # doctest: +SKIP
 >>> backend.generate([GenerationRequest([{"role": "user", "content": "Hi"}], adapter="contracts-analyst")])
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import json
 import logging
 import queue
@@ -50,6 +57,27 @@ if TYPE_CHECKING:
 __all__ = ["InProcessBackend"]
 
 log = logging.getLogger("rolora.serving")
+
+PREFIX_MIN_TOKENS = 32  # a shorter shared prefix is prefilled again (copying its cache costs about as much)
+PREFIX_ENTRIES = 4  # prompts whose caches are kept (~36 MB each at 780 tokens for SmolLM2-135M)
+
+
+def _cache_kwarg() -> str:
+    """The name ``generate`` takes a prefilled cache by: ``cache`` in recent transformers (where ``past_key_values``
+    is deprecated), ``past_key_values`` before."""
+    from transformers.generation import utils
+
+    return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+
+
+def shared_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` have in common."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 @dataclass
@@ -88,6 +116,7 @@ class InProcessBackend(BackendBase):
         micro_batching: bool = True,
         fused_lora: bool = True,
         quantize: str = "none",
+        prefix_cache: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,6 +146,10 @@ class InProcessBackend(BackendBase):
         self._fused: Any = None  # FusedLoRA over self._peft (mixed batches in one pass per layer)
         self.fused_lora = fused_lora
         self.fused_batches = 0  # generate calls served by the fused path (tests, benchmarks)
+        self.prefix_cache = prefix_cache
+        # (adapter or BASE, prompt token ids) -> key/value cache of those ids, least recently used first
+        self._prefixes: OrderedDict[tuple[str, tuple[int, ...]], Any] = OrderedDict()
+        self.prefix_tokens_reused = 0  # prompt tokens not prefilled again (tests, benchmarks)
         self._resolver = adapters
         self.max_loaded = max_loaded
         self.window = batch_window_ms / 1000.0 if micro_batching else 0.0
@@ -142,6 +175,7 @@ class InProcessBackend(BackendBase):
             home=config.home_dir,
             torch_threads=config.backend.torch_threads,
             quantize=config.backend.quantize,
+            prefix_cache=config.backend.prefix_cache,
             **kwargs,
         )
 
@@ -279,6 +313,8 @@ class InProcessBackend(BackendBase):
                     warnings.simplefilter("ignore", UserWarning)
                     self._peft.delete_adapter(victim)
                 del self._loaded[victim]
+                for key in [k for k in self._prefixes if k[0] == victim]:
+                    del self._prefixes[key]
                 if self._fused is not None:
                     self._fused.clear()
                 log.info("evicted adapter %s (max_loaded=%d)", victim, self.max_loaded)
@@ -317,6 +353,23 @@ class InProcessBackend(BackendBase):
         while len(self._grammars) > self.grammar_cache_size:
             self._grammars.popitem(last=False)
         return compiled
+
+    def _reuse_prefix(self, adapter: str, ids: tuple[int, ...]) -> Any:
+        """A copy of the cache of the longest prefix ``ids`` shares with a kept prompt of ``adapter`` (at least one
+        token is left to prefill), or None when none shares ``PREFIX_MIN_TOKENS``."""
+        best, best_key = 0, None
+        for key in self._prefixes:
+            if key[0] == adapter:
+                n = min(shared_prefix_len(ids, key[1]), len(ids) - 1)
+                if n > best:
+                    best, best_key = n, key
+        if best_key is None or best < PREFIX_MIN_TOKENS:
+            return None
+        self._prefixes.move_to_end(best_key)
+        cache = copy.deepcopy(self._prefixes[best_key])
+        cache.crop(best - cache.get_seq_length())
+        self.prefix_tokens_reused += best
+        return cache
 
     def _generate(self, jobs: list[_Job]) -> None:
         import torch
@@ -402,9 +455,24 @@ class InProcessBackend(BackendBase):
                 self.fused_batches += 1
             else:
                 kwargs["adapter_names"] = names  # PEFT's mixed batch: a sub-batch per adapter per layer
+        prefix_key = (jobs[0].adapter or BASE,) if self.prefix_cache and len(jobs) == 1 else None
+        if prefix_key is not None:
+            kwargs["return_dict_in_generate"] = True
+            ids = tuple(int(t) for t in enc["input_ids"][0])
+            reused = self._reuse_prefix(prefix_key[0], ids)
+            if reused is not None:
+                kwargs[_cache_kwarg()] = reused
         t0 = time.perf_counter()
         with rows:
             out = model.generate(**enc, **kwargs)
+        if prefix_key is not None:
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # prompt + generated tokens
+            if cache is not None:
+                cache.crop(prompt_len - cache.get_seq_length())
+                self._prefixes[(prefix_key[0], ids)] = cache
+                while len(self._prefixes) > PREFIX_ENTRIES:
+                    self._prefixes.popitem(last=False)
+            out = out.sequences
         self.batches.append(len(jobs))
         self.batch_count += 1
         elapsed = time.perf_counter() - t0
