@@ -133,8 +133,15 @@ def plot_loss_curve(log_history: list[dict[str, Any]], out: Path, title: str) ->
         ax.plot(*zip(*train, strict=True), label="train loss")
     if evals:
         ax.plot(*zip(*evals, strict=True), marker="o", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (completion tokens)")
+    return _finish_plot(fig, ax, "step", "loss (completion tokens)", title, out)
+
+
+def _finish_plot(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, out: Path) -> Path:
+    """Label, grid and legend ``ax``, save ``fig`` to ``out`` and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -176,15 +183,7 @@ def plot_learning_curve(curve: list[dict[str, Any]], metric: str, out: Path, tit
     for key in dict.fromkeys((metric, "citation_correctness")):
         if all(key in p for p in curve):
             ax.plot(minutes, [p[key] for p in curve], marker="o", label=f"validation {key}")
-    ax.set_xlabel("minutes of training")
-    ax.set_ylabel("role metric")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _finish_plot(fig, ax, "minutes of training", "role metric", title, out)
 
 
 def _role_eval_callback(role_eval: RoleEval, scratch: Path) -> Any:
@@ -407,7 +406,9 @@ def train(
     finally:
         if role_eval is not None:
             role_eval.close()
-            trainer.remove_callback(role_cb)  # the final evaluation below is the best checkpoint's loss only
+            # the final evaluation below is the best checkpoint's loss only (early stopping has nothing to read there)
+            trainer.remove_callback(role_cb)
+            trainer.remove_callback(EarlyStoppingCallback)
             shutil.rmtree(run_dir / ".role-eval", ignore_errors=True)
     wall = time.perf_counter() - t0
     best_eval = trainer.evaluate()["eval_loss"] if evaluate else None

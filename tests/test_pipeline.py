@@ -30,7 +30,15 @@ def test_train_role_registers_a_gated_candidate(embedder: Any, generator_dir: An
         copy_index(TEST_HOME / "indexes" / examples_retriever.domain, index)
     Retriever("ptest", cfg, embedder=embedder).ingest(progress=False)  # incremental: unchanged files are kept
     tc = TrainConfig(
-        max_steps=4, eval_steps=2, batch_size=4, grad_accum=1, max_length=384, learning_rate=1e-3, r=8, alpha=16
+        max_steps=4,
+        eval_steps=2,
+        batch_size=4,
+        grad_accum=1,
+        max_length=384,
+        learning_rate=1e-3,
+        r=8,
+        alpha=16,
+        role_eval_rows=3,  # the role metric at each evaluation picks the checkpoint (what `rolora train` does)
     )
     run = train_role(cfg, "ptest", "query_writer", train_config=tc, eval_limit=6, probe_limit=10, progress=False)
     rec = run.record
@@ -40,6 +48,9 @@ def test_train_role_registers_a_gated_candidate(embedder: Any, generator_dir: An
     assert {"val_perplexity", "forgetting", "intruder_dimensions", "role_metric"} <= names
     assert set(rec.metrics["role"]) == {"tuned", "base"} and "gold_recall@5" in rec.metrics["role"]["base"]
     assert (rec.path / "adapter_model.safetensors").is_file() and (rec.path / "loss_curve.png").is_file()
+    curve = rec.metrics["train"]["learning_curve"]  # the role metric vs minutes, kept with the adapter
+    assert [p["step"] for p in curve] == [2, 4] and all("gold_recall@5" in p for p in curve)
+    assert (rec.path / "learning_curve.png").is_file() and (rec.path / "learning_curve.json").is_file()
 
     config_file = TEST_HOME / "pipeline-test.yaml"
     config_file.write_text(
