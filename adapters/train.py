@@ -404,7 +404,7 @@ def train(
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     finally:
-        if role_eval is not None:
+        if role_eval is not None and role_cb is not None:
             role_eval.close()
             # the final evaluation below is the best checkpoint's loss only (early stopping has nothing to read there)
             trainer.remove_callback(role_cb)
