@@ -455,21 +455,24 @@ class InProcessBackend(BackendBase):
                 self.fused_batches += 1
             else:
                 kwargs["adapter_names"] = names  # PEFT's mixed batch: a sub-batch per adapter per layer
-        prefix_key = (jobs[0].adapter or BASE,) if self.prefix_cache and len(jobs) == 1 else None
-        if prefix_key is not None:
+        # a request generated alone (every `ask` call) starts from the cache of a prefix it shares, and leaves its own
+        prefix_of = (jobs[0].adapter or BASE) if self.prefix_cache and len(jobs) == 1 else None
+        if prefix_of is not None:
             kwargs["return_dict_in_generate"] = True
             ids = tuple(int(t) for t in enc["input_ids"][0])
-            reused = self._reuse_prefix(prefix_key[0], ids)
+            reused = self._reuse_prefix(prefix_of, ids)
             if reused is not None:
                 kwargs[_cache_kwarg()] = reused
         t0 = time.perf_counter()
         with rows:
             out = model.generate(**enc, **kwargs)
-        if prefix_key is not None:
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # prompt + generated tokens
+        if prefix_of is not None:
+            cache = getattr(out, "cache", None)  # the prompt's and the generated tokens'
+            if cache is None:
+                cache = getattr(out, "past_key_values", None)  # its name in older transformers
             if cache is not None:
                 cache.crop(prompt_len - cache.get_seq_length())
-                self._prefixes[(prefix_key[0], ids)] = cache
+                self._prefixes[(prefix_of, ids)] = cache
                 while len(self._prefixes) > PREFIX_ENTRIES:
                     self._prefixes.popitem(last=False)
             out = out.sequences
