@@ -27,13 +27,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from latency import pct  # bench/latency.py's percentile (this folder is on the path above)
+
+# (cache off, cache on) side names of each server kind
+PAIRS = {
+    "in-process": ("in-process, prefix cache off", "in-process, prefix cache on"),
+    "vLLM-CPU": ("vLLM-CPU, prefix caching off", "vLLM-CPU, prefix caching on"),
+}
 FEEDBACK = "The citation does not state the answer; cite the sentence that does."
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))] if s else 0.0
 
 
 def analyst_requests(cfg: Any, domain: str, split: str, adapter: str | None, rounds: bool) -> list[Any]:
@@ -115,7 +118,7 @@ def main() -> None:
     base_dir = resolve_generator(cfg.models.generator, cfg.home_dir)
     reqs = analyst_requests(cfg, args.domain, args.split, args.analyst, args.rounds)
     registry = Registry.from_config(cfg, base_dir)
-    sides = {"in-process, prefix cache off": False, "in-process, prefix cache on": True}
+    sides = dict(zip(PAIRS["in-process"], (False, True), strict=True))
     backends = {
         name: InProcessBackend(base_dir, registry, micro_batching=False, prefix_cache=on) for name, on in sides.items()
     }
@@ -125,7 +128,7 @@ def main() -> None:
     try:
         for backend in backends.values():
             timed(backend, reqs[0])  # warm-up: weights, grammar compiler
-        on = backends["in-process, prefix cache on"]
+        on = backends[PAIRS["in-process"][1]]
         reused0 = on.prefix_tokens_reused
         for i, req in enumerate(reqs, start=1):
             for name, backend in backends.items():
@@ -141,7 +144,7 @@ def main() -> None:
     if not args.no_vllm:
         if args.analyst:
             raise SystemExit("--analyst is in-process only here; add --no-vllm")
-        for name, caching in (("vLLM-CPU, prefix caching off", False), ("vLLM-CPU, prefix caching on", True)):
+        for name, caching in zip(PAIRS["vLLM-CPU"], (False, True), strict=True):
             times[name], texts[name] = vllm_side(base_dir, reqs, caching, cfg.home_dir)
     n = len(reqs)
     summary: dict[str, Any] = {
@@ -158,12 +161,10 @@ def main() -> None:
     print(f"mean prompt {mean:.0f} tokens; in-process reused {reused} tokens ({reused / n:.0f} a prompt)")
     for name, v in times.items():
         print(f"  {name:<32} p50 {pct(v, 0.5):6.2f} s  p95 {pct(v, 0.95):6.2f} s")
-    for kind in ("in-process", "vLLM-CPU"):
-        off = [k for k in times if k.startswith(kind) and k.endswith("off")]
-        on_ = [k for k in times if k.startswith(kind) and k.endswith("on")]
-        if off and on_:
-            ratio = pct(times[on_[0]], 0.5) / pct(times[off[0]], 0.5)
-            same = sum(a == b for a, b in zip(texts[off[0]], texts[on_[0]], strict=True))
+    for kind, (off, on_) in PAIRS.items():
+        if off in times and on_ in times:
+            ratio = pct(times[on_], 0.5) / pct(times[off], 0.5)
+            same = sum(a == b for a, b in zip(texts[off], texts[on_], strict=True))
             summary[f"{kind} on/off p50"] = ratio
             summary[f"{kind} identical answers"] = same
             print(f"  {kind}: on/off p50 {ratio:.2f}x; identical answers {same} / {n}")
