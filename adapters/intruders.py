@@ -70,10 +70,22 @@ def count_intruders(weight: Any, merged: Any, top_k: int = 10, epsilon: float = 
         raise RoloraRuntimeError(f"weight shapes differ: {tuple(weight.shape)} vs {tuple(merged.shape)}")
     if torch.equal(weight, merged):
         return 0, 1.0  # identical matrices have identical singular vectors
-    u_base = torch.linalg.svd(weight.detach().float(), full_matrices=False).U
-    u_new = torch.linalg.svd(merged.detach().float(), full_matrices=False).U[:, :top_k]
+    u_base = _left_singular_vectors(weight)
+    u_new = _left_singular_vectors(merged)[:, :top_k]
     cos = (u_new.T @ u_base).abs().max(dim=1).values
     return int((cos < epsilon).sum()), float(cos.min())
+
+
+def _left_singular_vectors(matrix: Any) -> Any:
+    """U of the thin SVD, singular values descending. For a wide matrix (a ``down_proj``: 576 x 1536) U is V of its
+    transpose, which LAPACK computes 1.75x faster on one thread: the same vectors up to sign, and the cosines are
+    absolute."""
+    import torch
+
+    m = matrix.detach().float()
+    if m.shape[0] < m.shape[1]:
+        return torch.linalg.svd(m.T, full_matrices=False).Vh.T
+    return torch.linalg.svd(m, full_matrices=False).U
 
 
 @contextlib.contextmanager

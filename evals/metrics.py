@@ -4,8 +4,8 @@ A span is ``(doc_id, start, end)`` with ``end`` exclusive. Every metric has one 
 it does not apply (retrieval and answer metrics need gold evidence or answers; refusal accuracy needs an
 unanswerable question), so configurations can be compared question by question (paired bootstrap).
 
-- retrieval, chunk level (ranx): ``recall@k``, ``precision@k``, ``ndcg@k``, ``mrr``; a retrieved chunk is relevant
-  when it overlaps a gold evidence span, and recall counts every such chunk of the index.
+- retrieval, chunk level (pytrec_eval): ``recall@k``, ``precision@k``, ``ndcg@k``, ``mrr``; a retrieved chunk is
+  relevant when it overlaps a gold evidence span, and recall counts every such chunk of the index.
 - retrieval, character level (as LegalBench-RAG measures it): ``span_recall@k`` = share of gold evidence characters
   covered by the top-k passages, ``span_precision@k`` = share of their characters that are gold.
 - answer: ``exact_match`` (SQuAD-normalised), ``token_f1``, ``rouge_l`` (rouge-score, F) against the best gold
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 import string
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -190,7 +189,8 @@ def chunk_key(doc_id: str, start: int, end: int, chunk_id: str = "") -> str:
 def chunk_scores(
     gold_chunks: Sequence[set[str]], ranked: Sequence[Sequence[str]], ks: Sequence[int]
 ) -> list[dict[str, float | None]]:
-    """Chunk-level recall@k, precision@k, nDCG@k and MRR per question, computed with ranx.
+    """Chunk-level recall@k, precision@k, nDCG@k and MRR per question, computed with pytrec_eval (trec_eval's
+    definitions: precision@k divides by k, nDCG@k uses log2 discounts).
 
     ``gold_chunks[i]``: every chunk of the index relevant to question i (empty: no gold, every value ``None``);
     ``ranked[i]``: the retrieved chunk ids in rank order (duplicates count once, at their first rank).
@@ -203,21 +203,23 @@ def chunk_scores(
         if not gold:
             continue
         unique = list(dict.fromkeys(ids))
-        if not unique:  # nothing retrieved: every metric is 0 (ranx refuses an empty ranking)
+        if not unique:  # nothing retrieved: every metric is 0 (trec_eval skips an empty ranking)
             out[i] = dict.fromkeys(names, 0.0)
             continue
         qrels[str(i)] = dict.fromkeys(gold, 1)
         run[str(i)] = {cid: float(len(unique) - r) for r, cid in enumerate(unique)}
     if run:
-        from ranx import Qrels, Run, evaluate
+        import pytrec_eval
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # numba's uint64 -> int64 cast notice inside ranx
-            scores = evaluate(Qrels(qrels), Run(run), names, return_mean=False, make_comparable=True)
-        order = list(Run(run).keys())  # ranx returns per-query arrays in its own (sorted) order
-        for name in names:
-            for qid, v in zip(order, scores[name], strict=True):
-                out[int(qid)][name] = float(v)
+        cut = ",".join(str(k) for k in ks)
+        measures = {f"recall.{cut}", f"P.{cut}", f"ndcg_cut.{cut}", "recip_rank"}
+        scores = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+        trec = {"recall": "recall", "precision": "P", "ndcg": "ndcg_cut"}  # our name -> trec_eval's
+        for qid, row in scores.items():
+            for m, t in trec.items():
+                for k in ks:
+                    out[int(qid)][f"{m}@{k}"] = float(row[f"{t}_{k}"])
+            out[int(qid)]["mrr"] = float(row["recip_rank"])
     return out
 
 

@@ -74,7 +74,7 @@ def test_overlapping_gold_spans_are_not_counted_twice() -> None:
     assert span_recall(gold, [("d", 10, 15)]) == pytest.approx(5 / 15)
 
 
-# -- chunk ranking (ranx) -------------------------------------------------------------------------------------------
+# -- chunk ranking (pytrec_eval) ----------------------------------------------------------------------------------
 def test_chunk_scores_by_hand() -> None:
     [row] = chunk_scores([{"a", "b"}], [["x", "a", "b"]], [1, 3])
     assert row["recall@1"] == 0.0

@@ -130,6 +130,12 @@ def test_count_intruders_on_known_matrices(one_thread: None) -> None:
     big = w + 50.0 * (u / u.norm()) @ (v / v.norm()) * w.norm()
     n, min_cos = count_intruders(w, big, top_k=10, epsilon=0.5)
     assert n >= 1 and min_cos < 0.5
+    # a wide matrix (U taken as V of its transpose): PEFT's convention computed directly on it, by hand
+    wide, wide_big = w.T.contiguous(), big.T.contiguous()
+    u_base = torch.linalg.svd(wide, full_matrices=False).U
+    cos = (torch.linalg.svd(wide_big, full_matrices=False).U[:, :10].T @ u_base).abs().max(dim=1).values
+    n_wide, min_wide = count_intruders(wide, wide_big, top_k=10, epsilon=0.5)
+    assert n_wide == int((cos < 0.5).sum()) >= 1 and min_wide == pytest.approx(float(cos.min()), abs=1e-5)
 
 
 def test_completion_perplexity_scores_only_the_completion(lm: tuple[Any, Any]) -> None:
