@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,12 @@ def train_role(
 
     run_dir = home / "runs" / adapter_name(domain, role, cfg.full)
     val_rows = _rows(data_dir / "validation.jsonl")[: cfg.role_eval_rows]
-    role_eval = role_scorer(role, base_dir, val_rows, retriever) if val_rows and not cfg.full else None
+    role_eval = None
+    if val_rows and not cfg.full:
+        from .scoring import load_probe_texts
+
+        probe = load_probe_texts(limit=cfg.role_eval_probe_texts) if cfg.role_eval_probe_texts != 0 else []
+        role_eval = role_scorer(role, base_dir, val_rows, retriever, probe, config.gates.max_forgetting_pct)
     result = train(base_dir, data_dir, run_dir, cfg, resume=resume, progress=progress, role_eval=role_eval)
 
     metrics, report = _evaluate(
@@ -128,9 +134,17 @@ def train_role(
     return RoleRun(record, report, result, card, metrics)
 
 
-def role_scorer(role: str, base_dir: Path, rows: list[dict[str, Any]], retriever: Any) -> RoleEval:
+def role_scorer(
+    role: str,
+    base_dir: Path,
+    rows: list[dict[str, Any]],
+    retriever: Any,
+    probe_texts: Sequence[str] = (),
+    max_forgetting_pct: float | None = None,
+) -> RoleEval:
     """The role metric of an adapter folder on ``rows`` (validation rows of the role's data), for training to pick its
-    best checkpoint by; one in-process backend on the base model, loaded at the first score."""
+    best checkpoint by; one in-process backend on the base model, loaded at the first score. With ``probe_texts``
+    training also watches forgetting, and a checkpoint above ``max_forgetting_pct`` loses to any within it."""
     from .role_eval import ROLE_METRIC, role_metrics
     from .serving.base import DirectoryAdapters
     from .serving.inprocess import InProcessBackend
@@ -146,7 +160,7 @@ def role_scorer(role: str, base_dir: Path, rows: list[dict[str, Any]], retriever
         while backend:
             backend.pop().close()
 
-    return RoleEval(ROLE_METRIC[role], score, close)
+    return RoleEval(ROLE_METRIC[role], score, close, probe_texts, max_forgetting_pct)
 
 
 def _evaluate(

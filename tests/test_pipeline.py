@@ -39,6 +39,7 @@ def test_train_role_registers_a_gated_candidate(embedder: Any, generator_dir: An
         r=8,
         alpha=16,
         role_eval_rows=3,  # the role metric at each evaluation picks the checkpoint (what `rolora train` does)
+        role_eval_probe_texts=8,  # forgetting watched beside it on 8 probe texts (default: all 220, ~36 s each)
         target_modules=["q_proj", "v_proj"],  # 60 matrices for the intruder gate's SVDs instead of 210 (~40 s)
     )
     run = train_role(cfg, "ptest", "query_writer", train_config=tc, eval_limit=6, probe_limit=10, progress=False)

@@ -76,6 +76,15 @@ def train_command(
             "and draws the learning curve (0: the validation loss does)",
         ),
     ] = 24,
+    role_eval_probe_texts: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="general-prose texts scored with the role metric to watch forgetting: a checkpoint past the "
+            "forgetting gate is chosen only when all are (default: the gate's whole probe set; 0: the role metric "
+            "alone)",
+        ),
+    ] = None,
     oracle_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="analyst (RAFT): share of contexts holding the gold clause")
     ] = 0.8,
@@ -115,6 +124,7 @@ def train_command(
         max_eval_examples=eval_rows,
         stop_after_steps=stop_after,
         role_eval_rows=role_eval_rows,
+        role_eval_probe_texts=role_eval_probe_texts,
     )
     run = train_role(
         cfg,
