@@ -31,14 +31,15 @@ demo: setup
 	$(BIN)/rolora ask "Which law governs the Mutual Non-Disclosure Agreement?" --domain contracts
 
 # The example domain's shipped adapters (examples/adapters/), trained again from the example corpus and packed over the
-# committed ones (bf16, manifest, data card, gate report). About 21 minutes on 2 cores; see README "Shipped adapters".
+# committed ones (bf16, manifest, data card, gate report). The role metric picks the checkpoint among those within the
+# forgetting gate. About 30 minutes on 2 cores; see README "Shipped adapters".
 ADAPTER_HOME ?= .rolora-adapters
 adapters: setup
 	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora models prepare
 	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora ingest examples/contracts --domain contracts
 	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora train --role analyst --domain contracts $(ANALYST_TRAIN)
 	ROLORA_HOME=$(ADAPTER_HOME) $(BIN)/rolora adapters pack contracts-analyst --out examples/adapters
-ANALYST_TRAIN ?= --format sentence --rank 8 --max-steps 0 --epochs 2 --stop-after 64 --distractors 2 --generated 40 --eval-steps 32 --eval-rows 24 --role-eval-rows 0
+ANALYST_TRAIN ?= --format sentence --rank 8 --max-steps 0 --epochs 2 --stop-after 64 --lr 5e-4 --distractors 2 --generated 40 --eval-steps 16 --eval-rows 24 --role-eval-rows 24
 
 lint: setup
 	$(BIN)/ruff check .
