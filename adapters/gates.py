@@ -44,7 +44,15 @@ from rolora.errors import UserError
 
 from .base_models import base_model_info, check_base_compatible, check_model_folder
 from .intruders import IntruderReport, lora_intruders, weight_intruders
-from .scoring import ChatExample, LossStats, _messages, load_probe_texts, score_completions, score_texts
+from .scoring import (
+    ChatExample,
+    LossStats,
+    _messages,
+    load_probe_texts,
+    perplexity_rise_pct,
+    score_completions,
+    score_texts,
+)
 from .serving.base import verify_adapter_files
 
 __all__ = [
@@ -110,7 +118,7 @@ def gate_val_perplexity(base_ppl: float, adapter_ppl: float, max_ratio: float = 
 
 def gate_forgetting(base_ppl: float, adapter_ppl: float, max_pct: float = 5.0) -> GateResult:
     """Gate 2: % rise of the general probe-set perplexity with the adapter must be at most ``max_pct``."""
-    rise = (adapter_ppl / base_ppl - 1.0) * 100.0 if base_ppl > 0 else math.nan
+    rise = perplexity_rise_pct(base_ppl, adapter_ppl)
     passed = rise <= max_pct
     summary = (
         f"probe ppl {adapter_ppl:.4g} vs base {base_ppl:.4g}: rise {rise:+.3f}% {'<=' if passed else '>'} {max_pct}%"

@@ -23,6 +23,7 @@ __all__ = [
     "completion_perplexity",
     "encode_chat_example",
     "load_probe_texts",
+    "perplexity_rise_pct",
     "score_completions",
     "score_texts",
     "text_perplexity",
@@ -183,6 +184,11 @@ def text_perplexity(
 ) -> float:
     """Perplexity of plain prose (e.g. the general probe set), batched, without gradients."""
     return score_texts(model, tokenizer, texts, max_length, batch_tokens).perplexity
+
+
+def perplexity_rise_pct(base_ppl: float, adapter_ppl: float) -> float:
+    """% rise of a perplexity over the base model's (the forgetting gate's figure); NaN when the base is not > 0."""
+    return (adapter_ppl / base_ppl - 1.0) * 100.0 if base_ppl > 0 else math.nan
 
 
 def load_probe_texts(limit: int | None = None) -> list[str]:

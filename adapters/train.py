@@ -185,13 +185,13 @@ def selection_score(metric: float, forgetting_pct: float | None, max_forgetting_
 
 
 def _probe_perplexity(model: Any, tokenizer: Any, texts: Sequence[str]) -> float:
-    """Perplexity of ``texts`` under ``model`` as the forgetting gate scores them (512 tokens a text), in eval mode."""
-    from .scoring import score_texts
+    """Perplexity of ``texts`` under ``model`` as the forgetting gate scores them (its default length), in eval mode."""
+    from .scoring import text_perplexity
 
     training = model.training
     model.eval()
     try:
-        return float(score_texts(model, tokenizer, list(texts), 512, 2048).perplexity)
+        return float(text_perplexity(model, tokenizer, list(texts)))
     finally:
         model.train(training)
 
@@ -242,11 +242,13 @@ def _role_eval_callback(role_eval: RoleEval, scratch: Path) -> Any:
             self.base_ppl: float | None = None
 
         def forgetting(self, model: Any, tokenizer: Any) -> float:
+            from .scoring import perplexity_rise_pct
+
             if self.base_ppl is None:
                 with model.disable_adapter():
                     self.base_ppl = _probe_perplexity(model, tokenizer, role_eval.probe_texts)
             ppl = _probe_perplexity(model, tokenizer, role_eval.probe_texts)
-            return round(100.0 * (ppl - self.base_ppl) / self.base_ppl, 3)
+            return round(perplexity_rise_pct(self.base_ppl, ppl), 3)
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any) -> None:
             model = kw.get("model")
