@@ -62,6 +62,7 @@ __all__ = [
     "gate_forgetting",
     "gate_intruders",
     "gate_role_metric",
+    "gate_role_metrics",
     "gate_val_perplexity",
     "run_gates",
 ]
@@ -69,6 +70,10 @@ __all__ = [
 log = logging.getLogger("rolora.adapters")
 
 GateStatus = Literal["passed", "failed", "skipped"]
+
+
+# role metrics where lower is better (gated against the base with their own allowance, not min_role_metric_delta)
+LOWER_IS_BETTER = frozenset({"false_rejection"})
 
 
 class GateThresholds(BaseModel):
@@ -82,6 +87,9 @@ class GateThresholds(BaseModel):
     intruder_epsilon: float = Field(0.5, gt=0, le=1, description="cosine below which a vector is an intruder")
     max_intruders: int | None = Field(None, ge=0, description="fail above this many intruders; None = report only")
     min_role_metric_delta: float = Field(0.0, description="adapter - base role metric must be at least this")
+    max_false_rejection_rise: float = Field(
+        0.10, ge=0, le=1, description="a critic's share of correct drafts rejected may exceed the base's by this much"
+    )
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,22 @@ def gate_role_metric(
         "higher_is_better": higher_is_better,
     }
     return GateResult("role_metric", "passed" if passed else "failed", figures, summary)
+
+
+def gate_role_metrics(metrics: Sequence[tuple[str, float, float]], thr: GateThresholds) -> list[GateResult]:
+    """Gate 4 for each ``(name, adapter_value, base_value)``: the first is named "role_metric", the others
+    "role_metric:NAME". Higher is better by ``thr.min_role_metric_delta``; a share of errors (``LOWER_IS_BETTER``:
+    a critic's false rejections) may exceed the base's by at most ``thr.max_false_rejection_rise``."""
+    out = []
+    for i, (name, adapter_value, base_value) in enumerate(metrics):
+        if name in LOWER_IS_BETTER:
+            g = gate_role_metric(
+                name, float(adapter_value), float(base_value), -thr.max_false_rejection_rise, higher_is_better=False
+            )
+        else:
+            g = gate_role_metric(name, float(adapter_value), float(base_value), thr.min_role_metric_delta)
+        out.append(GateResult(f"role_metric:{name}", g.status, g.figures, g.summary) if i else g)
+    return out
 
 
 def _skipped(name: str, why: str) -> GateResult:
@@ -250,7 +274,8 @@ def run_gates(
 
     ``val_examples``: the role's validation split (chat examples ending with the answer). ``probe_texts``: general
     prose (default: the shipped probe set). ``role_metric``: ``(name, adapter_value, base_value)``, higher is
-    better, or several such (each its own role-metric gate, e.g. the analyst's answer F1 and citation correctness);
+    better, or several such (each its own role-metric gate, e.g. the analyst's answer F1 and citation correctness; a
+    critic's false rejections, lower is better: :func:`gate_role_metrics`);
     None skips gate 4. ``intruder_modules``: name suffixes whose matrices gate 3 examines (default: every
     LoRA-adapted matrix; for a full model every linear layer but ``lm_head``).
     """
@@ -302,15 +327,10 @@ def run_gates(
     g2 = gate_forgetting(base_probe.perplexity, ad_probe.perplexity, thr.max_forgetting_pct)
     g2.figures.update(tokens=ad_probe.tokens, texts=len(texts), max_length=probe_max_length)
     g3 = gate_intruders(intruders, thr.max_intruders)
-    role_gates: list[GateResult] = []
     metrics = [role_metric] if isinstance(role_metric, tuple) else list(role_metric or [])
-    for i, (name, adapter_value, base_value) in enumerate(metrics):
-        g = gate_role_metric(name, float(adapter_value), float(base_value), thr.min_role_metric_delta)
-        if i:  # the first keeps the name "role_metric"; the others are named for their metric
-            g = GateResult(f"role_metric:{name}", g.status, g.figures, g.summary)
-        role_gates.append(g)
-    if not role_gates:
-        role_gates.append(_skipped("role_metric", "no role metric given (the eval suite computes it)"))
+    role_gates = gate_role_metrics(metrics, thr) or [
+        _skipped("role_metric", "no role metric given (the eval suite computes it)")
+    ]
     report = GateReport(
         adapter=str(folder),
         base=info.model_id,

@@ -1,8 +1,8 @@
 """Each role's own metric on its test split, for an adapter and for the base model (gate 4 until the eval suite).
 
-analyst: answer token-F1 (:func:`rolora.evals.metrics.token_f1`) and citation validity; critic: verdict accuracy;
-query writer: gold-chunk recall@5 of the question plus the written queries fused by reciprocal rank (how the agent
-graph uses them).
+analyst: answer token-F1 (:func:`rolora.evals.metrics.token_f1`) and citation validity; critic: verdict accuracy
+and the share of correct drafts it rejects; query writer: gold-chunk recall@5 of the question plus the written
+queries fused by reciprocal rank (how the agent graph uses them).
 Generation goes through the serving ``Backend`` (so the same code evaluates in-process or on vLLM).
 """
 
@@ -18,11 +18,13 @@ from rolora.roles import ANALYST_SCHEMA, CRITIC_SCHEMA, QUERY_SCHEMA, AnalystCal
 
 from .serving.base import Backend, GenerationRequest
 
-__all__ = ["ROLE_GATED_EXTRA", "ROLE_METRIC", "role_metrics"]
+__all__ = ["ROLE_GATED_EXTRA", "ROLE_METRIC", "role_metrics", "role_replies"]
 
 ROLE_METRIC = {"analyst": "answer_f1", "critic": "verdict_accuracy", "query_writer": "gold_recall@5"}
-# gated besides ROLE_METRIC: an analyst must also not cite the wrong clause more often than the base model does
-ROLE_GATED_EXTRA: dict[str, tuple[str, ...]] = {"analyst": ("citation_correctness",)}
+# gated besides ROLE_METRIC: an analyst must also not cite the wrong clause more often than the base model does, and a
+# critic must not send back many more correct drafts than the base model (one that calls everything "unsupported"
+# beats the base's verdict accuracy on rows that are mostly perturbations)
+ROLE_GATED_EXTRA: dict[str, tuple[str, ...]] = {"analyst": ("citation_correctness",), "critic": ("false_rejection",)}
 _SCHEMAS = {"analyst": ANALYST_SCHEMA, "critic": CRITIC_SCHEMA, "query_writer": QUERY_SCHEMA}
 _MAX_TOKENS = {"analyst": 160, "critic": 60, "query_writer": 60}
 
@@ -69,12 +71,12 @@ def _overlaps_gold(span: tuple[str, int, int], evidence: Sequence[Sequence[Any]]
     return any(d == doc and s < ge and gs < e for d, gs, ge in evidence)
 
 
-def role_metrics(
+def role_replies(
     role: str, backend: Backend, adapter: str | None, rows: Sequence[dict[str, Any]], retriever: Any = None
-) -> dict[str, float]:
-    """Metrics of ``adapter`` (None = base model) on test rows written by the role's data builder."""
-    if not rows:
-        return {}
+) -> list[dict[str, Any] | None]:
+    """Each row's reply of ``adapter`` (None = base model), parsed (None where it is not JSON), as
+    :func:`role_metrics` scores them: one per row, in order (a critic's ``verdict``, an analyst's answer and
+    citations)."""
     calls = [_analyst_call(r, retriever) if role == "analyst" else None for r in rows]
     reqs = [
         GenerationRequest(
@@ -94,6 +96,16 @@ def role_metrics(
         {**p, "citations": reply_citations(p, c)} if p is not None and c is not None else p
         for p, c in zip(parsed, calls, strict=True)
     ]
+    return parsed
+
+
+def role_metrics(
+    role: str, backend: Backend, adapter: str | None, rows: Sequence[dict[str, Any]], retriever: Any = None
+) -> dict[str, float]:
+    """Metrics of ``adapter`` (None = base model) on test rows written by the role's data builder."""
+    if not rows:
+        return {}
+    parsed = role_replies(role, backend, adapter, rows, retriever)
     targets = [json.loads(r["completion"][0]["content"]) for r in rows]
     out: dict[str, float] = {"parse_rate": sum(p is not None for p in parsed) / len(rows)}
     if role == "analyst":
@@ -116,6 +128,15 @@ def role_metrics(
         out["verdict_accuracy"] = statistics.mean(
             (p or {}).get("verdict") == t["verdict"] for p, t in zip(parsed, targets, strict=True)
         )
+        # of the drafts that are correct (gold verdict "supported"), the share the critic does not call supported:
+        # each of them would send a right answer back for another round
+        rejected = [
+            (p or {}).get("verdict") != "supported"
+            for p, t in zip(parsed, targets, strict=True)
+            if t["verdict"] == "supported"
+        ]
+        if rejected:
+            out["false_rejection"] = statistics.mean(rejected)
     elif role == "query_writer":
         # as the graph uses the role: the question itself plus the written queries, fused by reciprocal rank
         hits = []

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rolora.roles import locate_quote
 
 from .types import Citation, PassageRef
 
-__all__ = ["answer_support", "citation_from_quote", "verify_citation"]
+__all__ = [
+    "answer_problem",
+    "answer_support",
+    "citation_from_quote",
+    "cited_texts",
+    "draft_problem",
+    "unsupported_numbers",
+    "verify_citation",
+]
 
 _WS = re.compile(r"\s+")
 
@@ -75,3 +84,75 @@ def answer_support(answer: str, quotes: Sequence[str]) -> float:
         return 1.0
     pool = set(_WORD.findall(" ".join(quotes).lower()))
     return sum(w in pool for w in words) / len(words)
+
+
+_NUMBER_TOKEN = re.compile(r"\d[\d,]*(?:\.\d+)?|[a-z]+(?:-[a-z]+)?")
+_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+_UNITS += "seventeen eighteen nineteen"
+_NUMBER_WORDS = {w: i for i, w in enumerate(_UNITS.split())} | {
+    w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)
+}
+
+
+def _numbers(text: str) -> set[str]:
+    """The numbers ``text`` states, as digit strings: ``$1,500.00`` -> ``1500.00``, ``thirty`` -> ``30``,
+    ``forty-five`` -> ``45`` (so "thirty (30) days" and "30 days" state the same number)."""
+    out = set()
+    for tok in _NUMBER_TOKEN.findall(text.lower()):
+        if tok[0].isdigit():
+            out.add(tok.replace(",", "").rstrip("."))
+        elif all(part in _NUMBER_WORDS for part in tok.split("-")):
+            out.add(str(sum(_NUMBER_WORDS[part] for part in tok.split("-"))))
+    return out
+
+
+def unsupported_numbers(answer: str, evidence: Sequence[str]) -> list[str]:
+    """The numbers of ``answer`` (digits or number words) that none of the ``evidence`` texts states: an amount,
+    date, period or count the cited evidence does not give."""
+    stated = _numbers(" ".join(evidence))
+    return sorted(n for n in _numbers(answer) if n not in stated)
+
+
+def answer_problem(answer: str, quotes: Sequence[str], min_support: float, cited: Sequence[str] = ()) -> str | None:
+    """Why ``answer`` is not supported by its verified ``quotes`` (the deterministic part of the critique), or None:
+    fewer than ``min_support`` of its content words are in them, or it states a number that neither they nor the
+    ``cited`` passages holding them state (a quote may be one piece of a long sentence whose other piece the answer
+    also draws on)."""
+    support = answer_support(answer, quotes)
+    if support < min_support:
+        return f"only {support:.0%} of the answer's words are in its quotes (needs {min_support:.0%})"
+    missing = unsupported_numbers(answer, [*quotes, *cited])
+    if missing:
+        return f"the answer states {', '.join(missing[:3])}, which its cited passages do not"
+    return None
+
+
+def draft_problem(
+    draft: dict[str, Any], passages: Sequence[PassageRef], source: Callable[[str], str], min_support: float
+) -> str | None:
+    """The critique node's deterministic checks on a draft as the analyst writes it (``answer``, ``citations`` of
+    ``{"passage": n, "quote": ...}``, optional ``yes_no``): why they reject it, or None. Each citation is mapped to
+    its span and verified against ``source`` (:func:`citation_from_quote`, :func:`verify_citation`); a draft with no
+    verified citation is rejected, and one whose answer its verified quotes do not support (:func:`answer_problem`;
+    a yes/no verdict is decided by its clause, not stated in it)."""
+    cited = [
+        verify_citation(
+            citation_from_quote(passages, int(c.get("passage") or 0), str(c.get("quote") or "")), passages, source
+        )
+        for c in draft.get("citations", [])
+        if isinstance(c, dict)
+    ]
+    verified = [c for c in cited if c.verified]
+    if not verified:
+        return "the answer cites no verifiable quote"
+    if draft.get("yes_no"):
+        return None
+    return answer_problem(
+        str(draft.get("answer", "")), [c.quote for c in verified], min_support, cited_texts(verified, passages)
+    )
+
+
+def cited_texts(citations: Sequence[Citation], passages: Sequence[PassageRef]) -> list[str]:
+    """The text of each passage a citation lies in (each once, in passage order)."""
+    numbers = sorted({c.passage for c in citations if 1 <= c.passage <= len(passages)})
+    return [passages[n - 1].text for n in numbers]

@@ -129,6 +129,7 @@ class GatesConfig(_Strict):
     intruder_epsilon: float = Field(0.5, gt=0, lt=1)
     max_intruders: int | None = None
     min_role_metric_delta: float = 0.0
+    max_false_rejection_rise: float = Field(0.10, ge=0, le=1)
     eval_limit: int = Field(20, ge=1, description="test/validation rows the role metric and perplexity gates read")
 
 
@@ -325,6 +326,7 @@ gates:                      # checked by `rolora train` before an adapter can be
   intruder_epsilon: 0.5     # ... an intruder has max |cos| below this
   max_intruders: null       # null = report only
   min_role_metric_delta: 0.0
+  max_false_rejection_rise: 0.10  # a critic may reject at most this share more correct drafts than the base model
 
 backend:
   kind: inprocess           # inprocess | vllm (env: ROLORA_BACKEND)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from rolora.agents.citations import answer_support, citation_from_quote, verify_citation
+from rolora.agents.citations import (
+    answer_problem,
+    answer_support,
+    citation_from_quote,
+    unsupported_numbers,
+    verify_citation,
+)
 from rolora.agents.nodes.llm import parse_json
 from rolora.agents.nodes.retrieve import fuse
 from rolora.agents.types import Citation, PassageRef
@@ -88,3 +94,24 @@ def test_answer_support_counts_content_words_found_in_the_quotes() -> None:
     assert answer_support("77 Kelvin for liquid nitrogen", [quote]) == 0.0
     assert answer_support("March 15, 2024", [quote]) == 1 / 3
     assert answer_support("the", []) == 1.0
+
+
+def test_a_number_the_quotes_do_not_state_is_found_in_digits_or_words() -> None:
+    quote = "Payment is due within thirty (30) days of invoice, with a late fee of $1,500.00 after forty-five days."
+    assert unsupported_numbers("within thirty days", [quote]) == []
+    assert unsupported_numbers("30 days; $1,500.00 fee", [quote]) == []  # "thirty (30)" states 30 in both forms
+    assert unsupported_numbers("45 days", [quote]) == []
+    assert unsupported_numbers("within sixty (60) days", [quote]) == ["60"]
+    assert unsupported_numbers("a fee of $2,500.00 after 12 days", [quote]) == ["12", "2500.00"]
+    assert unsupported_numbers("Delaware law", []) == []
+
+
+def test_the_critique_checks_reject_low_support_first_then_unstated_numbers() -> None:
+    quote = "Payment is due within thirty (30) days of invoice."
+    assert answer_problem("within thirty (30) days of invoice", [quote], 0.5) is None
+    assert "only 0% of the answer's words" in str(answer_problem("77 Kelvin", [quote], 0.5))
+    # every word but the number is in the quote: support alone (0.75) would let it through
+    assert answer_support("within sixty days of invoice", [quote]) >= 0.5
+    assert answer_problem("within sixty days of invoice", [quote], 0.5) == (
+        "the answer states 60, which its cited passages do not"
+    )

@@ -82,3 +82,75 @@ def test_sentence_format_replies_are_scored_by_the_sentences_they_name(examples_
         examples_retriever,
     )
     assert refused["answer_f1"] < 0.2 and refused["citation_correctness"] == 0.0  # a refusal is not a cited answer
+
+
+def test_the_critic_is_scored_on_verdicts_and_on_the_correct_drafts_it_rejects(role_datasets: Any) -> None:
+    """Critic rows from the real builder (perturbed drafts, so labels are known); replies given, as above."""
+    import json
+
+    from rolora.adapters.role_eval import role_metrics
+    from rolora.adapters.serving.base import GenerationResult
+
+    lines = (role_datasets["critic"] / "train.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    gold = [json.loads(r["completion"][0]["content"])["verdict"] for r in rows]
+    assert "supported" in gold and "unsupported" in gold
+
+    class Replay:
+        def __init__(self, verdict_of: Any) -> None:
+            self.verdict_of = verdict_of
+
+        def generate(self, reqs: Any) -> list[Any]:
+            replies = [{"verdict": self.verdict_of(g), "reasons": []} for g in gold]
+            return [GenerationResult(json.dumps(r), r, 1, 1, "stop", 0.0, None, "replay") for r in replies]
+
+    exact = role_metrics("critic", Replay(lambda g: g), None, rows)
+    assert exact["verdict_accuracy"] == 1.0 and exact["false_rejection"] == 0.0
+    lenient = role_metrics("critic", Replay(lambda g: "supported"), None, rows)  # what the base critic does
+    assert lenient["false_rejection"] == 0.0
+    assert lenient["verdict_accuracy"] == gold.count("supported") / len(gold) < 0.5
+    strict = role_metrics("critic", Replay(lambda g: "unsupported"), None, rows)
+    assert strict["false_rejection"] == 1.0 and strict["verdict_accuracy"] == gold.count("unsupported") / len(gold)
+
+
+def test_the_critique_checks_pass_good_drafts_and_catch_changed_numbers(
+    role_datasets: Any, examples_retriever: Any
+) -> None:
+    """The critique node's deterministic stage (rolora.agents.citations.draft_problem) on the critic builder's real
+    rows: each citation verified against the source text, then the answer's words and numbers against its quotes."""
+    import json
+
+    from rolora.agents.citations import draft_problem
+    from rolora.agents.nodes.critique import MIN_SUPPORT
+    from rolora.agents.types import PassageRef
+
+    source = examples_retriever.document_text
+    lines = (role_datasets["critic"] / "train.jsonl").read_text().splitlines()
+    rejected: dict[str, list[bool]] = {}
+    for row in (json.loads(line) for line in lines if line.strip()):
+        passages = [PassageRef(doc_id=d, start=s, end=e, text=source(d)[s:e]) for d, s, e in row["meta"]["passages"]]
+        problem = draft_problem(row["meta"]["draft"], passages, source, MIN_SUPPORT)
+        rejected.setdefault(row["source"], []).append(problem is not None)
+    assert not any(rejected["supported"])  # a good cited answer always goes through
+    rates = {kind: sum(flags) / len(flags) for kind, flags in rejected.items()}
+    print(rates)
+    assert len(rejected["perturb:number"]) >= 5 and rates["perturb:number"] >= 0.9  # changed numbers are caught
+    assert rates["perturb:citation"] >= 0.9 and rates["perturb:outside"] >= 0.9  # and answers their quotes lack
+
+
+def test_a_critic_that_rejects_correct_drafts_fails_its_gate_whatever_its_accuracy() -> None:
+    """What training on the example corpus produced at step 32: every draft called "unsupported" — verdict accuracy
+    above the base's (the rows are mostly perturbations), every correct draft sent back."""
+    from rolora.adapters.gates import GateThresholds, gate_role_metrics
+    from rolora.adapters.role_eval import ROLE_GATED_EXTRA
+
+    assert ROLE_GATED_EXTRA["critic"] == ("false_rejection",)
+    thr = GateThresholds()
+    always_no = gate_role_metrics([("verdict_accuracy", 0.65, 0.30), ("false_rejection", 1.0, 0.0)], thr)
+    assert [g.name for g in always_no] == ["role_metric", "role_metric:false_rejection"]
+    assert [g.passed for g in always_no] == [True, False]
+    assert "false_rejection 1 vs base 0" in always_no[1].summary
+    within = gate_role_metrics([("verdict_accuracy", 0.8, 0.3), ("false_rejection", 0.10, 0.0)], thr)
+    assert all(g.passed for g in within)  # at most max_false_rejection_rise (0.10) above the base
+    assert not gate_role_metrics([("false_rejection", 0.15, 0.0)], thr)[0].passed
+    assert gate_role_metrics([("false_rejection", 0.15, 0.0)], GateThresholds(max_false_rejection_rise=0.2))[0].passed

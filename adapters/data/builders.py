@@ -282,7 +282,12 @@ class CriticBuilder:
                             r["q"].doc_id,
                             "critic",
                             source,
-                            {"qa_id": r["q"].id, "verdict": verdict["verdict"], "draft": draft},
+                            {
+                                "qa_id": r["q"].id,
+                                "verdict": verdict["verdict"],
+                                "draft": draft,
+                                "passages": [[p.doc_id, p.start, p.end] for p in r["passages"]],
+                            },
                         )
                     )
             rng.shuffle(examples)

@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 
 from rolora.roles import CRITIC_SCHEMA, critic_messages
 
-from ..citations import answer_support
+from ..citations import answer_problem, cited_texts
 from ..state import AgentContext, AgentState
 from ..types import Citation, PassageRef, TraceStep
 from .llm import call_role
@@ -42,11 +42,18 @@ async def critique(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         nxt = "analyse" if can_loop else "finalise"
     elif (
         not draft.get("yes_no")  # a verdict ("Yes"/"No") is not text of its clause: the clause decides it
-        and (support := answer_support(str(draft.get("answer", "")), [c.quote for c in verified])) < MIN_SUPPORT
+        and (
+            problem := answer_problem(
+                str(draft.get("answer", "")),
+                [c.quote for c in verified],
+                MIN_SUPPORT,
+                cited_texts(verified, [PassageRef.model_validate(p) for p in state.get("passages", [])]),
+            )
+        )
     ):
-        reasons.append(f"only {support:.0%} of the answer's words are in its quotes (needs {MIN_SUPPORT:.0%})")
+        reasons.append(problem)
         verdict = "unsupported"
-        feedback = "Answer with the words of the quoted clause. " + reasons[-1]
+        feedback = "Answer with the words and figures of the quoted clause. " + problem
         nxt = "analyse" if can_loop else "finalise"
     elif ctx.use_critic:
         passages = [PassageRef.model_validate(p) for p in state.get("passages", [])]
