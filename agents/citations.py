@@ -25,6 +25,7 @@ __all__ = [
     "cited_texts",
     "draft_problem",
     "unsupported_numbers",
+    "verified_problem",
     "verify_citation",
 ]
 
@@ -133,8 +134,8 @@ def draft_problem(
     """The critique node's deterministic checks on a draft as the analyst writes it (``answer``, ``citations`` of
     ``{"passage": n, "quote": ...}``, optional ``yes_no``): why they reject it, or None. Each citation is mapped to
     its span and verified against ``source`` (:func:`citation_from_quote`, :func:`verify_citation`); a draft with no
-    verified citation is rejected, and one whose answer its verified quotes do not support (:func:`answer_problem`;
-    a yes/no verdict is decided by its clause, not stated in it)."""
+    verified citation is rejected, and one whose answer its verified quotes do not support
+    (:func:`verified_problem`)."""
     cited = [
         verify_citation(
             citation_from_quote(passages, int(c.get("passage") or 0), str(c.get("quote") or "")), passages, source
@@ -145,6 +146,15 @@ def draft_problem(
     verified = [c for c in cited if c.verified]
     if not verified:
         return "the answer cites no verifiable quote"
+    return verified_problem(draft, verified, passages, min_support)
+
+
+def verified_problem(
+    draft: dict[str, Any], verified: Sequence[Citation], passages: Sequence[PassageRef], min_support: float
+) -> str | None:
+    """The answer checks of a draft whose ``verified`` citations are known (what the critique node runs after the
+    analyse node verified them): None for a yes/no verdict, which its clause decides rather than states; else
+    :func:`answer_problem` on the verified quotes and the passages they lie in."""
     if draft.get("yes_no"):
         return None
     return answer_problem(

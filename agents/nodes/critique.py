@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 
 from rolora.roles import CRITIC_SCHEMA, critic_messages
 
-from ..citations import answer_problem, cited_texts
+from ..citations import verified_problem
 from ..state import AgentContext, AgentState
 from ..types import Citation, PassageRef, TraceStep
 from .llm import call_role
@@ -27,6 +27,7 @@ async def critique(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
     citations = [Citation.model_validate(c) for c in state.get("citations", [])]
     failed = [c for c in citations if not c.verified]
     verified = [c for c in citations if c.verified]
+    passages = [PassageRef.model_validate(p) for p in state.get("passages", [])]
     can_loop = iteration + 1 < ctx.settings.max_iterations
     reasons = [f"citation {c.passage}: {c.reason} ({c.quote[:60]!r})" for c in failed]
     steps: list[dict[str, Any]] = []
@@ -40,23 +41,12 @@ async def critique(state: AgentState, runtime: Runtime[AgentContext]) -> dict[st
         verdict = "unsupported"
         feedback = "Quote the exact words of a numbered clause. " + "; ".join(reasons)[:400]
         nxt = "analyse" if can_loop else "finalise"
-    elif (
-        not draft.get("yes_no")  # a verdict ("Yes"/"No") is not text of its clause: the clause decides it
-        and (
-            problem := answer_problem(
-                str(draft.get("answer", "")),
-                [c.quote for c in verified],
-                MIN_SUPPORT,
-                cited_texts(verified, [PassageRef.model_validate(p) for p in state.get("passages", [])]),
-            )
-        )
-    ):
+    elif problem := verified_problem(draft, verified, passages, MIN_SUPPORT):  # a yes/no verdict: None
         reasons.append(problem)
         verdict = "unsupported"
         feedback = "Answer with the words and figures of the quoted clause. " + problem
         nxt = "analyse" if can_loop else "finalise"
     elif ctx.use_critic:
-        passages = [PassageRef.model_validate(p) for p in state.get("passages", [])]
         adapter = state["adapters"].get("critic", "base")
         shown = {
             "answer": draft.get("answer", ""),
