@@ -1,5 +1,6 @@
 """Decoding against the memory-bandwidth bound: how close one-row greedy decoding of the base model comes to the time
-it takes just to read its weights once per token, and what int8 weights or a static KV cache change.
+it takes just to read its weights once per token, and what int8 or bf16 weights or a static KV cache change; and what
+a bf16 prefill (``backend.quantize: bf16``) saves on an analyst-sized prompt.
 
     .venv/bin/python bench/decoding.py [--tokens 96] [--repeats 3] [--threads 0]
 
@@ -8,15 +9,20 @@ bytes of every weight a decoding step reads (all linear layers and the tied outp
 reads one row) divided by that bandwidth. Rows: fp32 (the backend's default), fp32 with a static KV cache, int8
 dynamic quantization of the linear layers (torch.ao, weights int8, activations fp32; the LoRA adapters of a served
 model would stay fp32 beside them), and what ``backend.quantize: int8`` serves (``adapters/serving/int8.py``: the
-full 8-bit activation range, the MLP down projections kept fp32). For each: ms per decoded token (prefill
-subtracted), its ratio to the bound, and whether its greedy text equals fp32's on the same prompts.
-Goal: within 1.5x of the bound.
+full 8-bit activation range, the MLP down projections kept fp32), and bf16 weights (a copy of the model in
+bfloat16). For each: ms per decoded token (prefill subtracted), its ratio to the bound, and whether its greedy text
+equals fp32's on the same prompts. Goal: within 1.5x of the bound. Then the prefill of a ~800-token prompt (a real
+example contract's clauses and a question) in fp32 and under bfloat16 autocast (``adapters/serving/bf16.py``),
+best of ``--repeats``: on CPUs with bf16 matrix units (AMX) the prefill is where bf16 pays.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 PROMPTS = [
@@ -85,6 +91,37 @@ def decode_ms(model: Any, tok: Any, tokens: int, repeats: int, **gen: Any) -> tu
     return best, texts
 
 
+def prefill_ms(model: Any, tok: Any, repeats: int) -> dict[str, tuple[int, float]]:
+    """Best ms of one forward pass over an analyst-sized prompt (~800 tokens of a real example contract), in fp32
+    and under bfloat16 autocast (what ``backend.quantize: bf16`` runs): mode -> (prompt tokens, ms)."""
+    import torch
+
+    from rolora.adapters.serving.bf16 import bf16_prefill
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import EXAMPLES
+
+    text = (EXAMPLES / "msa_services.txt").read_text(encoding="utf-8")[:3200]
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": f"{text}\n\nWhich law governs this agreement?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    ids = tok(chat, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out: dict[str, tuple[int, float]] = {}
+    for mode in ("fp32", "bf16"):
+        ctx = bf16_prefill(model) if mode == "bf16" else contextlib.nullcontext()
+        best = float("inf")
+        with torch.inference_mode(), ctx:
+            model(ids)  # warm-up
+            for _ in range(repeats):
+                t = time.perf_counter()
+                model(ids)
+                best = min(best, time.perf_counter() - t)
+        out[mode] = (int(ids.shape[1]), best * 1000)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=96)
@@ -125,6 +162,12 @@ def main() -> None:
     ms, texts = decode_ms(served, tok, args.tokens, args.repeats)
     rows["backend.quantize: int8"] = (ms, served_bytes, texts == ref)
 
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    ms, texts = decode_ms(bf16, tok, args.tokens, args.repeats)
+    rows["bf16 weights"] = (ms, weight_bytes_per_token(model, linear_bytes=2), texts == ref)
+    del bf16
+    prefill = prefill_ms(model, tok, args.repeats)
+
     print(f"== one-row greedy decoding, SmolLM2-135M, {torch.get_num_threads()} threads, {args.tokens} tokens")
     print(f"  read bandwidth (fp32 sum, best of 5)  {bw:6.1f} GB/s")
     print(f"  {'row':<24} {'ms/token':>9} {'MB/token':>9} {'bound ms':>9} {'x bound':>8}  same text as fp32")
@@ -136,6 +179,11 @@ def main() -> None:
         if name != "fp32":
             print(f"  fp32 / {name:<24} {base / ms:5.2f}x faster")
     print("  goal: ms/token within 1.5x of the bound of the weights it reads")
+    from rolora.adapters.serving.bf16 import cpu_has_bf16_units
+
+    (n, fp32_ms), (_, bf16_ms) = prefill["fp32"], prefill["bf16"]
+    print(f"== prefill of a {n}-token prompt (bf16 matrix units on this CPU: {cpu_has_bf16_units()})")
+    print(f"  fp32 {fp32_ms:8.1f} ms   bf16 autocast {bf16_ms:8.1f} ms   ratio bf16/fp32 {bf16_ms / fp32_ms:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ one warm-up question each, so machine noise moves both sides together. Printed: 
 and of each node's time, the analyst's decoded tokens, model calls per question, and the candidate/baseline ratios.
 A configuration is ``role=adapter`` pairs (``base`` for the base model; naming the critic's turns it on) plus optional
 ``critic=on|off`` (default: the config's ``agent.use_critic``) / ``rounds=N`` / ``k=N`` (passages) /
-``format=quote|sentence`` (the base analyst's output format) / ``quantize=none|int8`` (``backend.quantize``: a
+``format=quote|sentence`` (the base analyst's output format) / ``quantize=none|int8|bf16`` (``backend.quantize``: a
 configuration that differs there gets its own backend) / ``declined=cited|nearest`` / ``yes_no=on|off`` /
 ``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence) /
 ``prefix_cache=on|off`` (``backend.prefix_cache``; like ``quantize``, its own backend). Printed too: how many
@@ -63,8 +63,8 @@ def parse_configuration(text: str) -> dict[str, Any]:
         else:
             raise SystemExit(
                 f"--baseline/--candidate: cannot read {part!r} "
-                "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8, declined=cited|nearest, "
-                "yes_no=on|off, min_evidence=X, prefix_cache=on|off)"
+                "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8|bf16, "
+                "declined=cited|nearest, yes_no=on|off, min_evidence=X, prefix_cache=on|off)"
             )
     return out
 

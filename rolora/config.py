@@ -44,7 +44,7 @@ class ModelsConfig(_Strict):
     embedder: str = "all-minilm-l6-v2"
     # the embedder's runtime: sentence-transformers on torch, or its ONNX export (float32, or dynamic int8) run by
     # onnxruntime (extra `rolora[onnx]`); the index records it, so a change is refused until `ingest --rebuild`
-    embedder_backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    embedder_backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8"] = "torch"
 
 
 class RetrievalConfig(_Strict):
@@ -97,7 +97,7 @@ class DomainConfig(_Strict):
     roles: dict[Literal["query_writer", "analyst", "critic"], RoleBinding] = Field(default_factory=dict)
 
 
-Quantize = Literal["none", "int8"]  # backend.quantize, an eval configuration's quantize, bench/latency.py
+Quantize = Literal["none", "int8", "bf16"]  # backend.quantize, an eval configuration's quantize, bench/latency.py
 QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)
 
 
@@ -108,7 +108,9 @@ class BackendConfig(_Strict):
     quantize: Quantize = Field(
         "none",
         description="inprocess: int8 weights for the base model's linear layers (dynamic quantization; LoRA stays "
-        "fp32). Faster on CPUs, answers not bit-identical: measured in the README (bench/latency.py quantize=int8)",
+        "fp32), or bf16: the prompt's prefill under bfloat16 autocast, decoding in fp32 (faster prefill on CPUs "
+        "with bf16 matrix units: AMX, AVX512-BF16). Answers not bit-identical: measured in the README "
+        "(bench/latency.py)",
     )
     prefix_cache: bool = Field(
         True,
@@ -283,7 +285,8 @@ models:
   generator: smollm2-135m-instruct
   # Alias, sentence-transformers folder or hub id (env: ROLORA_EMBEDDER).
   embedder: all-minilm-l6-v2
-  # torch | onnx | onnx-int8: ONNX export run by onnxruntime (pip install 'rolora[onnx]'); change it, then re-ingest
+  # torch | torch-bf16 (bfloat16: fast on CPUs with AMX/AVX512-BF16) | onnx | onnx-int8: ONNX export run by
+  # onnxruntime (pip install 'rolora[onnx]'); change it, then re-ingest
   # with --rebuild (bench/retrieval.py --only backends measures speed and recall)
   embedder_backend: torch
 
@@ -332,6 +335,7 @@ backend:
   kind: inprocess           # inprocess | vllm (env: ROLORA_BACKEND)
   endpoints: ["http://127.0.0.1:8000"]
   torch_threads: 0          # 0 = torch default
+  quantize: none            # inprocess: none | int8 | bf16 (prompt prefill in bfloat16: faster on CPUs with AMX)
   prefix_cache: true        # inprocess: reuse the key/value cache of a prompt prefix shared with a recent prompt
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)
   max_retries: 3            # vllm: extra tries on connection errors, timeouts, 408/409/429/5xx

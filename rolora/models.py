@@ -136,7 +136,7 @@ def resolve_embedder(spec: str, home: Path | None = None) -> Path:
     return _hub_or_folder(spec, "embedder")
 
 
-EMBEDDER_BACKENDS = ("torch", "onnx", "onnx-int8")
+EMBEDDER_BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 _BACKEND_SEP = "+"  # all-minilm-l6-v2+onnx-int8: the model and the runtime that embedded an index
 
 

@@ -209,6 +209,75 @@ def test_int8_backend_keeps_lora_fp32_around_int8_base_layers(
         q.close()
 
 
+def test_bf16_prefill_runs_the_prompt_in_bf16_and_decodes_in_fp32(
+    inprocess_backend: Any, generator_dir: Path, lora_adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    """backend.quantize: bf16 runs the prompt's forward pass under bfloat16 autocast and every one-token decoding
+    step in fp32 (the real SmolLM2 with real LoRA adapters); the cache and logits it hands back are fp32, the base
+    logits and each adapter's change to them stay close to the fp32 prefill's, and a mixed batch still takes the
+    fused path and answers."""
+    import torch
+
+    from rolora.adapters.serving.bf16 import bf16_prefill, cpu_has_bf16_units
+    from rolora.adapters.serving.inprocess import InProcessBackend
+
+    (tmp_path / "amx").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    (tmp_path / "avx2").write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert cpu_has_bf16_units(tmp_path / "amx") and not cpu_has_bf16_units(tmp_path / "avx2")
+    assert not cpu_has_bf16_units(tmp_path / "missing")
+
+    fp32 = inprocess_backend
+    fp32.generate([_req(PROMPTS[0], adapter=a, max_tokens=1) for a in ("alpha@1", "beta@1")])  # loaded there
+    model = fp32._model
+    seen: list[tuple[int, bool]] = []  # (tokens in the call, under autocast) of one attention projection
+    proj = model.model.layers[0].self_attn.q_proj
+
+    def record(module: Any, args: tuple[Any, ...], output: Any) -> None:
+        seen.append((args[0].shape[1], torch.is_autocast_enabled("cpu")))
+
+    hook = proj.register_forward_hook(record)
+    enc = fp32.tokenizer([f"Clause {i}: the Supplier shall pay." for i in range(3)], return_tensors="pt")
+    names = ["__base__", "alpha@1", "beta@1"]
+    try:
+        with torch.inference_mode():
+            want = fp32._peft(**enc, adapter_names=names).logits[:, -1]
+            with bf16_prefill(model):
+                out = fp32._peft(**enc, adapter_names=names, use_cache=True)
+                step = fp32._peft(
+                    input_ids=out.logits[:, -1].argmax(-1, keepdim=True),
+                    attention_mask=torch.cat([enc["attention_mask"], enc["attention_mask"][:, :1]], 1),
+                    past_key_values=out.past_key_values,
+                    adapter_names=names,
+                )
+    finally:
+        hook.remove()
+    assert "forward" not in vars(model), "the wrapper outlived its context"
+    assert seen[-2:] == [(enc["input_ids"].shape[1], True), (1, False)]  # prompt in bf16, the decoding step in fp32
+    assert out.logits.dtype == step.logits.dtype == torch.float32
+    assert all(layer.keys.dtype == torch.float32 for layer in out.past_key_values.layers)
+    got = out.logits[:, -1]
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+    assert corr(got[0], want[0]) > 0.99, "bf16 prefill logits drifted from fp32's"
+    for i, other in ((1, 2), (2, 1)):  # each adapter's own effect survives bf16, and not the other adapter's
+        own = corr(got[i] - got[0], want[i] - want[0])
+        assert own > 0.8 and own > corr(got[i] - got[0], want[other] - want[0]) + 0.2
+
+    q = InProcessBackend(generator_dir, DirectoryAdapters(TEST_HOME / "test-adapters"), quantize="bf16")
+    try:
+        reqs = [_req(p, adapter=a, max_tokens=12) for p in PROMPTS[:2] for a in (None, "alpha@1", "beta@1")]
+        res = q.generate(reqs)
+        assert [r.adapter for r in res] == [r.adapter for r in reqs] and all(r.text for r in res)
+        assert q.fused_batches >= 1 and "forward" not in vars(q._model)
+        ref = fp32.generate(reqs)
+        same = sum(a.text == b.text for a, b in zip(res, ref, strict=True))
+        assert same >= len(reqs) // 2, [(a.text, b.text) for a, b in zip(res, ref, strict=True)]
+    finally:
+        q.close()
+
+
 @pytest.mark.slow
 def test_a_shared_prompt_prefix_is_prefilled_once(generator_dir: Path, lora_adapters: dict[str, Path]) -> None:
     """``prefix_cache``: a request reuses the key/value cache of the prefix its prompt shares with a recent prompt of

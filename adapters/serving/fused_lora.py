@@ -166,11 +166,15 @@ class FusedLoRA:
         entry = active.get(id(layer))
         if entry is None:
             return None
+        import torch
+
         stack, mask = entry
-        x = args[0].to(stack.a.dtype)
+        x = args[0]
+        if not torch.is_autocast_enabled("cpu"):  # under bf16 autocast (backend.quantize: bf16) it casts, cheaper
+            x = x.to(stack.a.dtype)
         h = x @ stack.a.T  # [b, seq, R]
         h.mul_(mask if h.dim() == 3 else mask.squeeze(1))  # each row keeps its own adapter's rank columns
-        if output.dtype == h.dtype and output.is_contiguous():
+        if output.dtype == h.dtype == stack.b.dtype and output.is_contiguous():  # not under bf16 autocast
             # out += h @ B_all.T in one kernel, in place (inference only: nothing keeps the base output)
             output.view(-1, output.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), stack.b.T)
             return output
