@@ -10,7 +10,9 @@ own metric (the analyst's answer F1, ...) on validation rows by generating with 
 not the validation loss, then picks the best checkpoint and stops the run early (a checkpoint whose general-prose
 perplexity rose more than the forgetting gate allows only when every one did), and the learning curve (role metric and
 forgetting vs minutes of training, resumed runs included) is saved beside the result as JSON and PNG.
-``bf16`` stays off: these AVX2 CPUs run it slower than fp32.
+``bf16`` (off by default): the forward and backward matmuls under bfloat16 autocast, the weights, LoRA and optimizer
+states staying fp32; on CPUs with bf16 matrix units (Intel AMX) a LoRA step of SmolLM2 takes ~0.7x the time
+(``bench/training.py``), on AVX2-only CPUs it is slower than fp32.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int = Field(3, ge=0, description="0 disables early stopping")
     seed: int = 0
     torch_threads: int = Field(0, ge=0)
+    # matmuls under bfloat16 autocast (weights, adapters and AdamW states stay fp32): faster on CPUs with AMX only;
+    # off by default, so a run reproduces the same numbers on every CPU
+    bf16: bool = False
     max_train_examples: int | None = None
     # validation loss on the first N validation rows only (each evaluation pauses training: on 2 cores 74 analyst
     # rows take ~2.5 min); None: all of them
@@ -418,7 +423,7 @@ def train(
         max_length=cfg.max_length,
         packing=cfg.packing,
         completion_only_loss=True,
-        bf16=False,
+        bf16=cfg.bf16,
         fp16=False,
         use_cpu=not torch.cuda.is_available(),
         seed=cfg.seed,

@@ -122,3 +122,34 @@ def test_full_fine_tuning_same_loop(generator_dir: Path, role_datasets: dict[str
     res = train(generator_dir, data, tmp_path / "run", cfg, progress=False)
     assert res.kind == "full" and res.trainable_params == res.total_params
     assert (Path(res.output) / "model.safetensors").is_file() and (Path(res.output) / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_bf16_training_runs_its_matmuls_under_autocast(
+    generator_dir: Path, role_datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    """``TrainConfig.bf16`` (``rolora train --bf16``): two real LoRA steps whose forward passes run under bfloat16
+    autocast while the LoRA weights stay fp32, and an adapter that loads and serves like any other."""
+    import torch
+    from transformers import TrainerCallback
+
+    seen: list[bool] = []
+
+    class Watch(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            layer = next(m for name, m in model.named_modules() if name.endswith("layers.0"))  # inside the forward
+            layer.register_forward_hook(lambda m, a, o: seen.append(torch.is_autocast_enabled("cpu")))
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = (role_datasets["query_writer"] / "train.jsonl").read_text().splitlines()[:4]
+    (data / "train.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = TrainConfig(bf16=True, max_steps=2, r=4, alpha=8, max_length=384, learning_rate=1e-3)
+    res = train(generator_dir, data, tmp_path / "run", cfg, progress=False, callbacks=[Watch()])
+    assert res.kind == "lora" and res.steps == 2 and seen and all(seen), seen
+    assert res.train_loss_first == res.train_loss_first and res.train_loss_last < 100  # finite, not NaN
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(res.output) / "adapter_model.safetensors"))
+    assert weights and all(t.dtype == torch.float32 for t in weights.values())
+    assert json.loads((Path(res.output) / "train_config.json").read_text())["bf16"] is True

@@ -101,6 +101,12 @@ def train_command(
         AnalystFormat,
         typer.Option("--format", help="analyst: cite by copying a sentence (quote) or by its number (sentence)"),
     ] = AnalystFormat.quote,
+    bf16: Annotated[
+        bool,
+        typer.Option(
+            "--bf16", help="matmuls under bfloat16 autocast: ~0.7x the step time on CPUs with AMX, slower without"
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Build the role's data from the domain, train an adapter, run the gates, register a candidate."""
@@ -125,6 +131,7 @@ def train_command(
         stop_after_steps=stop_after,
         role_eval_rows=role_eval_rows,
         role_eval_probe_texts=role_eval_probe_texts,
+        bf16=bf16,
     )
     run = train_role(
         cfg,
