@@ -6,7 +6,7 @@ tuned embedder from the registry under ``$ROLORA_HOME/embedders`` (``rolora retr
 canonical ``tuned:NAME@N``. Vectors are float32 and L2-normalised so inner product is cosine similarity.
 
 ``models.embedder_backend`` chooses the runtime: ``torch`` (sentence-transformers), ``torch-bf16`` (the same in
-bfloat16: several times faster on CPUs with bf16 matrix units, AMX or AVX512-BF16), ``onnx`` or ``onnx-int8``
+bfloat16: 2-3x as fast on CPUs with bf16 matrix units, AMX or AVX512-BF16), ``onnx`` or ``onnx-int8``
 (onnxruntime on the model exported once by ``rolora.models.prepare_onnx_embedder``). A backend other than torch is
 part of the embedder's ``name`` (``all-minilm-l6-v2+onnx-int8``): the index manifest and the embedding cache keep
 the vectors of different backends apart.

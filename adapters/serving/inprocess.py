@@ -7,7 +7,7 @@ base model), with left padding and per-request max tokens and stop strings. Adap
 ``AdapterResolver`` and an LRU bound (``max_loaded``) evicts the least recently used. JSON-schema constrained
 decoding uses xgrammar. ``quantize="int8"`` (``backend.quantize``) runs the base model's linear layers on int8
 kernels with the adapters in fp32 (:mod:`.int8`); ``quantize="bf16"`` runs the prompt's prefill in bfloat16 under
-autocast and decodes in fp32 (:mod:`.bf16`: several times faster prefill on CPUs with bf16 matrix units, AMX). All
+autocast and decodes in fp32 (:mod:`.bf16`: prefill ~2x as fast on CPUs with bf16 matrix units, AMX). All
 model work happens on one worker thread, so the backend is thread-safe.
 
 ``prefix_cache`` (``backend.prefix_cache``, on by default): a request generated alone reuses the key/value cache of
