@@ -22,6 +22,7 @@ __all__ = [
     "answer_problem",
     "answer_support",
     "citation_from_quote",
+    "citation_from_reply",
     "cited_texts",
     "draft_problem",
     "unsupported_numbers",
@@ -48,6 +49,16 @@ def citation_from_quote(passages: Sequence[PassageRef], passage_no: int, quote: 
             return Citation(doc_id=p.doc_id, start=p.start + hit[0], end=p.start + hit[1], quote=quote, passage=i + 1)
     doc = passages[passage_no - 1].doc_id if 1 <= passage_no <= len(passages) else ""
     return Citation(doc_id=doc, start=-1, end=-1, quote=quote, passage=passage_no, reason="quote not in any passage")
+
+
+def citation_from_reply(passages: Sequence[PassageRef], cited: dict[str, Any]) -> Citation:
+    """A reply's ``{"passage": n, "quote": ...}`` as :func:`citation_from_quote` (an unreadable number is 0: the
+    quote is then looked for in every passage)."""
+    try:
+        n = int(cited.get("passage", 0))
+    except (TypeError, ValueError):
+        n = 0
+    return citation_from_quote(passages, n, str(cited.get("quote", "")))
 
 
 def verify_citation(c: Citation, passages: Sequence[PassageRef], source: Callable[[str], str]) -> Citation:
@@ -133,13 +144,11 @@ def draft_problem(
 ) -> str | None:
     """The critique node's deterministic checks on a draft as the analyst writes it (``answer``, ``citations`` of
     ``{"passage": n, "quote": ...}``, optional ``yes_no``): why they reject it, or None. Each citation is mapped to
-    its span and verified against ``source`` (:func:`citation_from_quote`, :func:`verify_citation`); a draft with no
-    verified citation is rejected, and one whose answer its verified quotes do not support
-    (:func:`verified_problem`)."""
+    its span and verified against ``source`` as the analyse node does (:func:`citation_from_reply`,
+    :func:`verify_citation`); a draft with no verified citation is rejected, and one whose answer its verified quotes
+    do not support (:func:`verified_problem`)."""
     cited = [
-        verify_citation(
-            citation_from_quote(passages, int(c.get("passage") or 0), str(c.get("quote") or "")), passages, source
-        )
+        verify_citation(citation_from_reply(passages, c), passages, source)
         for c in draft.get("citations", [])
         if isinstance(c, dict)
     ]

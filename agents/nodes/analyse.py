@@ -23,7 +23,7 @@ from rolora.roles import (
 from rolora.roles.safety import looks_injected
 from rolora.roles.verdicts import NOT_MENTIONED, asked_sentence, evidence_query, is_yes_no, verdict_of
 
-from ..citations import citation_from_quote, verify_citation
+from ..citations import citation_from_quote, citation_from_reply, verify_citation
 from ..state import AgentContext, AgentState
 from ..types import PassageRef, TraceStep
 from .llm import call_role
@@ -195,11 +195,7 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     for c in draft["citations"]:
         if not isinstance(c, dict) or (defended and looks_injected(str(c.get("quote", "")))):
             continue  # an injected sentence is never evidence
-        try:
-            n = int(c.get("passage", 0))
-        except (TypeError, ValueError):
-            n = 0
-        cites.append(citation_from_quote(passages, n, str(c.get("quote", ""))))
+        cites.append(citation_from_reply(passages, c))
     t0 = time.perf_counter()
     checked = await asyncio.to_thread(lambda: [verify_citation(c, passages, retriever.document_text) for c in cites])
     step.detail["verify_s"] = round(time.perf_counter() - t0, 4)
