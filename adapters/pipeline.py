@@ -62,7 +62,7 @@ def train_role(
     from rolora.models import resolve_generator
     from rolora.retrieval import Retriever
 
-    from .data import BUILDERS, BuildContext, doc_split, load_qa, save_dataset
+    from .data import BUILDERS, BuildContext, build_role_splits, load_qa, save_dataset
     from .registry import Registry
     from .train import train
 
@@ -91,8 +91,7 @@ def train_role(
         analyst_format=analyst_format,
         progress=progress,
     )
-    ctx.extra["clause_docs"] = sorted({q.doc_id for q in rows})
-    splits = BUILDERS[role]().build(ctx, lambda d: doc_split(d, seed))
+    splits = build_role_splits(role, ctx)
     card = save_dataset(data_dir, role, domain, seed, splits, str(qa_path))
     log.info("data for %s/%s: %s", domain, role, card.counts)
 

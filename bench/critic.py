@@ -32,7 +32,7 @@ KINDS = ("supported", "perturb:number", "perturb:citation", "perturb:outside", "
 
 def critic_rows(config: Any, domain: str, split: str, distractors: int, generated: int) -> tuple[list[Any], Any]:
     """The critic builder's rows of ``split`` (dicts as ``rolora train`` saves them) and the domain's retriever."""
-    from rolora.adapters.data import BUILDERS, BuildContext, doc_split, load_qa
+    from rolora.adapters.data import BuildContext, build_role_splits, load_qa
     from rolora.retrieval import Retriever
 
     dom = config.domain(domain)
@@ -41,8 +41,7 @@ def critic_rows(config: Any, domain: str, split: str, distractors: int, generate
     retriever = Retriever.open(domain, config)
     qa = load_qa(Path(dom.qa))
     ctx = BuildContext(retriever, qa, seed=0, distractors=distractors, generated_per_document=generated)
-    ctx.extra["clause_docs"] = sorted({q.doc_id for q in qa})
-    built = BUILDERS["critic"]().build(ctx, lambda d: doc_split(d, 0))[split]
+    built = build_role_splits("critic", ctx)[split]
     rows = [{"prompt": e.prompt, "completion": e.completion, "source": e.source, "meta": e.meta} for e in built]
     return rows, retriever
 

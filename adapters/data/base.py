@@ -26,6 +26,7 @@ __all__ = [
     "Example",
     "QARow",
     "Split",
+    "build_role_splits",
     "doc_split",
     "load_qa",
     "register_builder",
@@ -137,6 +138,14 @@ def register_builder(role: str) -> Callable[[Callable[[], DataBuilder]], Callabl
         return factory
 
     return deco
+
+
+def build_role_splits(role: str, ctx: BuildContext) -> dict[Split, list[Example]]:
+    """``role``'s examples as ``rolora train`` builds them: by the registered builder, with clause questions generated
+    from every annotated contract, each contract's examples in its ``doc_split(doc_id, ctx.seed)`` split. ``role``
+    is one of ``BUILDERS`` (``rolora train`` checks it before anything is loaded)."""
+    ctx.extra["clause_docs"] = sorted({q.doc_id for q in ctx.qa})
+    return BUILDERS[role]().build(ctx, lambda d: doc_split(d, ctx.seed))
 
 
 @dataclass
