@@ -11,8 +11,8 @@ not the validation loss, then picks the best checkpoint and stops the run early 
 perplexity rose more than the forgetting gate allows only when every one did), and the learning curve (role metric and
 forgetting vs minutes of training, resumed runs included) is saved beside the result as JSON and PNG.
 ``bf16`` (off by default): the forward and backward matmuls under bfloat16 autocast, the weights, LoRA and optimizer
-states staying fp32; on CPUs with bf16 matrix units (Intel AMX) a LoRA step of SmolLM2 takes ~0.7x the time
-(``bench/training.py``), on AVX2-only CPUs it is slower than fp32.
+states staying fp32; on CPUs with bf16 matrix units (Intel AMX) a raw LoRA step of SmolLM2 takes 0.61x the time
+(``bench/training.py``) and a run through ``SFTTrainer`` 0.88x (README), on AVX2-only CPUs it is slower than fp32.
 """
 
 from __future__ import annotations

@@ -50,9 +50,9 @@ class SentenceTransformerEmbedder:
 
         from rolora.models import embedder_name, resolve_embedder
 
-        # tuned:NAME -> tuned:NAME@N, pinned before the files are read; +torch-bf16 when in bfloat16
-        self.name = embedder_name(spec, home, "torch-bf16" if bf16 else "torch")
-        path = resolve_embedder(embedder_name(spec, home), home)
+        pinned = embedder_name(spec, home)  # tuned:NAME -> tuned:NAME@N, pinned before the files are read
+        self.name = embedder_name(pinned, home, "torch-bf16") if bf16 else pinned
+        path = resolve_embedder(pinned, home)
         model_kwargs: dict[str, Any] | None = None
         if bf16:
             import torch

@@ -42,8 +42,9 @@ class _Strict(BaseModel):
 class ModelsConfig(_Strict):
     generator: str = "smollm2-135m-instruct"
     embedder: str = "all-minilm-l6-v2"
-    # the embedder's runtime: sentence-transformers on torch, or its ONNX export (float32, or dynamic int8) run by
-    # onnxruntime (extra `rolora[onnx]`); the index records it, so a change is refused until `ingest --rebuild`
+    # the embedder's runtime: sentence-transformers on torch (float32, or bfloat16), or its ONNX export (float32, or
+    # dynamic int8) run by onnxruntime (extra `rolora[onnx]`); the index records it, so a change is refused until
+    # `ingest --rebuild`
     embedder_backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8"] = "torch"
 
 
