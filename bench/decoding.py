@@ -9,11 +9,13 @@ bytes of every weight a decoding step reads (all linear layers and the tied outp
 reads one row) divided by that bandwidth. Rows: fp32 (the backend's default), fp32 with a static KV cache, int8
 dynamic quantization of the linear layers (torch.ao, weights int8, activations fp32; the LoRA adapters of a served
 model would stay fp32 beside them), and what ``backend.quantize: int8`` serves (``adapters/serving/int8.py``: the
-full 8-bit activation range, the MLP down projections kept fp32), and bf16 weights (a copy of the model in
-bfloat16). For each: ms per decoded token (prefill subtracted), its ratio to the bound, and whether its greedy text
-equals fp32's on the same prompts. Goal: within 1.5x of the bound. Then the prefill of a ~800-token prompt (a real
-example contract's clauses and a question) in fp32 and under bfloat16 autocast (``adapters/serving/bf16.py``),
-best of ``--repeats``: on CPUs with bf16 matrix units (AMX) the prefill is where bf16 pays.
+full 8-bit activation range, the MLP down projections kept fp32), bf16 weights (a copy of the model in
+bfloat16), and fp32 with a static KV cache and the decoding step compiled by ``torch.compile`` (inductor; its
+compile time printed apart). For each: ms per decoded token (prefill subtracted), its ratio to the bound, and
+whether its greedy text equals fp32's on the same prompts. Goal: within 1.5x of the bound. Then the prefill of a
+~800-token prompt (a real example contract's clauses and a question) in fp32 and under bfloat16 autocast
+(``adapters/serving/bf16.py``), best of ``--repeats``: on CPUs with bf16 matrix units (AMX) the prefill is where
+bf16 pays.
 """
 
 from __future__ import annotations
@@ -167,6 +169,18 @@ def main() -> None:
     rows["bf16 weights"] = (ms, weight_bytes_per_token(model, linear_bytes=2), texts == ref)
     del bf16
     prefill = prefill_ms(model, tok, args.repeats)
+    # last: the compiled forward stays attached to the model. transformers compiles generate's decoding step only on
+    # CUDA unless its CompileConfig's (private, transformers 5.x) _compile_all_devices is set; dynamic=False: one graph
+    # per static-cache length, so each prompt compiles once (timed apart: what a served request would wait for).
+    from transformers import CompileConfig
+
+    compiled = CompileConfig(fullgraph=False, dynamic=False)
+    compiled._compile_all_devices = True
+    t = time.perf_counter()
+    decode_ms(model, tok, args.tokens, 1, cache_implementation="static", compile_config=compiled)
+    compile_s = time.perf_counter() - t
+    ms, texts = decode_ms(model, tok, args.tokens, args.repeats, cache_implementation="static", compile_config=compiled)
+    rows["static KV + torch.compile"] = (ms, fp32_bytes, texts == ref)
 
     print(f"== one-row greedy decoding, SmolLM2-135M, {torch.get_num_threads()} threads, {args.tokens} tokens")
     print(f"  read bandwidth (fp32 sum, best of 5)  {bw:6.1f} GB/s")
@@ -179,6 +193,7 @@ def main() -> None:
         if name != "fp32":
             print(f"  fp32 / {name:<24} {base / ms:5.2f}x faster")
     print("  goal: ms/token within 1.5x of the bound of the weights it reads")
+    print(f"  torch.compile (static KV): {compile_s:.0f} s to compile the decoding step for the {len(PROMPTS)} prompts")
     from rolora.adapters.serving.bf16 import cpu_has_bf16_units
 
     (n, fp32_ms), (_, bf16_ms) = prefill["fp32"], prefill["bf16"]

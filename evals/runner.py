@@ -227,6 +227,8 @@ def _hash(data: Any) -> str:
 def _plan(
     suite: Suite, cfg: Config, registry: Any, name: str, domains: Sequence[str], judge: dict[str, str | None]
 ) -> Plan:
+    from rolora.adapters.serving.bf16 import resolve_quantize
+
     spec = suite.configurations[name]
     plan = Plan(name, spec, {})
     for domain in domains:
@@ -247,7 +249,8 @@ def _plan(
                 "models": cfg.models.model_dump(mode="json"),
                 "retrieval": cfg.retrieval.model_dump(mode="json"),
                 "backend": spec.backend or cfg.backend.kind,
-                **({"quantize": quantize} if (quantize := spec.quantize or cfg.backend.quantize) != "none" else {}),
+                # what the backend runs (auto: bf16 on a CPU with bf16 units, else none)
+                **({"quantize": q} if (q := resolve_quantize(spec.quantize or cfg.backend.quantize)) != "none" else {}),
                 "agent": agent,
                 "judge": judge.get(domain, "off") if suite.judge.enabled else "off",
             }
@@ -360,7 +363,9 @@ async def _run_pending(
     backends: dict[tuple[str, str], Any] = {}
 
     def backend_for(kind: str, quantize: str | None = None) -> Any:
-        quantize = quantize or cfg.backend.quantize
+        from rolora.adapters.serving.bf16 import resolve_quantize
+
+        quantize = resolve_quantize(quantize or cfg.backend.quantize)  # auto and what it resolves to: one backend
         if (kind, quantize) not in backends:
             backend_cfg = cfg.backend.model_copy(update={"kind": kind, "quantize": quantize})
             backends[(kind, quantize)] = backend_factory(cfg.model_copy(update={"backend": backend_cfg}))

@@ -98,7 +98,8 @@ class DomainConfig(_Strict):
     roles: dict[Literal["query_writer", "analyst", "critic"], RoleBinding] = Field(default_factory=dict)
 
 
-Quantize = Literal["none", "int8", "bf16"]  # backend.quantize, an eval configuration's quantize, bench/latency.py
+# backend.quantize, an eval configuration's quantize, bench/latency.py
+Quantize = Literal["auto", "none", "int8", "bf16"]
 QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)
 
 
@@ -107,11 +108,11 @@ class BackendConfig(_Strict):
     endpoints: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000"])
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
     quantize: Quantize = Field(
-        "none",
-        description="inprocess: int8 weights for the base model's linear layers (dynamic quantization; LoRA stays "
-        "fp32), or bf16: the prompt's prefill under bfloat16 autocast, decoding in fp32 (faster prefill on CPUs "
-        "with bf16 matrix units: AMX, AVX512-BF16). Answers not bit-identical: measured in the README "
-        "(bench/latency.py)",
+        "auto",
+        description="inprocess: auto (bf16 where the CPU has bf16 matrix units, AMX or AVX512-BF16, else none), none "
+        "(float32 throughout), int8 (int8 weights for the base model's linear layers, dynamic quantization; LoRA "
+        "stays fp32), or bf16 (the prompt's prefill under bfloat16 autocast, decoding in fp32). Answers are not "
+        "bit-identical to none: measured in the README (bench/latency.py)",
     )
     prefix_cache: bool = Field(
         True,
@@ -336,7 +337,7 @@ backend:
   kind: inprocess           # inprocess | vllm (env: ROLORA_BACKEND)
   endpoints: ["http://127.0.0.1:8000"]
   torch_threads: 0          # 0 = torch default
-  quantize: none            # inprocess: none | int8 | bf16 (prompt prefill in bfloat16: faster on CPUs with AMX)
+  quantize: auto            # inprocess: auto (bf16 where the CPU has AMX/AVX512-BF16, else none) | none | int8 | bf16
   prefix_cache: true        # inprocess: reuse the key/value cache of a prompt prefix shared with a recent prompt
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)
   max_retries: 3            # vllm: extra tries on connection errors, timeouts, 408/409/429/5xx

@@ -223,7 +223,8 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
         "ungated": {"adapters": "base", "min_evidence_similarity": 0},
     }
     suite = load_suite(write_suite(tmp_path, data))
-    cfg = Config.model_validate({"home": str(tmp_path / "home"), "domains": {"contracts": {"corpus": []}}})
+    plain = {"home": str(tmp_path / "home"), "domains": {"contracts": {"corpus": []}}}
+    cfg = Config.model_validate({**plain, "backend": {"quantize": "none"}})
     names = ("base", "int8", "k3", "nearest", "extractive", "ungated")
     fp = {n: _plan(suite, cfg, None, n, ["contracts"], {}).fingerprints["contracts"] for n in names}
     assert len(set(fp.values())) == len(names)
@@ -245,6 +246,13 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
         "judge": "off",
     }
     assert fp["base"] == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
+    # backend.quantize: auto (the default) is fingerprinted as what it runs on this CPU: bf16 runs are runs of their own
+    from rolora.adapters.serving.bf16 import resolve_quantize
+
+    auto = _plan(suite, Config.model_validate(plain), None, "base", ["contracts"], {}).fingerprints["contracts"]
+    ran = Config.model_validate({**plain, "backend": {"quantize": resolve_quantize("auto")}})
+    assert auto == _plan(suite, ran, None, "base", ["contracts"], {}).fingerprints["contracts"]
+    assert (auto == fp["base"]) == (resolve_quantize("auto") == "none")
     data["configurations"]["int8"]["quantize"] = "int4"
     with pytest.raises(ConfigError, match=r"configurations\.int8\.quantize"):
         load_suite(write_suite(tmp_path, data, "bad.yaml"))

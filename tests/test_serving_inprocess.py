@@ -98,6 +98,23 @@ def test_invalid_schema_and_request_errors(inprocess_backend: Any) -> None:
     assert json.dumps({"ok": True})
 
 
+def test_min_tokens_holds_back_the_end_of_a_reply(inprocess_backend: Any) -> None:
+    """``min_tokens`` (bench/serving.py compares equal work with it): replies that end early on their own are held to
+    it, in a mixed batch too, and start with the replies given without it; it is refused beyond max_tokens and
+    beside a JSON schema."""
+    adapters = (None, "alpha@1")
+    free = inprocess_backend.generate([_req(PROMPTS[0], adapter=a, max_tokens=48) for a in adapters])
+    assert all(r.completion_tokens < 48 and r.finish_reason == "stop" for r in free), [r.text for r in free]
+    held = inprocess_backend.generate([_req(PROMPTS[0], adapter=a, max_tokens=48, min_tokens=48) for a in adapters])
+    for f, h in zip(free, held, strict=True):
+        assert (h.completion_tokens, h.finish_reason, h.adapter) == (48, "length", f.adapter)
+        assert h.text.startswith(f.text) and len(h.text) > len(f.text)
+    with pytest.raises(UserError, match="min_tokens"):
+        _req("hi", max_tokens=4, min_tokens=5)
+    with pytest.raises(UserError, match="min_tokens cannot be combined with json_schema"):
+        _req("hi", max_tokens=8, min_tokens=4, json_schema={"type": "object"})
+
+
 def _batches_since(backend: Any, count: int) -> list[int]:
     """Sizes of the generate calls made since ``backend.batch_count`` was ``count``."""
     made = backend.batch_count - count
@@ -218,13 +235,17 @@ def test_bf16_prefill_runs_the_prompt_in_bf16_and_decodes_in_fp32(
     fused path and answers."""
     import torch
 
-    from rolora.adapters.serving.bf16 import bf16_prefill, cpu_has_bf16_units
+    from rolora.adapters.serving.bf16 import bf16_prefill, cpu_has_bf16_units, resolve_quantize
     from rolora.adapters.serving.inprocess import InProcessBackend
 
     (tmp_path / "amx").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
     (tmp_path / "avx2").write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
     assert cpu_has_bf16_units(tmp_path / "amx") and not cpu_has_bf16_units(tmp_path / "avx2")
     assert not cpu_has_bf16_units(tmp_path / "missing")
+    # backend.quantize: auto (the default) is bf16 only where the CPU has the units; other settings are themselves
+    assert resolve_quantize("auto", tmp_path / "amx") == "bf16"
+    assert resolve_quantize("auto", tmp_path / "avx2") == resolve_quantize("auto", tmp_path / "missing") == "none"
+    assert [resolve_quantize(q, tmp_path / "amx") for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]
 
     fp32 = inprocess_backend
     fp32.generate([_req(PROMPTS[0], adapter=a, max_tokens=1) for a in ("alpha@1", "beta@1")])  # loaded there
@@ -328,7 +349,8 @@ def test_a_shared_prompt_prefix_is_prefilled_once(generator_dir: Path, lora_adap
 def test_the_agents_backend_takes_every_backend_setting(generator_dir: Path) -> None:
     """``make_backend`` (what ``rolora ask``, the service, ``rolora eval`` and ``bench/latency.py`` serve with) builds
     the in-process backend from ``backend.*``: ``quantize: int8`` and ``prefix_cache: false`` take effect (they were
-    once dropped there, so a configured int8 backend ran fp32)."""
+    once dropped there, so a configured int8 backend ran fp32); the default ``quantize: auto`` is resolved for this
+    CPU."""
     from rolora.adapters.serving.int8 import Int8Linear
     from rolora.agents import make_backend
     from rolora.config import Config
@@ -340,8 +362,10 @@ def test_the_agents_backend_takes_every_backend_setting(generator_dir: Path) -> 
         assert isinstance(backend._model.model.layers[0].self_attn.q_proj, Int8Linear)
     finally:
         backend.close()
+    from rolora.adapters.serving.bf16 import cpu_has_bf16_units
+
     default = make_backend(Config.model_validate({"home": str(TEST_HOME)}))
-    try:
-        assert default.quantize == "none" and default.prefix_cache is True
+    try:  # quantize: auto, what this CPU runs fastest at answers within the eval's CI
+        assert default.quantize == ("bf16" if cpu_has_bf16_units() else "none") and default.prefix_cache is True
     finally:
         default.close()

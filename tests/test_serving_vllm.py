@@ -152,6 +152,18 @@ def test_base_and_adapters_give_different_greedy_outputs(vllm_backend: VLLMBacke
     assert again.text == beta.text  # greedy is deterministic
 
 
+def test_min_tokens_holds_back_the_end_of_a_reply(vllm_backend: VLLMBackend) -> None:
+    """``min_tokens`` reaches vLLM (its extension of the OpenAI API): a reply that ends early is held to it, and
+    starts with the reply given without it (what bench/serving.py relies on to compare equal work)."""
+    msg = [{"role": "user", "content": "What is the capital of France?"}]  # a short reply
+    free, held = vllm_backend.generate(
+        [GenerationRequest(msg, max_tokens=48), GenerationRequest(msg, max_tokens=48, min_tokens=48)]
+    )
+    assert free.completion_tokens < 48 and free.finish_reason == "stop", free.text
+    assert (held.completion_tokens, held.finish_reason) == (48, "length")
+    assert held.text.startswith(free.text) and len(held.text) > len(free.text)
+
+
 @pytest.mark.slow
 def test_batch_keeps_request_order_and_ids(vllm_backend: VLLMBackend) -> None:
     refs = [None, "alpha@1", "beta@1", None, "beta@1", "alpha@1"]

@@ -86,6 +86,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = None
     seed: int | None = None
+    # at least this many tokens before the end-of-sequence token may end the reply (0: none); for benchmarks that
+    # compare equal work (vLLM's min_tokens); not with json_schema, whose grammar decides where the reply ends
+    min_tokens: int = 0
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def __post_init__(self) -> None:
@@ -96,6 +99,10 @@ class GenerationRequest:
                 raise UserError("each chat message must be {'role': ..., 'content': ...}")
         if self.max_tokens < 1:
             raise UserError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise UserError(f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}")
+        if self.min_tokens and self.json_schema is not None:
+            raise UserError("min_tokens cannot be combined with json_schema: the grammar decides where the reply ends")
         if self.temperature < 0:
             raise UserError(f"temperature must be >= 0, got {self.temperature}")
         if self.adapter is not None:

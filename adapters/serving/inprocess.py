@@ -7,7 +7,8 @@ base model), with left padding and per-request max tokens and stop strings. Adap
 ``AdapterResolver`` and an LRU bound (``max_loaded``) evicts the least recently used. JSON-schema constrained
 decoding uses xgrammar. ``quantize="int8"`` (``backend.quantize``) runs the base model's linear layers on int8
 kernels with the adapters in fp32 (:mod:`.int8`); ``quantize="bf16"`` runs the prompt's prefill in bfloat16 under
-autocast and decodes in fp32 (:mod:`.bf16`: prefill ~2x as fast on CPUs with bf16 matrix units, AMX). All
+autocast and decodes in fp32 (:mod:`.bf16`: prefill ~2x as fast on CPUs with bf16 matrix units, AMX);
+``quantize="auto"`` (``rolora.yaml``'s default; the class's is ``"none"``) is bf16 on such a CPU, none elsewhere. All
 model work happens on one worker thread, so the backend is thread-safe.
 
 ``prefix_cache`` (``backend.prefix_cache``, on by default): a request generated alone reuses the key/value cache of
@@ -138,17 +139,16 @@ class InProcessBackend(BackendBase):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         self._model.eval()
-        self.quantize = quantize
+        from .bf16 import cpu_has_bf16_units, resolve_quantize
+
+        self.quantize = quantize = resolve_quantize(quantize)  # auto: bf16 on a CPU with bf16 units, else none
         if quantize == "int8":
             from .int8 import quantize_linear_int8
 
             quantize_linear_int8(self._model)  # before PEFT wraps them: LoRA layers stay fp32 around the int8 ones
-        elif quantize == "bf16":
-            from .bf16 import cpu_has_bf16_units
-
-            if not cpu_has_bf16_units():
-                log.warning("backend.quantize: bf16 on a CPU without bf16 units (amx_bf16/avx512_bf16): prefill is "
-                            "likely slower than fp32 here; set backend.quantize: none")  # fmt: skip
+        elif quantize == "bf16" and not cpu_has_bf16_units():
+            log.warning("backend.quantize: bf16 on a CPU without bf16 units (amx_bf16/avx512_bf16): prefill is likely "
+                        "slower than fp32 here; set backend.quantize: none or auto")  # fmt: skip
         self._peft: Any = None
         self._fused: Any = None  # FusedLoRA over self._peft (mixed batches in one pass per layer)
         self.fused_lora = fused_lora
@@ -281,7 +281,7 @@ class InProcessBackend(BackendBase):
         groups: dict[tuple[Any, ...], list[_Job]] = {}
         for job in ready:
             r = job.request
-            key = (r.temperature > 0, r.temperature, r.top_p, r.json_schema is not None, r.seed)
+            key = (r.temperature > 0, r.temperature, r.top_p, r.json_schema is not None, r.seed, r.min_tokens)
             groups.setdefault(key, []).append(job)
         for jobs in groups.values():
             # at most max_loaded distinct adapters can be resident during one generate call
@@ -441,6 +441,8 @@ class InProcessBackend(BackendBase):
             "pad_token_id": tok.pad_token_id,
             "stopping_criteria": StoppingCriteriaList([RowStops()]),
         }
+        if req.min_tokens:  # a batch's requests share it (_serve groups by it); every end token is held back
+            kwargs.update(min_new_tokens=req.min_tokens, eos_token_id=sorted(eos_ids))
         if req.temperature > 0:
             kwargs.update(do_sample=True, temperature=req.temperature, top_p=req.top_p)
             if req.seed is not None:

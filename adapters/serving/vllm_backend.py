@@ -474,6 +474,8 @@ class VLLMBackend(BackendBase):
             body["seed"] = req.seed
         if req.json_schema is not None:  # the same grammar the in-process backend decodes with (format and order)
             body["extra_body"] = {"structured_outputs": {"grammar": json_schema_grammar(req.json_schema)}}
+        if req.min_tokens:  # vLLM's extension of the OpenAI API
+            body.setdefault("extra_body", {})["min_tokens"] = req.min_tokens
         return body
 
     async def _generate_one(self, req: GenerationRequest, target: Target) -> GenerationResult:
