@@ -231,6 +231,10 @@ def _plan(
 
     spec = suite.configurations[name]
     plan = Plan(name, spec, {})
+    kind = spec.backend or cfg.backend.kind
+    quantize: str = spec.quantize or cfg.backend.quantize
+    if quantize == "auto":  # what the in-process backend runs (bf16 on a CPU with bf16 units); vLLM: nothing
+        quantize = resolve_quantize(quantize) if kind == "inprocess" else "none"
     for domain in domains:
         where = spec.adapter_domain or domain
         mapping: dict[str, str | None] = {}
@@ -248,9 +252,8 @@ def _plan(
                 "adapters": mapping,
                 "models": cfg.models.model_dump(mode="json"),
                 "retrieval": cfg.retrieval.model_dump(mode="json"),
-                "backend": spec.backend or cfg.backend.kind,
-                # what the backend runs (auto: bf16 on a CPU with bf16 units, else none)
-                **({"quantize": q} if (q := resolve_quantize(spec.quantize or cfg.backend.quantize)) != "none" else {}),
+                "backend": kind,
+                **({"quantize": quantize} if quantize != "none" else {}),
                 "agent": agent,
                 "judge": judge.get(domain, "off") if suite.judge.enabled else "off",
             }

@@ -253,6 +253,18 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
     ran = Config.model_validate({**plain, "backend": {"quantize": resolve_quantize("auto")}})
     assert auto == _plan(suite, ran, None, "base", ["contracts"], {}).fingerprints["contracts"]
     assert (auto == fp["base"]) == (resolve_quantize("auto") == "none")
+    vllm = {**plain, "backend": {"kind": "vllm"}}  # auto means nothing there: the fingerprint of none
+    assert (
+        _plan(suite, Config.model_validate(vllm), None, "base", ["contracts"], {}).fingerprints["contracts"]
+        == _plan(
+            suite,
+            Config.model_validate({**vllm, "backend": {"kind": "vllm", "quantize": "none"}}),
+            None,
+            "base",
+            ["contracts"],
+            {},
+        ).fingerprints["contracts"]
+    )
     data["configurations"]["int8"]["quantize"] = "int4"
     with pytest.raises(ConfigError, match=r"configurations\.int8\.quantize"):
         load_suite(write_suite(tmp_path, data, "bad.yaml"))
