@@ -224,17 +224,23 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _quantize_run(kind: str, setting: str) -> str:
+    """What a ``backend.quantize`` setting runs on a backend of ``kind``: ``auto`` is what the in-process backend
+    resolves it to (bf16 on a CPU with bf16 units, else none) and none on vLLM, which does not read it."""
+    from rolora.adapters.serving.bf16 import resolve_quantize
+
+    if setting != "auto":
+        return setting
+    return resolve_quantize(setting) if kind == "inprocess" else "none"
+
+
 def _plan(
     suite: Suite, cfg: Config, registry: Any, name: str, domains: Sequence[str], judge: dict[str, str | None]
 ) -> Plan:
-    from rolora.adapters.serving.bf16 import resolve_quantize
-
     spec = suite.configurations[name]
     plan = Plan(name, spec, {})
     kind = spec.backend or cfg.backend.kind
-    quantize: str = spec.quantize or cfg.backend.quantize
-    if quantize == "auto":  # what the in-process backend runs (bf16 on a CPU with bf16 units); vLLM: nothing
-        quantize = resolve_quantize(quantize) if kind == "inprocess" else "none"
+    quantize = _quantize_run(kind, spec.quantize or cfg.backend.quantize)
     for domain in domains:
         where = spec.adapter_domain or domain
         mapping: dict[str, str | None] = {}
@@ -366,9 +372,7 @@ async def _run_pending(
     backends: dict[tuple[str, str], Any] = {}
 
     def backend_for(kind: str, quantize: str | None = None) -> Any:
-        from rolora.adapters.serving.bf16 import resolve_quantize
-
-        quantize = resolve_quantize(quantize or cfg.backend.quantize)  # auto and what it resolves to: one backend
+        quantize = _quantize_run(kind, quantize or cfg.backend.quantize)  # auto and what it resolves to: one backend
         if (kind, quantize) not in backends:
             backend_cfg = cfg.backend.model_copy(update={"kind": kind, "quantize": quantize})
             backends[(kind, quantize)] = backend_factory(cfg.model_copy(update={"backend": backend_cfg}))

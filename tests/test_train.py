@@ -129,7 +129,7 @@ def test_bf16_training_runs_its_matmuls_under_autocast(
     generator_dir: Path, role_datasets: dict[str, Path], tmp_path: Path
 ) -> None:
     """``TrainConfig.bf16`` (``rolora train --bf16``): two real LoRA steps whose forward passes run under bfloat16
-    autocast while the LoRA weights stay fp32, and an adapter that loads and serves like any other."""
+    autocast while the LoRA weights stay fp32, and the adapter saved in fp32 with ``bf16`` in its training config."""
     import torch
     from transformers import TrainerCallback
 
