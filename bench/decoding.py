@@ -10,12 +10,13 @@ reads one row) divided by that bandwidth. Rows: fp32 (the backend's default), fp
 dynamic quantization of the linear layers (torch.ao, weights int8, activations fp32; the LoRA adapters of a served
 model would stay fp32 beside them), and what ``backend.quantize: int8`` serves (``adapters/serving/int8.py``: the
 full 8-bit activation range, the MLP down projections kept fp32), bf16 weights (a copy of the model in
-bfloat16), and fp32 with a static KV cache and the decoding step compiled by ``torch.compile`` (inductor; its
-compile time printed apart). For each: ms per decoded token (prefill subtracted), its ratio to the bound, and
-whether its greedy text equals fp32's on the same prompts. Goal: within 1.5x of the bound. Then the prefill of a
-~800-token prompt (a real example contract's clauses and a question) in fp32 and under bfloat16 autocast
-(``adapters/serving/bf16.py``), best of ``--repeats``: on CPUs with bf16 matrix units (AMX) the prefill is where
-bf16 pays.
+bfloat16), what ``backend.quantize: bf16-weights`` serves (bf16 copies of the linear layers' weights, the rest fp32;
+``adapters/serving/bf16_weights.py``), and fp32 with a static KV cache and the decoding step compiled by
+``torch.compile`` (inductor; its compile time printed apart). For each: ms per decoded token (prefill subtracted), its
+ratio to the bound, and whether its greedy text equals fp32's on the same prompts. Goal: within 1.5x of the bound.
+Then the prefill of a ~800-token prompt (a real example contract's clauses and a question) in fp32 and under bfloat16
+autocast (``adapters/serving/bf16.py``), best of ``--repeats``: on CPUs with bf16 matrix units (AMX) the prefill is
+where bf16 pays.
 """
 
 from __future__ import annotations
@@ -168,6 +169,13 @@ def main() -> None:
     ms, texts = decode_ms(bf16, tok, args.tokens, args.repeats)
     rows["bf16 weights"] = (ms, weight_bytes_per_token(model, linear_bytes=2), texts == ref)
     del bf16
+    from rolora.adapters.serving.bf16_weights import bf16_linear_weights
+
+    served = copy.deepcopy(model)
+    bf16_linear_weights(served)  # what backend.quantize: bf16-weights serves (the rest of the model fp32)
+    ms, texts = decode_ms(served, tok, args.tokens, args.repeats)
+    rows["backend.quantize: bf16-weights"] = (ms, weight_bytes_per_token(model, linear_bytes=2), texts == ref)
+    del served
     prefill = prefill_ms(model, tok, args.repeats)
     # last: the compiled forward stays attached to the model. transformers compiles generate's decoding step only on
     # CUDA unless its CompileConfig's (private, transformers 5.x) _compile_all_devices is set; dynamic=False: one graph

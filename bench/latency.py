@@ -13,7 +13,8 @@ A configuration is ``role=adapter`` pairs (``base`` for the base model; naming t
 ``format=quote|sentence`` (the base analyst's output format) / ``quantize=none|int8|bf16`` (``backend.quantize``: a
 configuration that differs there gets its own backend) / ``declined=cited|nearest`` / ``yes_no=on|off`` /
 ``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence) /
-``prefix_cache=on|off`` (``backend.prefix_cache``; like ``quantize``, its own backend). Printed too: how many
+``prefix_cache=on|off`` (``backend.prefix_cache``; like ``quantize``, its own backend) / ``lookup=N``
+(``backend.prompt_lookup``, drafts of N tokens copied from the prompt, 0 = off; its own backend). Printed too: how many
 answers (text and citations) the candidate gives identically to the baseline. Results also go to ``--out``/latency.json.
 """
 
@@ -60,11 +61,13 @@ def parse_configuration(text: str) -> dict[str, Any]:
             out["settings"]["min_evidence_similarity"] = float(value)
         elif key == "prefix_cache" and value in ("on", "off"):
             out["prefix_cache"] = value == "on"
+        elif key == "lookup" and value.isdigit():
+            out["prompt_lookup"] = int(value)
         else:
             raise SystemExit(
                 f"--baseline/--candidate: cannot read {part!r} "
                 "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8|bf16, "
-                "declined=cited|nearest, yes_no=on|off, min_evidence=X, prefix_cache=on|off)"
+                "declined=cited|nearest, yes_no=on|off, min_evidence=X, prefix_cache=on|off, lookup=N)"
             )
     return out
 
@@ -105,16 +108,17 @@ def main() -> None:
     if not questions:
         raise SystemExit(f"no question of domain {args.domain} is in the {args.split} split")
     specs = {"baseline": parse_configuration(args.baseline), "candidate": parse_configuration(args.candidate)}
-    # (quantize, prefix_cache) -> backend: the same loaded weights where the configurations agree
-    backends: dict[tuple[str, bool], Any] = {}
+    # (quantize, prefix_cache, prompt_lookup) -> backend: the same loaded weights where the configurations agree
+    backends: dict[tuple[str, bool, int], Any] = {}
     agents: dict[str, Any] = {}
     for name, spec in specs.items():
         c = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=spec["settings"])}) if spec["settings"] else cfg
         serving = {
             "quantize": spec.get("quantize", cfg.backend.quantize),
             "prefix_cache": spec.get("prefix_cache", cfg.backend.prefix_cache),
+            "prompt_lookup": spec.get("prompt_lookup", cfg.backend.prompt_lookup),
         }
-        key = (serving["quantize"], serving["prefix_cache"])
+        key = (serving["quantize"], serving["prefix_cache"], serving["prompt_lookup"])
         if key not in backends:
             backends[key] = make_backend(cfg.model_copy(update={"backend": cfg.backend.model_copy(update=serving)}))
         adapters = {r: spec["adapters"].get(r) for r in ("query_writer", "analyst", "critic")}

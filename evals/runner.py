@@ -226,7 +226,7 @@ def _hash(data: Any) -> str:
 
 def _quantize_run(kind: str, setting: str) -> str:
     """What a ``backend.quantize`` setting runs on a backend of ``kind``: ``auto`` is what the in-process backend
-    resolves it to (bf16 on a CPU with bf16 units, else none) and none on vLLM, which does not read it."""
+    resolves it to for this CPU (``resolve_quantize``) and none on vLLM, which does not read it."""
     from rolora.adapters.serving.bf16 import resolve_quantize
 
     if setting != "auto":
@@ -241,6 +241,7 @@ def _plan(
     plan = Plan(name, spec, {})
     kind = spec.backend or cfg.backend.kind
     quantize = _quantize_run(kind, spec.quantize or cfg.backend.quantize)
+    lookup = cfg.backend.prompt_lookup if kind == "inprocess" else 0
     for domain in domains:
         where = spec.adapter_domain or domain
         mapping: dict[str, str | None] = {}
@@ -260,6 +261,8 @@ def _plan(
                 "retrieval": cfg.retrieval.model_dump(mode="json"),
                 "backend": kind,
                 **({"quantize": quantize} if quantize != "none" else {}),
+                # drafts verified by the model: plain greedy's tokens up to float rounding, which can flip a near tie
+                **({"prompt_lookup": lookup} if lookup else {}),
                 "agent": agent,
                 "judge": judge.get(domain, "off") if suite.judge.enabled else "off",
             }

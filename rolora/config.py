@@ -99,7 +99,7 @@ class DomainConfig(_Strict):
 
 
 # backend.quantize, an eval configuration's quantize, bench/latency.py
-Quantize = Literal["auto", "none", "int8", "bf16"]
+Quantize = Literal["auto", "none", "int8", "bf16", "bf16-weights"]
 QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)
 
 
@@ -109,15 +109,24 @@ class BackendConfig(_Strict):
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
     quantize: Quantize = Field(
         "auto",
-        description="inprocess: auto (bf16 where the CPU has bf16 matrix units, AMX or AVX512-BF16, else none), none "
-        "(float32 throughout), int8 (int8 weights for the base model's linear layers, dynamic quantization; LoRA "
-        "stays fp32), or bf16 (the prompt's prefill under bfloat16 autocast, decoding in fp32). Answers are not "
-        "bit-identical to none: measured in the README (bench/latency.py)",
+        description="inprocess: auto (bf16 where the CPU has bf16 matrix units, AMX or AVX512-BF16, else none), "
+        "none (float32 throughout), int8 (int8 weights for the base model's linear layers, dynamic "
+        "quantization; LoRA stays fp32), bf16 (the prompt's prefill under bfloat16 autocast, decoding in fp32), or "
+        "bf16-weights (bf16 copies of the base model's linear weights for prefill and decoding, the rest and LoRA "
+        "fp32). Answers are not bit-identical to none: measured in the README (bench/latency.py)",
     )
     prefix_cache: bool = Field(
         True,
         description="inprocess: a request reuses the key/value cache of the prompt prefix it shares with a recent "
         "prompt of the same adapter (system prompt, question lead-in); measured in the README (bench/latency.py)",
+    )
+    prompt_lookup: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="inprocess: a greedy request generated alone is decoded with drafts of up to this many tokens "
+        "copied from its prompt (prompt-lookup decoding, verified by the model in one pass: the tokens of plain "
+        "greedy decoding); 0 = off; measured in the README (bench/latency.py lookup=N)",
     )
     timeout_s: float = Field(120.0, gt=0, description="vllm: seconds one HTTP call may take (a long generation)")
     max_retries: int = Field(3, ge=0, description="vllm: extra tries on connection errors, timeouts, 408/409/429/5xx")
@@ -338,7 +347,9 @@ backend:
   endpoints: ["http://127.0.0.1:8000"]
   torch_threads: 0          # 0 = torch default
   quantize: auto            # inprocess: auto (bf16 where the CPU has AMX/AVX512-BF16, else none) | none | int8 | bf16
+                            #   | bf16-weights
   prefix_cache: true        # inprocess: reuse the key/value cache of a prompt prefix shared with a recent prompt
+  prompt_lookup: 0          # inprocess: drafts of N tokens copied from the prompt, verified by the model (0 = off)
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)
   max_retries: 3            # vllm: extra tries on connection errors, timeouts, 408/409/429/5xx
   api_key_env: null         # vllm: env variable with the servers' API key (needed for runtime adapter loading)

@@ -265,6 +265,15 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
             {},
         ).fingerprints["contracts"]
     )
+
+    # backend.prompt_lookup can flip a near tie: its runs are runs of their own in-process, and mean nothing on vLLM
+    def fingerprint(backend: dict[str, Any]) -> str:
+        cfg = Config.model_validate({**plain, "backend": backend})
+        return _plan(suite, cfg, None, "base", ["contracts"], {}).fingerprints["contracts"]
+
+    assert fingerprint({"quantize": "none", "prompt_lookup": 0}) == fp["base"]
+    assert fingerprint({"quantize": "none", "prompt_lookup": 10}) != fp["base"]
+    assert fingerprint({"kind": "vllm", "prompt_lookup": 10}) == fingerprint({"kind": "vllm"})
     data["configurations"]["int8"]["quantize"] = "int4"
     with pytest.raises(ConfigError, match=r"configurations\.int8\.quantize"):
         load_suite(write_suite(tmp_path, data, "bad.yaml"))

@@ -7,6 +7,13 @@ token at a time reads every weight per token and is bound by memory and per-call
 were measured slower than float32 ones on such a CPU; so decoding stays float32. After the prefill the key/value
 cache and the logits are cast back to float32, and generation goes on as without it. Answers are not bit-identical
 to float32 prefill: the README gives the measured differences (``bench/latency.py quantize=bf16``).
+
+``backend.quantize: bf16-weights`` goes one step further for CPUs whose float32 decoding is far from the memory
+bound: every linear layer of the base model reads a bfloat16 copy of its weights (:mod:`.bf16_weights`: half the bytes
+a decoding step reads), its input is rounded to bfloat16 and its output comes back float32, so the norms, the
+attention, the key/value cache and the logits stay float32, and LoRA adapters stay float32 beside it. Measured on an
+AMD EPYC with AVX512-BF16 (no AMX), where PyTorch's float32 matrix-vector products run at a quarter of the
+bandwidth: ``bench/decoding.py`` and the README.
 """
 
 from __future__ import annotations
@@ -20,20 +27,25 @@ from typing import Any
 __all__ = ["bf16_prefill", "cast_cache", "cpu_has_bf16_units", "resolve_quantize"]
 
 
-def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU advertises bf16 matrix or dot-product units (``amx_bf16`` or ``avx512_bf16``)."""
+def _cpu_flags(cpuinfo: Path) -> set[str]:
     try:
         text = cpuinfo.read_text(errors="ignore")
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU advertises bf16 matrix or dot-product units (``amx_bf16`` or ``avx512_bf16``)."""
+    flags = _cpu_flags(cpuinfo)
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_quantize(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """What ``backend.quantize`` runs: ``auto`` is ``bf16`` on a CPU with bf16 units (where the prefill was measured
-    ~2x as fast, answers within the eval's CI) and ``none`` elsewhere (where bf16 matmuls are emulated and slower);
-    any other setting is itself."""
+    ~1.5-2x as fast, answers within the eval's CI) and ``none`` elsewhere (where bf16 matmuls are emulated and
+    slower); any other setting is itself. ``bf16-weights`` stays opt-in: on an AMD EPYC with AVX512-BF16 its analyst
+    calls took 0.79x the fp32 time, but it turned the demo's answer wrong (README, "Speed on 2 cores")."""
     if setting != "auto":
         return setting
     return "bf16" if cpu_has_bf16_units(cpuinfo) else "none"

@@ -8,8 +8,11 @@ base model), with left padding and per-request max tokens and stop strings. Adap
 decoding uses xgrammar. ``quantize="int8"`` (``backend.quantize``) runs the base model's linear layers on int8
 kernels with the adapters in fp32 (:mod:`.int8`); ``quantize="bf16"`` runs the prompt's prefill in bfloat16 under
 autocast and decodes in fp32 (:mod:`.bf16`: prefill ~2x as fast on CPUs with bf16 matrix units, AMX);
-``quantize="auto"`` (``rolora.yaml``'s default; the class's is ``"none"``) is bf16 on such a CPU, none elsewhere. All
-model work happens on one worker thread, so the backend is thread-safe.
+``quantize="bf16-weights"`` keeps bfloat16 copies of the linear layers' weights for prefill and decoding
+(:mod:`.bf16_weights`; the rest of the model and the adapters fp32); ``quantize="auto"`` (``rolora.yaml``'s
+default; the class's is ``"none"``) picks by CPU (:func:`.bf16.resolve_quantize`). ``prompt_lookup``
+(``backend.prompt_lookup``, off by default) decodes a greedy request alone with drafts copied from its prompt
+(:mod:`.prompt_lookup`). All model work happens on one worker thread, so the backend is thread-safe.
 
 ``prefix_cache`` (``backend.prefix_cache``, on by default): a request generated alone reuses the key/value cache of
 the longest token prefix its prompt shares with one of the latest prompts of the same adapter (the system prompt and
@@ -119,6 +122,7 @@ class InProcessBackend(BackendBase):
         fused_lora: bool = True,
         quantize: str = "none",
         prefix_cache: bool = True,
+        prompt_lookup: int = 0,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -127,6 +131,8 @@ class InProcessBackend(BackendBase):
 
         if max_loaded < 1:
             raise UserError(f"max_loaded must be >= 1, got {max_loaded}")
+        if prompt_lookup < 0:
+            raise UserError(f"backend.prompt_lookup must be >= 0 (0 = off), got {prompt_lookup}")
         if quantize not in QUANTIZE_CHOICES:
             raise UserError(f"backend.quantize: {quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
         if torch_threads > 0:
@@ -146,9 +152,13 @@ class InProcessBackend(BackendBase):
             from .int8 import quantize_linear_int8
 
             quantize_linear_int8(self._model)  # before PEFT wraps them: LoRA layers stay fp32 around the int8 ones
-        elif quantize == "bf16" and not cpu_has_bf16_units():
-            log.warning("backend.quantize: bf16 on a CPU without bf16 units (amx_bf16/avx512_bf16): prefill is likely "
-                        "slower than fp32 here; set backend.quantize: none or auto")  # fmt: skip
+        elif quantize == "bf16-weights":
+            from .bf16_weights import bf16_linear_weights
+
+            bf16_linear_weights(self._model)  # likewise: LoRA stays fp32 around the bf16 ones
+        if quantize in ("bf16", "bf16-weights") and not cpu_has_bf16_units():
+            log.warning("backend.quantize: %s on a CPU without bf16 units (amx_bf16/avx512_bf16): it is likely "
+                        "slower than fp32 here; set backend.quantize: none or auto", quantize)  # fmt: skip
         self._peft: Any = None
         self._fused: Any = None  # FusedLoRA over self._peft (mixed batches in one pass per layer)
         self.fused_lora = fused_lora
@@ -157,6 +167,8 @@ class InProcessBackend(BackendBase):
         # (adapter or BASE, prompt token ids) -> key/value cache of those ids, least recently used first
         self._prefixes: OrderedDict[tuple[str, tuple[int, ...]], Any] = OrderedDict()
         self.prefix_tokens_reused = 0  # prompt tokens not prefilled again (tests, benchmarks)
+        self.prompt_lookup = prompt_lookup
+        self.lookup_calls = 0  # generate calls decoded with prompt-lookup drafts (tests, benchmarks)
         self._resolver = adapters
         self.max_loaded = max_loaded
         self.window = batch_window_ms / 1000.0 if micro_batching else 0.0
@@ -183,6 +195,7 @@ class InProcessBackend(BackendBase):
             torch_threads=config.backend.torch_threads,
             quantize=config.backend.quantize,
             prefix_cache=config.backend.prefix_cache,
+            prompt_lookup=config.backend.prompt_lookup,
             **kwargs,
         )
 
@@ -449,11 +462,21 @@ class InProcessBackend(BackendBase):
                 torch.manual_seed(req.seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        # a greedy request alone is decoded with drafts copied from its prompt, verified by the model
+        lookup = self.prompt_lookup if len(jobs) == 1 and req.temperature <= 0 and not req.min_tokens else 0
+        if lookup:
+            kwargs["prompt_lookup_num_tokens"] = lookup
+            self.lookup_calls += 1
         if req.json_schema is not None:
             import xgrammar as xgr
 
             grammars = [self._grammar(j.request.json_schema or {}) for j in jobs]
-            kwargs["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(grammars)]
+            if lookup:
+                from .prompt_lookup import GrammarSync
+
+                kwargs["logits_processor"] = [GrammarSync(grammars[0], prompt_len)]
+            else:
+                kwargs["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(grammars)]
         model: Any = self._model
         rows: Any = contextlib.nullcontext()
         if self._peft is not None:
@@ -474,10 +497,12 @@ class InProcessBackend(BackendBase):
                 kwargs[_cache_kwarg()] = reused
         t0 = time.perf_counter()
         prefill: Any = contextlib.nullcontext()
-        if self.quantize == "bf16":
+        if self.quantize in ("bf16", "bf16-weights"):
             from .bf16 import bf16_prefill
 
-            prefill = bf16_prefill(self._model)  # the causal LM under PEFT: generate calls it for every step
+            # the causal LM under PEFT: generate calls it for every step; a pass verifying a draft stays fp32 as
+            # one-token steps do, so that drafts change no answer
+            prefill = bf16_prefill(self._model, min_tokens=lookup + 2)
         with rows, prefill:
             out = model.generate(**enc, **kwargs)
         if prefix_of is not None:

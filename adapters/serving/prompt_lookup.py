@@ -1,0 +1,70 @@
+"""Prompt-lookup decoding under a JSON grammar, for the in-process backend (``backend.prompt_lookup``).
+
+A greedy request generated alone (every call of ``rolora ask``) is decoded with transformers' assisted generation
+and its ``PromptLookupCandidateGenerator``: the tokens that followed the last n-gram where it occurs earlier in the
+prompt are proposed as a draft, and one forward pass over the draft verifies it: the model keeps the draft's tokens up
+to the first one its own (grammar-masked) greedy choice differs from, and adds that choice. On two CPU cores a pass
+over ten tokens costs about what one decoding step costs (decoding reads every weight per pass), so each accepted
+draft token is a decoding step saved. The analyst's reply is mostly copied: its JSON keys are in the system prompt
+(``{"evidence": [int], "answer": str, ...}``), and its short answer is a span of a numbered sentence of the passages.
+The tokens are those of plain greedy decoding: a draft token is kept only where it *is* the greedy choice (up to
+float rounding: a pass over several tokens adds in another order than one over one token; ``bench/latency.py
+lookup=0`` prints how many answers are identical).
+
+transformers calls the logits processors on growing and shrinking prefixes of the sequence (the candidate generator
+probes a draft against the grammar; verification masks the logits after every drafted token; rejected tokens are
+dropped). xgrammar's own transformers processor assumes one new token per call, so :class:`GrammarSync` keeps its
+matcher in step with whatever prefix it is called with, rolling back the tokens that are no longer there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["GrammarSync"]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class GrammarSync:
+    """A transformers logits processor (batch of one) that masks the logits to the tokens ``compiled`` (an xgrammar
+    ``CompiledGrammar``) allows after the generated tokens of ``input_ids`` (those after ``prompt_len``), for any
+    prefix it is called with, in any order."""
+
+    def __init__(self, compiled: Any, prompt_len: int) -> None:
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        self.matcher = xgr.GrammarMatcher(compiled, max_rollback_tokens=-1)
+        self.bitmask = xgr.allocate_token_bitmask(1, compiled.tokenizer_info.vocab_size)
+        self.prompt_len = prompt_len
+        self.accepted: list[int] = []  # the generated tokens the matcher has accepted, in order
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if input_ids.shape[0] != 1:
+            raise ValueError("GrammarSync serves one sequence (assisted generation's batch of one)")
+        seq = [int(t) for t in input_ids[0, self.prompt_len :]]
+        keep = _common_prefix(self.accepted, seq)
+        if keep < len(self.accepted):
+            self.matcher.rollback(len(self.accepted) - keep)
+            del self.accepted[keep:]
+        for token in seq[keep:]:
+            if self.matcher.is_terminated() or not self.matcher.accept_token(token):
+                # a drafted token the grammar refuses: verification rejects it (the masked greedy choice at its
+                # position differs), so the logits after it are never used
+                return scores
+            self.accepted.append(token)
+        if self.matcher.is_terminated():
+            return scores
+        self.matcher.fill_next_token_bitmask(self.bitmask)
+        if not scores.is_contiguous():  # verification passes a row of the draft's logits
+            scores = scores.contiguous()
+        self._xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
+        return scores

@@ -1,0 +1,131 @@
+"""The analyst's model calls of ``rolora ask``, replayed on backends that differ only in how they compute, side by side.
+
+    .venv/bin/python bench/analyst_calls.py --modes none,bf16,bf16-weights [--lookup 0] [--adapter contracts-analyst]
+        [--split test] [--out DIR]
+
+The default graph is run once over the domain's annotated questions of ``--split`` (``doc_split``, seed 0; the example
+corpus's test split by default) with the first mode's backend, and every request it sends the analyst is recorded
+(the real prompts: system prompt, question, numbered passages, JSON schema). Each request is then generated on each
+mode's backend (``backend.quantize`` = the mode, prefix cache off so every call prefills its whole prompt), twice,
+the order of the modes reversed on the second pass, so machine noise moves every side alike. Printed per mode: the
+median and total seconds a call, decoded tokens, the median of the per-call time ratios against the first mode, and
+how many replies are identical to the first mode's. ``bench/latency.py`` measures the whole graph; this isolates
+the model call, where ``backend.quantize`` acts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=None, help="rolora.yaml (default: built-in, examples corpus)")
+    ap.add_argument("--domain", default="contracts")
+    ap.add_argument("--modes", default="none,bf16,bf16-weights", help="backend.quantize values, the first is the base")
+    ap.add_argument("--lookup", type=int, default=0, help="backend.prompt_lookup of every side")
+    ap.add_argument("--adapter", default=None, help="the analyst adapter (default: the domain's promoted one)")
+    ap.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rolora-analyst-calls")
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from latency import questions_of
+
+    from rolora.adapters.serving.inprocess import _Job
+    from rolora.agents import Agent, make_backend
+    from rolora.config import QUANTIZE_CHOICES, load_config
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if len(modes) < 2 or any(m not in QUANTIZE_CHOICES for m in modes):
+        raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)}, comma-separated")
+    cfg = load_config(args.config)
+    qa_path = cfg.domain(args.domain).qa
+    if qa_path is None:
+        raise SystemExit(f"domain {args.domain} has no qa file (domains.{args.domain}.qa)")
+    questions = questions_of(Path(qa_path), args.split, None)
+    backends = {
+        m: make_backend(
+            cfg.model_copy(
+                update={
+                    "backend": cfg.backend.model_copy(
+                        update={"quantize": m, "prefix_cache": False, "prompt_lookup": args.lookup}
+                    )
+                }
+            )
+        )
+        for m in modes
+    }
+    first = backends[modes[0]]
+    requests: list[Any] = []
+    submit = first.submit
+
+    def record(request: Any, on_text: Any = None) -> Any:
+        if request.json_schema is not None:  # the analyst's calls (the only role of the default graph)
+            requests.append(request)
+        return submit(request, on_text)
+
+    first.submit = record
+    agent = Agent(cfg, first, adapters={"analyst": args.adapter} if args.adapter else None, checkpointer="memory")
+    try:
+        for q in questions:
+            agent.ask(q, args.domain)
+        first.submit = submit
+        print(f"{len(questions)} questions ({args.split} split): {len(requests)} analyst calls, each on {len(modes)} "
+              "backends, twice")  # fmt: skip
+        seconds: dict[str, list[float]] = {m: [] for m in modes}
+        tokens: dict[str, int] = dict.fromkeys(modes, 0)
+        texts: dict[str, list[str]] = {m: [] for m in modes}
+        for rep in range(2):
+            for request in requests:
+                for m in modes if rep == 0 else modes[::-1]:
+                    backend = backends[m]
+                    job = _Job(request, concurrent.futures.Future(), time.perf_counter())
+                    backend._ensure_adapters([job])
+                    t = time.perf_counter()
+                    backend._generate([job])  # on this thread: no batching window, nothing else queued
+                    seconds[m].append(time.perf_counter() - t)
+                    result = job.future.result()
+                    tokens[m] += result.completion_tokens
+                    if rep == 0:
+                        texts[m].append(result.text)
+    finally:
+        for backend in backends.values():
+            backend.close()
+    base = modes[0]
+    n = len(requests)
+    pair = {m: [a / b for a, b in zip(seconds[m], seconds[base], strict=True)] for m in modes}
+    print(f"| mode | median s a call | total s | decoded tokens | median ratio to {base} | replies identical |")
+    print("|---|---|---|---|---|---|")
+    summary: dict[str, Any] = {}
+    for m in modes:
+        same = sum(a == b for a, b in zip(texts[m], texts[base], strict=True))
+        summary[m] = {
+            "median_s": statistics.median(seconds[m]),
+            "total_s": sum(seconds[m]),
+            "tokens": tokens[m],
+            "median_ratio": statistics.median(pair[m]),
+            "identical": same,
+            "calls": n,
+        }
+        s = summary[m]
+        print(f"| {m} | {s['median_s']:.2f} | {s['total_s']:.1f} | {s['tokens']} | {s['median_ratio']:.3f} | "
+              f"{same} / {n} |")  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "analyst_calls.json").write_text(
+        json.dumps({"modes": modes, "lookup": args.lookup, "summary": summary, "seconds": seconds}, indent=1),
+        encoding="utf-8",
+    )
+    print(f"written: {args.out / 'analyst_calls.json'}")
+
+
+if __name__ == "__main__":
+    main()
