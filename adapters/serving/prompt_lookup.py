@@ -21,16 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .inprocess import shared_prefix_len
+
 __all__ = ["GrammarSync"]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class GrammarSync:
@@ -51,7 +44,7 @@ class GrammarSync:
         if input_ids.shape[0] != 1:
             raise ValueError("GrammarSync serves one sequence (assisted generation's batch of one)")
         seq = [int(t) for t in input_ids[0, self.prompt_len :]]
-        keep = _common_prefix(self.accepted, seq)
+        keep = shared_prefix_len(self.accepted, seq)
         if keep < len(self.accepted):
             self.matcher.rollback(len(self.accepted) - keep)
             del self.accepted[keep:]
