@@ -501,7 +501,7 @@ class InProcessBackend(BackendBase):
             from .bf16 import bf16_prefill
 
             # the causal LM under PEFT: generate calls it for every step; a pass verifying a draft stays fp32 as
-            # one-token steps do, so that drafts change no answer
+            # one-token steps do (bf16 there would flip far more near ties than the order of additions does)
             prefill = bf16_prefill(self._model, min_tokens=lookup + 2)
         with rows, prefill:
             out = model.generate(**enc, **kwargs)
