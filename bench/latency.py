@@ -10,9 +10,9 @@ one warm-up question each, so machine noise moves both sides together. Printed: 
 and of each node's time, the analyst's decoded tokens, model calls per question, and the candidate/baseline ratios.
 A configuration is ``role=adapter`` pairs (``base`` for the base model; naming the critic's turns it on) plus optional
 ``critic=on|off`` (default: the config's ``agent.use_critic``) / ``rounds=N`` / ``k=N`` (passages) /
-``format=quote|sentence`` (the base analyst's output format) / ``quantize=none|int8|bf16`` (``backend.quantize``: a
-configuration that differs there gets its own backend) / ``declined=cited|nearest`` / ``yes_no=on|off`` /
-``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence) /
+``format=quote|sentence`` (the base analyst's output format) / ``quantize=none|int8|bf16|bf16-weights``
+(``backend.quantize``: a configuration that differs there gets its own backend) / ``declined=cited|nearest`` /
+``yes_no=on|off`` / ``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence) /
 ``prefix_cache=on|off`` (``backend.prefix_cache``; like ``quantize``, its own backend) / ``lookup=N``
 (``backend.prompt_lookup``, drafts of N tokens copied from the prompt, 0 = off; its own backend). Printed too: how many
 answers (text and citations) the candidate gives identically to the baseline. Results also go to ``--out``/latency.json.
@@ -66,7 +66,7 @@ def parse_configuration(text: str) -> dict[str, Any]:
         else:
             raise SystemExit(
                 f"--baseline/--candidate: cannot read {part!r} "
-                "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8|bf16, "
+                "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8|bf16|bf16-weights, "
                 "declined=cited|nearest, yes_no=on|off, min_evidence=X, prefix_cache=on|off, lookup=N)"
             )
     return out

@@ -27,17 +27,13 @@ from typing import Any
 __all__ = ["bf16_prefill", "cast_cache", "cpu_has_bf16_units", "resolve_quantize"]
 
 
-def _cpu_flags(cpuinfo: Path) -> set[str]:
+def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU advertises bf16 matrix or dot-product units (``amx_bf16`` or ``avx512_bf16``)."""
     try:
         text = cpuinfo.read_text(errors="ignore")
     except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-
-
-def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU advertises bf16 matrix or dot-product units (``amx_bf16`` or ``avx512_bf16``)."""
-    flags = _cpu_flags(cpuinfo)
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
