@@ -12,7 +12,8 @@ A configuration is ``role=adapter`` pairs (``base`` for the base model; naming t
 ``critic=on|off`` (default: the config's ``agent.use_critic``) / ``rounds=N`` / ``k=N`` (passages) /
 ``format=quote|sentence`` (the base analyst's output format) / ``quantize=none|int8|bf16|bf16-weights``
 (``backend.quantize``: a configuration that differs there gets its own backend) / ``declined=cited|nearest`` /
-``yes_no=on|off`` / ``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence) /
+``yes_no=on|off`` / ``short=on|off`` (``agent.short_answers``) / ``typed=on|off`` (``agent.typed_reader``) /
+``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence) /
 ``prefix_cache=on|off`` (``backend.prefix_cache``; like ``quantize``, its own backend) / ``lookup=N``
 (``backend.prompt_lookup``, drafts of N tokens copied from the prompt, 0 = off; its own backend). Printed too: how many
 answers (text and citations) the candidate gives identically to the baseline. Results also go to ``--out``/latency.json.
@@ -57,6 +58,8 @@ def parse_configuration(text: str) -> dict[str, Any]:
             out["settings"]["declined_answer"] = value
         elif key == "yes_no" and value in ("on", "off"):
             out["settings"]["yes_no"] = value == "on"
+        elif key in ("short", "typed") and value in ("on", "off"):
+            out["settings"]["short_answers" if key == "short" else "typed_reader"] = value == "on"
         elif key == "min_evidence":
             out["settings"]["min_evidence_similarity"] = float(value)
         elif key == "prefix_cache" and value in ("on", "off"):
@@ -67,7 +70,8 @@ def parse_configuration(text: str) -> dict[str, Any]:
             raise SystemExit(
                 f"--baseline/--candidate: cannot read {part!r} "
                 "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8|bf16|bf16-weights, "
-                "declined=cited|nearest, yes_no=on|off, min_evidence=X, prefix_cache=on|off, lookup=N)"
+                "declined=cited|nearest, yes_no=on|off, short=on|off, typed=on|off, min_evidence=X, "
+                "prefix_cache=on|off, lookup=N)"
             )
     return out
 

@@ -214,9 +214,10 @@ def resolve_adapter(config: Config, registry: Any, domain: str, role: str, choic
 
 
 def _unset_newer_fields(spec: ConfigurationSpec) -> set[str]:
-    """Configuration fields added after runs were stored (``quantize``, ``k``, ``declined_answer``, ``yes_no``,
-    ``min_evidence_similarity``): left out of the fingerprint while unset."""
-    newer = ("quantize", "k", "declined_answer", "yes_no", "min_evidence_similarity")
+    """Configuration fields added after runs were stored (``quantize``, ``k``, ``declined_answer``,
+    ``short_answers``, ``typed_reader``, ``yes_no``, ``min_evidence_similarity``): left out of the fingerprint while
+    unset."""
+    newer = ("quantize", "k", "declined_answer", "short_answers", "typed_reader", "yes_no", "min_evidence_similarity")
     return {f for f in newer if getattr(spec, f) is None}
 
 

@@ -90,6 +90,8 @@ class ConfigurationSpec(_Strict):
     adapter_refusals: bool | None = None  # an analyst adapter may decline with no evidence; None: the config's
     k: int | None = Field(None, ge=1, le=20)  # passages given to the analyst; None: the config's agent.k
     declined_answer: DeclinedAnswer | None = None  # None: the config's agent.declined_answer
+    short_answers: bool | None = None  # typed questions answered with the value; None: the config's agent.short_answers
+    typed_reader: bool | None = None  # typed questions read without a model call; None: the config's agent.typed_reader
     yes_no: bool | None = None  # verdicts for yes/no questions; None: the config's agent.yes_no
     # refused below it (0: never); None: the config's agent.min_evidence_similarity
     min_evidence_similarity: float | None = Field(None, ge=0, le=1)
@@ -103,6 +105,8 @@ class ConfigurationSpec(_Strict):
             "adapter_refusals",
             "k",
             "declined_answer",
+            "short_answers",
+            "typed_reader",
             "yes_no",
             "min_evidence_similarity",
         )

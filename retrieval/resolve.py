@@ -43,12 +43,26 @@ def naming_words(question: str) -> str:
     return " ".join(_NAME.findall(question.strip()))
 
 
-def clause_words(question: str) -> str:
+# what is left around a removed name: the connecting words before it ("of the", "Under the", "between") and the
+# punctuation and connectors between names ("A, Inc. and B Ltd.")
+_CONNECTOR = r"(?:under|between|among|and|or|of|the|by|with|for|to|a|an|in|on|&|plc|ltd|llc|inc|corp|co)"
+_AROUND_NAME = re.compile(
+    rf"(?:\b{_CONNECTOR}\s+)*\x00(?:[\s,.;:()]*(?:\b{_CONNECTOR}\b)?[\s,.;:()]*\x00)*[\s,.;:()]*", re.IGNORECASE
+)
+
+
+def clause_words(question: str, tidy: bool = False) -> str:
     """``question`` without its naming words: what it asks of a contract, for a search already scoped to that
     contract (where every chunk carries the contract's title as context, the title in the question matches all of
     them alike and drowns the clause words). "Which law governs the Mutual Non-Disclosure Agreement?" -> "Which law
-    governs the?"."""
-    return " ".join(_NAME.sub(" ", question).split())
+    governs the?". ``tidy``: without what connected the names too ("... effective date of the A, Inc. and B Ltd.?"
+    -> "... effective date?" rather than "... effective date of the between , . and .?"), a sentence to compare
+    with the clauses' sentences."""
+    if not tidy:
+        return " ".join(_NAME.sub(" ", question).split())
+    marked = _NAME.sub("\x00", question)
+    kept = _AROUND_NAME.sub(" ", marked)
+    return re.sub(r"\s+([?.,;:])", r"\1", " ".join(kept.split())).strip(" ,;:")
 
 
 class DocResolver:

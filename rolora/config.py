@@ -179,6 +179,15 @@ class AgentConfig(_Strict):
     # A forced citation after a refusal is not a choice of evidence (the adapters name sentence 1 of passage 1).
     # "nearest", chosen on the validation split: with k 3, token-F1 0.213 -> 0.265, citations on gold 0.222 -> 0.444
     declined_answer: DeclinedAnswer = "nearest"
+    # a question asking for a date, a period, an amount, a percentage or the governing law is answered with the value
+    # as its cited sentence (or the analyst's longer answer) states it: "two (2) years", not the clause
+    # (rolora.roles.answer_types). Chosen on the validation splits (README)
+    short_answers: bool = True
+    # a question asking for such a value (rolora.roles.answer_types) is answered without a model call when the
+    # passages state one: the value in the passages' sentence nearest what it asks (the evidence gate's cosine),
+    # that sentence cited. The analyst answers when none does (or after a rejected draft). Chosen on the validation
+    # splits (README)
+    typed_reader: bool = True
     # yes/no questions ("Does the agreement allow ...?", "Is there a clause ...?") are answered "Yes", "No" or "Not
     # mentioned", with the clause that decides it cited (rolora.roles.verdicts); off, they get an extractive answer
     yes_no: bool = True
@@ -361,6 +370,8 @@ agent:                      # the LangGraph graph behind `rolora ask`
   use_critic: false         # the critic model's verdict (off: measured no change in answers, 2.5x slower; README)
   use_query_writer: false   # search the query writer's rewrites too (off: measured no gain, README)
   declined_answer: nearest  # an analyst that declines though it must cite: nearest sentence to the question | cited
+  short_answers: true  # a question asking for a date, period, amount, percentage or law is answered with the value
+  typed_reader: true  # ... taken, without a model call, from the passages' sentence nearest it that states one
   yes_no: true              # yes/no questions answered Yes / No / Not mentioned, the deciding clause cited
   min_evidence_similarity: 0.42  # refused (Not mentioned) below it: cosine of the passages' nearest sentence; 0: off
   route_min_confidence: 0.2 # below it: answer from default_domain, or ask (on_low_confidence: ask)

@@ -262,7 +262,9 @@ def test_a_quote_then_a_refusal_becomes_the_extractive_answer(
     agent_backend: Any, examples_retriever: Any, tmp_path: Path
 ) -> None:
     """agent.declined_answer: cited - the sentence it quoted before declining answers."""
-    backend, answer, first = _ask_declining(agent_backend, tmp_path, declined_answer="cited")
+    backend, answer, first = _ask_declining(
+        agent_backend, tmp_path, declined_answer="cited", short_answers=False, typed_reader=False
+    )
     assert backend.injected == 1 and first.detail["answer_from"] == "quote"
     assert not answer.not_found and answer.answer == backend.quote
     assert [c.quote for c in answer.citations] == [backend.quote]
@@ -279,7 +281,14 @@ def test_a_refusal_with_a_forced_citation_answers_with_the_sentence_nearest_the_
     from rolora.retrieval.resolve import clause_words
     from rolora.roles import is_heading, quote_spans
 
-    backend, answer, first = _ask_declining(agent_backend, tmp_path, declined_answer="nearest", use_query_writer=False)
+    backend, answer, first = _ask_declining(
+        agent_backend,
+        tmp_path,
+        declined_answer="nearest",
+        use_query_writer=False,
+        short_answers=False,
+        typed_reader=False,
+    )
     assert backend.injected == 1 and first.detail["answer_from"] == "nearest"
     assert [c["quote"] for c in first.detail["declined_evidence"]] == [backend.quote]
     # the question names its contract, so the search ran inside it, and the question without the names was searched
@@ -293,6 +302,48 @@ def test_a_refusal_with_a_forced_citation_answers_with_the_sentence_nearest_the_
     nearest = sentences[int(np.argmax(vectors[1:] @ vectors[0]))]
     assert not answer.not_found and answer.answer == nearest
     assert [c.quote for c in answer.citations] == [nearest] and answer.citations[0].doc_id == ANSWERABLE[1]
+    _check_answer(answer, examples_retriever)
+
+
+def test_a_date_question_is_answered_with_the_date_its_cited_sentence_states(
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+) -> None:
+    """agent.short_answers (the default), asked of the analyst (agent.typed_reader off): the draft that quoted the
+    preamble and declined (agent.declined_answer cited) becomes the date the preamble states ("What is the effective
+    date ...?" -> "March 14, 2023", not the sentence), still cited by the sentence; the trace keeps what it was."""
+    backend, answer, first = _ask_declining(
+        agent_backend, tmp_path, declined_answer="cited", use_query_writer=False, typed_reader=False
+    )
+    assert backend.injected == 1 and first.detail["answer_from"] == "quote"
+    assert "March 14, 2023" in backend.quote  # the sentence it quoted is the preamble, which states the date
+    assert first.detail["short_answer"] == {"from": "answer", "was": backend.quote}
+    assert not answer.not_found and answer.answer == "March 14, 2023"
+    assert [c.quote for c in answer.citations] == [backend.quote]
+    _check_answer(answer, examples_retriever)
+
+
+def test_a_typed_question_is_read_from_the_passages_without_a_model_call(
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+) -> None:
+    """agent.typed_reader (the default): "What is the effective date ...?" asks for a date; among the passages'
+    sentences that state one, the nearest to what it asks (MiniLM cosine, the evidence gate's) is cited and its date
+    is the answer - no model call, so the analyst (whose first draft here would decline) is never asked."""
+    import numpy as np
+
+    from rolora.retrieval.resolve import clause_words
+    from rolora.roles import is_heading, quote_spans
+    from rolora.roles.answer_types import typed_values
+
+    backend, answer, first = _ask_declining(agent_backend, tmp_path, use_query_writer=False)
+    assert backend.injected == 0 and not any(s.role == "analyst" for s in answer.trace)
+    assert first.detail["typed_reader"]["kind"] == "date" and first.detail["typed_reader"]["candidates"] >= 1
+    dated = [q.text for q in quote_spans(answer.passages) if not is_heading(q.text) and typed_values(q.text, "date")]
+    query = clause_words(ANSWERABLE[0], tidy=True)
+    vectors = examples_retriever.embedder.embed([query, *dated])
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    nearest = dated[int(np.argmax(vectors[1:] @ vectors[0]))]
+    assert not answer.not_found and answer.answer == "March 14, 2023"  # the Effective Date the preamble states
+    assert [c.quote for c in answer.citations] == [nearest] and answer.answer in nearest
     _check_answer(answer, examples_retriever)
 
 

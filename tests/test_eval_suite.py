@@ -205,9 +205,10 @@ def test_tolerances() -> None:
 
 
 def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_fingerprints_alone(tmp_path: Path) -> None:
-    """``quantize: int8`` (int8 base weights), ``k: 3`` (three passages), ``declined_answer``, ``yes_no`` and
-    ``min_evidence_similarity`` ask the same questions: each a run of its own (another fingerprint), while a
-    configuration that sets none of them keeps the fingerprint it had before they existed."""
+    """``quantize: int8`` (int8 base weights), ``k: 3`` (three passages), ``declined_answer``, ``short_answers``,
+    ``typed_reader``, ``yes_no`` and ``min_evidence_similarity`` ask the same questions: each a run of its own
+    (another fingerprint), while a configuration that sets none of them keeps the fingerprint it had before they
+    existed."""
     import hashlib
 
     from rolora.config import Config
@@ -219,24 +220,36 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
         "int8": {"adapters": "base", "quantize": "int8"},
         "k3": {"adapters": "base", "k": 3},
         "nearest": {"adapters": "base", "declined_answer": "nearest"},
+        "long": {"adapters": "base", "short_answers": False},
+        "modelled": {"adapters": "base", "typed_reader": False},
         "extractive": {"adapters": "base", "yes_no": False},
         "ungated": {"adapters": "base", "min_evidence_similarity": 0},
     }
     suite = load_suite(write_suite(tmp_path, data))
     plain = {"home": str(tmp_path / "home"), "domains": {"contracts": {"corpus": []}}}
     cfg = Config.model_validate({**plain, "backend": {"quantize": "none"}})
-    names = ("base", "int8", "k3", "nearest", "extractive", "ungated")
+    names = ("base", "int8", "k3", "nearest", "long", "modelled", "extractive", "ungated")
     fp = {n: _plan(suite, cfg, None, n, ["contracts"], {}).fingerprints["contracts"] for n in names}
     assert len(set(fp.values())) == len(names)
     assert suite.configurations["k3"].agent_overrides() == {"k": 3}  # the agent reads 3 passages
     assert suite.configurations["nearest"].agent_overrides() == {"declined_answer": "nearest"}
+    assert suite.configurations["long"].agent_overrides() == {"short_answers": False}
     assert suite.configurations["extractive"].agent_overrides() == {"yes_no": False}
     assert suite.configurations["ungated"].agent_overrides() == {"min_evidence_similarity": 0}
     spec = suite.configurations["base"]
     before = {  # what the fingerprint hashed before quantize existed
         "spec": spec.model_dump(
             mode="json",
-            exclude={"description", "quantize", "k", "declined_answer", "yes_no", "min_evidence_similarity"},
+            exclude={
+                "description",
+                "quantize",
+                "k",
+                "declined_answer",
+                "short_answers",
+                "typed_reader",
+                "yes_no",
+                "min_evidence_similarity",
+            },
         ),
         "adapters": {r: None for r in spec.role_choices()},
         "models": cfg.models.model_dump(mode="json"),

@@ -50,6 +50,36 @@ def test_the_asking_sentence_drops_the_contract_context_before_it() -> None:
     assert evidence_query(CUAD_ASK, "Is consent or notice required") == "Is consent or notice required"
 
 
+@pytest.mark.parametrize(
+    ("question", "tidy"),
+    [
+        (
+            "What is the effective date of the Mutual Non-Disclosure Agreement between Halvorsen Geospatial, Inc. and "
+            "Quillfeather Biologics Ltd.?",
+            "What is the effective date?",
+        ),
+        (
+            "Under the Master Services Agreement between Corvane Digital Systems LLC and Ashgrove Mutual Insurance "
+            "Company, how many days' notice must Client give to terminate for convenience?",
+            "how many days' notice must give to terminate for convenience?",
+        ),
+        (
+            "What is the cap on each party's total liability under the Supply Agreement between A and B?",
+            "What is the cap on each party's total liability?",
+        ),
+        (CUAD_ASK, "Is consent or notice required of a party if the contract is assigned to a third party?"),
+    ],
+)
+def test_the_evidence_query_drops_the_names_and_what_connected_them(question: str, tidy: str) -> None:
+    """What the evidence gate compares with the passages' sentences: the asking sentence without the contract's
+    names and without the words and punctuation left between them ("of the between , . and .?")."""
+    from rolora.retrieval.resolve import clause_words
+
+    asked = asked_sentence(question)
+    assert clause_words(asked, tidy=True) == tidy
+    assert evidence_query(question, clause_words(asked, tidy=True)) == tidy
+
+
 def test_the_verdict_is_not_mentioned_below_the_threshold_and_no_only_when_a_permission_is_forbidden() -> None:
     allow = "Does the agreement allow the Consultant to use a subcontractor?"
     forbids = "Consultant shall not use any subcontractor without the Company's prior written consent."

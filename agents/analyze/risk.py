@@ -288,4 +288,3 @@ RISK_RULES: dict[str, RiskRule] = {
     "Audit Rights": _rule_audit,
     "Insurance": _rule_insurance,
 }
-

@@ -20,6 +20,7 @@ from rolora.roles import (
     reply_citations,
     sentence_similarities,
 )
+from rolora.roles.answer_types import AnswerType, answer_type, short_answer, typed_values
 from rolora.roles.safety import looks_injected
 from rolora.roles.verdicts import NOT_MENTIONED, asked_sentence, evidence_query, is_yes_no, verdict_of
 
@@ -85,7 +86,7 @@ def _nearest(question: str, call: AnalystCall, passages: list[PassageRef], retri
 def evidence_scores(question: str, call: AnalystCall, retriever: Any) -> tuple[list[tuple[Any, float]], dict[str, Any]]:
     """The passages' sentences with their cosine (the retrieval embedder) to what ``question`` asks
     (:func:`rolora.roles.verdicts.evidence_query`), and the best of them as the trace shows it."""
-    query = evidence_query(question, clause_words(asked_sentence(question)))
+    query = evidence_query(question, clause_words(asked_sentence(question), tidy=True))
     scored = sentence_similarities(query, call.quotes, retriever.embedder.embed)
     best = max((s for _, s in scored), default=None)
     return scored, {"query": query, "similarity": None if best is None else round(best, 4)}
@@ -134,6 +135,26 @@ def _without_model(
     return draft, [deciding], detail
 
 
+def _typed_read(
+    question: str, kind: AnswerType, scored: list[tuple[Any, float]], passages: list[PassageRef], retriever: Any
+) -> tuple[dict[str, Any], list[Any], dict[str, Any]] | None:
+    """A typed question answered without a model call (``agent.typed_reader``): among the passages' sentences that
+    state a value of the kind it asks for (:mod:`rolora.roles.answer_types`), the one nearest what it asks (the
+    evidence gate's cosine) is cited and its value is the answer. None when no sentence states such a value."""
+    stating = [(s, sim) for s, sim in scored if typed_values(s.text, kind)]
+    if not stating:
+        return None
+    sentence, similarity = max(stating, key=lambda ss: ss[1])
+    cited = _cite(passages, sentence, retriever)
+    if cited is None:
+        return None
+    short = short_answer(question, cited.quote)
+    answer = short[0] if short is not None else cited.quote.strip()
+    draft = {"answer": answer, "citations": [{"passage": cited.passage, "quote": cited.quote}], "not_found": False}
+    detail = {"typed_reader": {"kind": kind, "similarity": round(similarity, 4), "candidates": len(stating)}}
+    return draft, [cited], {**detail, "citations": [_detail(cited)]}
+
+
 async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
     started = time.perf_counter()
@@ -156,7 +177,8 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     min_sim = ctx.settings.min_evidence_similarity
     scored: list[tuple[Any, float]] = []
     evidence: dict[str, Any] = {}
-    if min_sim > 0 or yes_no:
+    kind = answer_type(state["question"]) if ctx.settings.typed_reader and not yes_no else None
+    if min_sim > 0 or yes_no or kind is not None:
         scored, evidence = await asyncio.to_thread(evidence_scores, state["question"], call, retriever)
         evidence["min_similarity"] = min_sim
     refused = min_sim > 0 and (evidence["similarity"] is None or evidence["similarity"] < min_sim)
@@ -166,6 +188,15 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
         )
         gate = TraceStep(node="analyse", latency_s=time.perf_counter() - started, iteration=iteration, detail=detail)
         return {"draft": draft, "citations": [c.model_dump() for c in checked], "trace": [gate.model_dump()]}
+    if kind is not None and not state.get("feedback"):
+        read = await asyncio.to_thread(_typed_read, state["question"], kind, scored, passages, retriever)
+        if read is not None:
+            draft, checked, detail = read
+            detail["evidence_gate"] = evidence
+            read_step = TraceStep(
+                node="analyse", latency_s=time.perf_counter() - started, iteration=iteration, detail=detail
+            )
+            return {"draft": draft, "citations": [c.model_dump() for c in checked], "trace": [read_step.model_dump()]}
     parsed, step = await call_role(
         ctx,
         "analyst",
@@ -221,5 +252,12 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
         # (extractive) answer, and the critique node judges it like any other draft
         draft = {**draft, "answer": verified[0].quote, "not_found": False}
         step.detail["answer_from"] = "quote"
+    if ctx.settings.short_answers and not draft["not_found"]:
+        # a question asking for a date, period, amount, percentage or law is answered with that value as the text
+        # states it, not with the sentence (or longer answer) stating it (rolora.roles.answer_types)
+        short = short_answer(state["question"], str(draft["answer"]), [c.quote for c in verified])
+        if short is not None:
+            step.detail["short_answer"] = {"from": short[1], "was": draft["answer"]}
+            draft = {**draft, "answer": short[0]}
     step.latency_s = time.perf_counter() - started
     return {"draft": draft, "citations": [c.model_dump() for c in checked], "trace": [step.model_dump()]}
