@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .linear_swap import linear_shell, swap_linear
+
 __all__ = ["Bf16Linear", "bf16_linear_weights"]
 
 
@@ -27,11 +29,7 @@ class Bf16Linear(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Bf16Linear:
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.in_features, new.out_features = linear.in_features, linear.out_features
-        new.weight = linear.weight  # the same Parameter: ties (output layer = embedding) stay intact
-        new.bias = linear.bias
+        new = linear_shell(cls, linear)
         # kept out of the module tree (no state_dict entry, nothing for PEFT's target matching to see)
         object.__setattr__(new, "_w", linear.weight.detach().to(torch.bfloat16).contiguous())
         object.__setattr__(new, "_b", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
@@ -44,12 +42,4 @@ class Bf16Linear(nn.Linear):
 
 def bf16_linear_weights(model: nn.Module) -> int:
     """Swap every plain ``nn.Linear`` under ``model`` for :class:`Bf16Linear` in place; returns how many."""
-    swaps = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear
-    ]
-    for parent, name, child in swaps:
-        setattr(parent, name, Bf16Linear.from_linear(child))
-    return len(swaps)
+    return swap_linear(model, Bf16Linear.from_linear)

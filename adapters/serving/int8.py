@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .linear_swap import linear_shell, swap_linear
+
 __all__ = ["Int8Linear", "quantize_linear_int8"]
 
 
@@ -35,11 +37,7 @@ class Int8Linear(nn.Linear):
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
         from torch.ao.quantization import per_channel_dynamic_qconfig
 
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.in_features, new.out_features = linear.in_features, linear.out_features
-        new.weight = linear.weight  # the same Parameter: ties (output layer = embedding) stay intact
-        new.bias = linear.bias
+        new = linear_shell(cls, linear)
         linear.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
         # kept out of the module tree (no state_dict entry, nothing for PEFT's target matching to see)
         object.__setattr__(new, "_q", DynamicLinear.from_float(linear))
@@ -56,12 +54,4 @@ KEEP_FP32 = ("down_proj",)  # Llama-family MLP output projections (see the modul
 def quantize_linear_int8(model: nn.Module, keep_fp32: tuple[str, ...] = KEEP_FP32) -> int:
     """Swap every plain ``nn.Linear`` under ``model`` (but those named in ``keep_fp32``) for :class:`Int8Linear`
     in place; returns how many."""
-    swaps = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear and name not in keep_fp32
-    ]
-    for parent, name, child in swaps:
-        setattr(parent, name, Int8Linear.from_linear(child))
-    return len(swaps)
+    return swap_linear(model, Int8Linear.from_linear, keep=keep_fp32)
