@@ -93,3 +93,26 @@ def test_ask_resume_thread_without_a_question(tmp_path: Path, examples_retriever
     again = runner.invoke(app, ["ask", "--resume", "--thread", "t-cli", "--base", "--json", "-c", str(cfg)])
     assert again.exit_code == 0, again.output
     assert again.stdout == first.stdout  # the same stored answer, not a new run
+
+
+def test_ask_says_how_a_step_decided_without_a_model_call_was_decided() -> None:
+    """The step lines of `rolora ask` name the typed reader, a yes/no verdict and an evidence-gate refusal (no model
+    call, so no role or adapter to show)."""
+    from rolora.cli.ask import _step_line
+
+    typed = {"node": "analyse", "latency_s": 0.7, "detail": {"typed_reader": {"kind": "law", "similarity": 0.42}}}
+    verdict = {"node": "analyse", "latency_s": 0.1, "detail": {"yes_no": {"verdict": "Not mentioned"}}}
+    refused = {"node": "analyse", "latency_s": 0.1, "detail": {"evidence_gate": {"refused": "no sentence ..."}}}
+    modelled = {
+        "node": "analyse",
+        "role": "analyst",
+        "adapter": "contracts-analyst@1",
+        "backend": "inprocess",
+        "latency_s": 3.0,
+        "detail": {"evidence_gate": {"similarity": 0.6}},
+    }
+    assert "typed reader: the law" in _step_line(typed)
+    assert "yes/no verdict Not mentioned" in _step_line(verdict)
+    assert "refused" in _step_line(refused)
+    line = _step_line(modelled)
+    assert "contracts-analyst@1" in line and "no model call" not in line

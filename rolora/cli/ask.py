@@ -32,6 +32,13 @@ def _step_line(step: dict[str, Any]) -> str:
             parts.append(f"in {escape(names)}")
         elif d.get("scope") == "explicit":
             parts.append(f"in {escape(', '.join(d.get('doc_ids', [])))} (--doc)")
+    elif node == "analyse" and not step.get("role"):  # decided without a model call
+        if "typed_reader" in d:
+            parts.append(f"typed reader: the {d['typed_reader']['kind']} its nearest sentence states (no model call)")
+        elif "yes_no" in d:
+            parts.append(f"yes/no verdict {d['yes_no']['verdict']} (no model call)")
+        elif d.get("evidence_gate", {}).get("refused"):
+            parts.append("refused: no sentence of the passages is near the question (no model call)")
     elif node == "critique" and "verdict" in d:
         parts.append(f"verdict {d['verdict']}, next {d.get('next')}")
     parts.append(f"[dim]{step.get('latency_s', 0):.2f}s[/]")
