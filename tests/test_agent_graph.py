@@ -38,15 +38,17 @@ UNANSWERABLE = "What is the boiling point of liquid nitrogen in degrees Kelvin?"
 
 def agent_config(checkpoints: Path, **agent: Any) -> Any:
     """The graph with every role on (the query writer and the critic are off by default), checkpoints under
-    ``checkpoints``, and no evidence gate: ANSWERABLE's nearest sentence is below agent.min_evidence_similarity
-    (MiniLM, 0.31 < 0.42: one of the false refusals the default accepts, README), and these tests are about the model
-    path; the gate has its own test below."""
+    ``checkpoints``, no evidence gate and no typed reader: ANSWERABLE's nearest sentence is below
+    agent.min_evidence_similarity (MiniLM, 0.39 < 0.42: one of the false refusals the default accepts, README), and
+    it asks for a date, which the typed reader would read without a model call; these tests are about the model
+    path. The gate and the typed reader have their own tests below."""
     cfg = make_config(TEST_HOME, contracts={"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"]})
     settings = {
         "checkpoint_path": checkpoints / "runs.sqlite",
         "use_query_writer": True,
         "use_critic": True,
         "min_evidence_similarity": 0.0,
+        "typed_reader": False,
         **agent,
     }
     return cfg.model_copy(update={"agent": cfg.agent.model_copy(update=settings)})
@@ -334,7 +336,7 @@ def test_a_typed_question_is_read_from_the_passages_without_a_model_call(
     from rolora.roles import is_heading, quote_spans
     from rolora.roles.answer_types import typed_values
 
-    backend, answer, first = _ask_declining(agent_backend, tmp_path, use_query_writer=False)
+    backend, answer, first = _ask_declining(agent_backend, tmp_path, use_query_writer=False, typed_reader=True)
     assert backend.injected == 0 and not any(s.role == "analyst" for s in answer.trace)
     assert first.detail["typed_reader"]["kind"] == "date" and first.detail["typed_reader"]["candidates"] >= 1
     dated = [q.text for q in quote_spans(answer.passages) if not is_heading(q.text) and typed_values(q.text, "date")]

@@ -292,6 +292,7 @@ def test_vllm_server_gone_mid_run_then_the_run_resumes(
                 "max_iterations": 1,
                 "use_critic": False,
                 "use_query_writer": True,
+                "typed_reader": False,  # the law is otherwise read from the passages without a model call
                 "checkpoint_path": str(tmp_path / "runs.sqlite"),
             },
         }
