@@ -370,8 +370,8 @@ agent:                      # the LangGraph graph behind `rolora ask`
   use_critic: false         # the critic model's verdict (off: measured no change in answers, 2.5x slower; README)
   use_query_writer: false   # search the query writer's rewrites too (off: measured no gain, README)
   declined_answer: nearest  # an analyst that declines though it must cite: nearest sentence to the question | cited
-  short_answers: true  # a question asking for a date, period, amount, percentage or law is answered with the value
-  typed_reader: true  # ... taken, without a model call, from the passages' sentence nearest it that states one
+  short_answers: true       # a question asking for a date, period, amount, percentage or law: answered with the value
+  typed_reader: true        # ... read without a model call from the passages' sentence nearest it that states one
   yes_no: true              # yes/no questions answered Yes / No / Not mentioned, the deciding clause cited
   min_evidence_similarity: 0.42  # refused (Not mentioned) below it: cosine of the passages' nearest sentence; 0: off
   route_min_confidence: 0.2 # below it: answer from default_domain, or ask (on_low_confidence: ask)

@@ -136,7 +136,12 @@ def _without_model(
 
 
 def _typed_read(
-    question: str, kind: AnswerType, scored: list[tuple[Any, float]], passages: list[PassageRef], retriever: Any
+    question: str,
+    kind: AnswerType,
+    scored: list[tuple[Any, float]],
+    evidence: dict[str, Any],
+    passages: list[PassageRef],
+    retriever: Any,
 ) -> tuple[dict[str, Any], list[Any], dict[str, Any]] | None:
     """A typed question answered without a model call (``agent.typed_reader``): among the passages' sentences that
     state a value of the kind it asks for (:mod:`rolora.roles.answer_types`), the one nearest what it asks (the
@@ -152,7 +157,7 @@ def _typed_read(
     answer = short[0] if short is not None else cited.quote.strip()
     draft = {"answer": answer, "citations": [{"passage": cited.passage, "quote": cited.quote}], "not_found": False}
     detail = {"typed_reader": {"kind": kind, "similarity": round(similarity, 4), "candidates": len(stating)}}
-    return draft, [cited], {**detail, "citations": [_detail(cited)]}
+    return draft, [cited], {**detail, "citations": [_detail(cited)], "evidence_gate": evidence}
 
 
 async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -182,21 +187,17 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
         scored, evidence = await asyncio.to_thread(evidence_scores, state["question"], call, retriever)
         evidence["min_similarity"] = min_sim
     refused = min_sim > 0 and (evidence["similarity"] is None or evidence["similarity"] < min_sim)
-    if refused or yes_no:  # decided without a model call
-        draft, checked, detail = await asyncio.to_thread(
+    decided = None  # (draft, checked citations, trace detail) of a question decided without a model call
+    if refused or yes_no:
+        decided = await asyncio.to_thread(
             _without_model, state["question"], yes_no, refused, scored, evidence, passages, retriever, min_sim
         )
+    elif kind is not None and not state.get("feedback"):  # None when its passages state no value of its kind
+        decided = await asyncio.to_thread(_typed_read, state["question"], kind, scored, evidence, passages, retriever)
+    if decided is not None:
+        draft, checked, detail = decided
         gate = TraceStep(node="analyse", latency_s=time.perf_counter() - started, iteration=iteration, detail=detail)
         return {"draft": draft, "citations": [c.model_dump() for c in checked], "trace": [gate.model_dump()]}
-    if kind is not None and not state.get("feedback"):
-        read = await asyncio.to_thread(_typed_read, state["question"], kind, scored, passages, retriever)
-        if read is not None:
-            draft, checked, detail = read
-            detail["evidence_gate"] = evidence
-            read_step = TraceStep(
-                node="analyse", latency_s=time.perf_counter() - started, iteration=iteration, detail=detail
-            )
-            return {"draft": draft, "citations": [c.model_dump() for c in checked], "trace": [read_step.model_dump()]}
     parsed, step = await call_role(
         ctx,
         "analyst",
