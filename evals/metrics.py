@@ -9,7 +9,8 @@ unanswerable question), so configurations can be compared question by question (
 - retrieval, character level (as LegalBench-RAG measures it): ``span_recall@k`` = share of gold evidence characters
   covered by the top-k passages, ``span_precision@k`` = share of their characters that are gold.
 - answer: ``exact_match`` (SQuAD-normalised), ``token_f1``, ``rouge_l`` (rouge-score, F) against the best gold
-  answer, a refusal counting as the empty answer; ``refusal_accuracy`` on unanswerable questions, and
+  answer (exact match and token F1 read a date however it is written as the same date: "July 11, 2006" is CUAD's
+  "7/11/06"), a refusal counting as the empty answer; ``refusal_accuracy`` on unanswerable questions, and
   ``false_refusal_rate`` on answerable ones; ``verdict_accuracy`` on yes/no questions ("Yes", "No" or "Not
   mentioned" against the verdict the annotation implies, :mod:`rolora.roles.verdicts`; an answer without a verdict
   is read as one: a refusal is "Not mentioned").
@@ -35,6 +36,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from rolora.roles import locate_quote
+from rolora.roles.answer_types import iso_dates
 from rolora.roles.verdicts import answered_verdict, gold_verdict, is_yes_no
 
 if TYPE_CHECKING:
@@ -229,7 +231,7 @@ _PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def _normalise_answer(text: str) -> str:
-    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
+    return " ".join(_ARTICLES.sub(" ", iso_dates(text).lower().translate(_PUNCT)).split())
 
 
 def exact_match(prediction: str, golds: Sequence[str]) -> float:
@@ -239,14 +241,18 @@ def exact_match(prediction: str, golds: Sequence[str]) -> float:
 
 
 def _tokens(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
+    return re.findall(r"\w+", iso_dates(text).lower())
 
 
 def token_f1(prediction: str, golds: Sequence[str]) -> float:
     """SQuAD-style token F1 against the best-matching gold answer (1.0 when both are empty).
 
+    Dates count as the same tokens however they are written (:func:`rolora.roles.answer_types.iso_dates`):
+
     >>> round(token_f1("thirty (30) days", ["within thirty (30) days"]), 3)
     0.857
+    >>> token_f1("July 11, 2006", ["7/11/06"])
+    1.0
     """
     pred = _tokens(prediction)
     best = 0.0

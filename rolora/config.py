@@ -179,8 +179,8 @@ class AgentConfig(_Strict):
     # A forced citation after a refusal is not a choice of evidence (the adapters name sentence 1 of passage 1).
     # "nearest", chosen on the validation split: with k 3, token-F1 0.213 -> 0.265, citations on gold 0.222 -> 0.444
     declined_answer: DeclinedAnswer = "nearest"
-    # a question asking for a date, a period, an amount, a percentage or the governing law is answered with the value
-    # as its cited sentence (or the analyst's longer answer) states it: "two (2) years", not the clause
+    # a question asking for a date, a period, an amount, a percentage, the governing law or who a party is is answered
+    # with the value as its cited sentence (or the analyst's longer answer) states it: "two (2) years", not the clause
     # (rolora.roles.answer_types). Chosen on the validation splits (README)
     short_answers: bool = True
     # a question asking for such a value (rolora.roles.answer_types) is answered without a model call when the
@@ -370,7 +370,7 @@ agent:                      # the LangGraph graph behind `rolora ask`
   use_critic: false         # the critic model's verdict (off: measured no change in answers, 2.5x slower; README)
   use_query_writer: false   # search the query writer's rewrites too (off: measured no gain, README)
   declined_answer: nearest  # an analyst that declines though it must cite: nearest sentence to the question | cited
-  short_answers: true       # a question asking for a date, period, amount, percentage or law: answered with the value
+  short_answers: true       # a question asking for a date, period, amount, percent, law, party: answered by the value
   typed_reader: true        # ... read without a model call from the passages' sentence nearest it that states one
   yes_no: true              # yes/no questions answered Yes / No / Not mentioned, the deciding clause cited
   min_evidence_similarity: 0.42  # refused (Not mentioned) below it: cosine of the passages' nearest sentence; 0: off

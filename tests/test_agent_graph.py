@@ -16,7 +16,7 @@ import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -229,6 +229,8 @@ def test_critique_loop_drops_unverifiable_citations(
 class _DeclinesAfterQuoting(_BadFirstCitation):
     """Wraps the real backend; the analyst's first draft quotes a real sentence of the passages, then declines."""
 
+    reply: ClassVar[dict[str, Any]] = {}  # the draft's answer and not_found: a refusal
+
     async def agenerate(self, requests: Sequence[Any]) -> list[Any]:
         from rolora.roles import NOT_FOUND
 
@@ -241,17 +243,26 @@ class _DeclinesAfterQuoting(_BadFirstCitation):
                 sentence = props["citations"]["items"]["properties"]["quote"]["enum"][0]  # a sentence it may quote
                 self.quote = sentence
                 declined = {"citations": [{"passage": 1, "quote": sentence}], "answer": NOT_FOUND, "not_found": True}
+                declined.update(self.reply)
                 res = dataclasses.replace(res, json=declined, text=json.dumps(declined))
             out.append(res)
         return out
 
 
-def _ask_declining(agent_backend: Any, tmp_path: Path, **settings: Any) -> tuple[_DeclinesAfterQuoting, Any, Any]:
+class _SaysNothing(_DeclinesAfterQuoting):
+    """Wraps the real backend; the analyst's first draft quotes a real sentence and answers "the" (not declined)."""
+
+    reply: ClassVar[dict[str, Any]] = {"answer": "the", "not_found": False}
+
+
+def _ask_declining(
+    agent_backend: Any, tmp_path: Path, wrapper: type[_DeclinesAfterQuoting] = _DeclinesAfterQuoting, **settings: Any
+) -> tuple[_DeclinesAfterQuoting, Any, Any]:
     """The answerable question on the real backend whose analyst quotes a sentence and declines: (backend, answer,
     the analyse step)."""
     from rolora.agents import Agent
 
-    backend = _DeclinesAfterQuoting(agent_backend)
+    backend = wrapper(agent_backend)
     agent = Agent.from_config(agent_config(tmp_path, **settings), backend=backend, adapters=ADAPTERS, use_critic=False)
     try:
         answer = agent.ask(ANSWERABLE[0], "contracts")
@@ -273,11 +284,13 @@ def test_a_quote_then_a_refusal_becomes_the_extractive_answer(
     _check_answer(answer, examples_retriever)
 
 
+@pytest.mark.parametrize("wrapper", [_DeclinesAfterQuoting, _SaysNothing], ids=["declined", "says-nothing"])
 def test_a_refusal_with_a_forced_citation_answers_with_the_sentence_nearest_the_question(
-    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path, wrapper: type[_DeclinesAfterQuoting]
 ) -> None:
     """agent.declined_answer: nearest - the analyst declined and cited only because it had to: the passages'
-    sentence nearest the question (the real MiniLM, cosine) answers, cited; the forced pick is kept in the trace."""
+    sentence nearest the question (the real MiniLM, cosine) answers, cited; the forced pick is kept in the trace. An
+    answer without a content word ("the") to a question that is not yes/no counts as declined the same way."""
     import numpy as np
 
     from rolora.retrieval.resolve import clause_words
@@ -286,6 +299,7 @@ def test_a_refusal_with_a_forced_citation_answers_with_the_sentence_nearest_the_
     backend, answer, first = _ask_declining(
         agent_backend,
         tmp_path,
+        wrapper,
         declined_answer="nearest",
         use_query_writer=False,
         short_answers=False,
@@ -293,6 +307,7 @@ def test_a_refusal_with_a_forced_citation_answers_with_the_sentence_nearest_the_
     )
     assert backend.injected == 1 and first.detail["answer_from"] == "nearest"
     assert [c["quote"] for c in first.detail["declined_evidence"]] == [backend.quote]
+    assert first.detail.get("says_nothing") == (None if wrapper is _DeclinesAfterQuoting else "the")
     # the question names its contract, so the search ran inside it, and the question without the names was searched
     # (and is compared) too: the names say nothing about the clause
     clause = clause_words(ANSWERABLE[0])

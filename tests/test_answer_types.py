@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rolora.roles.answer_types import answer_type, short_answer, typed_values
+from rolora.roles.answer_types import answer_type, answer_values, iso_dates, short_answer, typed_values
 
 from conftest import EXAMPLES
 
@@ -41,11 +41,13 @@ NAMED = (
         ),
         ("What are the annual Subscription Fees for the first year of the Initial Subscription Term?", "money"),
         ("what liquidated damages must Crestline Packaging Co. pay for late delivery of Products?", "money"),
-        # no typed answer: a party, a purpose, what happens, a yes/no question
-        ("Which individual is a party to the Settlement Agreement?", None),
+        ("Which individual is a party to the Settlement Agreement?", "party"),
+        ("Consider the Supply Agreement between A and B. Who are the parties to the contract?", "party"),
+        (NAMED + "which party is a Delaware corporation?", "party"),
+        # no typed answer: which party does something, a purpose, what happens, a yes/no question
+        (NAMED + "which party must give notice of a claim?", None),
         ("for what purpose may Customer's Authorized Users access and use the Service?", None),
         ("what happens to the unpaid Settlement Sum if a payment is missed?", None),
-        ("Consider the Supply Agreement between A and B. Who are the parties to the contract?", None),
         ("Does the agreement allow the receiving party to disclose Confidential Information to its advisers?", None),
     ],
 )
@@ -102,4 +104,79 @@ def test_a_short_answer_comes_from_the_answer_first_then_from_its_evidence() -> 
     assert short_answer(q, "five (5) years", evidence) is None  # already the value
     assert short_answer(q, "the obligations survive", evidence) == ("five (5) years", "evidence")
     assert short_answer(q, "the obligations survive", ["No period is stated here."]) is None
-    assert short_answer("Who are the parties?", "Acme Corp and Beta LLC, for two (2) years", evidence) is None
+    assert short_answer("What happens if a payment is missed?", "Acme Corp pays within two (2) years", evidence) is None
+    # a party question: the parties the answer names
+    assert short_answer("Who are the parties?", "Acme Corp and Beta LLC, for two (2) years", evidence) == (
+        "Acme Corp; Beta LLC",
+        "answer",
+    )
+
+
+def _preamble(name: str, end: str) -> str:
+    text = (EXAMPLES / name).read_text(encoding="utf-8")
+    return text[: text.index(end)]
+
+
+def test_parties_are_read_from_the_preamble_as_it_names_them() -> None:
+    nda = _preamble("nda_mutual.txt", "RECITALS")
+    lease = _preamble("commercial_lease.txt", "RECITALS")
+    settlement = _preamble("settlement_agreement.txt", "BACKGROUND")
+    assert [nda[a:b] for a, b in typed_values(nda, "party")] == [
+        "Halvorsen Geospatial, Inc.",
+        "Quillfeather Biologics Ltd.",
+    ]
+    # capitals, a comma before the suffix; "a Delaware limited partnership" describes a party and names none
+    assert [lease[a:b] for a, b in typed_values(lease, "party")] == [
+        "CALDERA POINT REALTY PARTNERS, L.P.",
+        "THISTLEWOOD CLINICAL RESEARCH, LLC",
+    ]
+    # an individual has no company suffix: named by what follows the name (an address, "an individual")
+    assert [settlement[a:b] for a, b in typed_values(settlement, "party")] == [
+        "BRACKENFIELD ENGINEERING LIMITED",
+        "SOLWICK MARINE COMPONENTS LTD",
+        "GARETH ALDOUS PENROSE",
+    ]
+    # a statute "of 2016" is no individual, "The Company" no company
+    nda_all = (EXAMPLES / "nda_mutual.txt").read_text(encoding="utf-8")
+    assert "Defend Trade Secrets Act" not in {nda_all[a:b] for a, b in typed_values(nda_all, "party")}
+    employment = (EXAMPLES / "employment_agreement.txt").read_text(encoding="utf-8")
+    assert not any("The Company" in employment[a:b] for a, b in typed_values(employment, "party"))
+
+
+def test_a_party_question_gets_the_party_it_asks_for_or_all_of_them() -> None:
+    nda = _preamble("nda_mutual.txt", "RECITALS")
+    settlement = _preamble("settlement_agreement.txt", "BACKGROUND")
+    # a sentence naming only companies states no answer to "which individual": the typed reader passes it over
+    individual = "Which individual is a party to the Settlement Agreement?"
+    assert answer_values(individual, "party", nda) == []
+    assert [settlement[a:b] for a, b in answer_values(individual, "party", settlement)] == ["GARETH ALDOUS PENROSE"]
+    assert short_answer(NAMED + "which party is a Delaware corporation?", nda) == (
+        "Halvorsen Geospatial, Inc.",
+        "answer",
+    )
+    assert short_answer("Which individual is a party to the Settlement Agreement?", settlement) == (
+        "GARETH ALDOUS PENROSE",
+        "answer",
+    )
+    assert short_answer("Consider the Settlement Agreement. Who are the parties to the contract?", settlement) == (
+        "BRACKENFIELD ENGINEERING LIMITED; SOLWICK MARINE COMPONENTS LTD; GARETH ALDOUS PENROSE",
+        "answer",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "iso"),
+    [
+        ("July 11, 2006", "2006-07-11"),
+        ("the 11th day of July, 2006", "the 2006-07-11"),
+        ("14 September 2022", "2022-09-14"),
+        ("Sept. 3, 2019", "2019-09-03"),
+        ("7/11/06", "2006-07-11"),  # CUAD's gold dates: month first, two-digit years
+        ("5/22/99", "1999-05-22"),
+        ("31/12/2020", "2020-12-31"),  # the first number cannot be a month: day first
+        ("2020-01-05", "2020-01-05"),
+        ("13/13/2020", "13/13/2020"),  # no date
+    ],
+)
+def test_dates_read_the_same_however_they_are_written(text: str, iso: str) -> None:
+    assert iso_dates(text) == iso

@@ -108,11 +108,17 @@ def test_exact_match_normalises_case_punctuation_and_articles() -> None:
     assert exact_match("The March 14, 2023.", ["march 14 2023"]) == 1.0
     assert exact_match("March 15, 2023", ["March 14, 2023"]) == 0.0
     assert exact_match("anything", []) == 0.0
+    # the same date however it is written (CUAD's gold dates are "7/11/06")
+    assert exact_match("July 11, 2006", ["7/11/06"]) == 1.0
+    assert exact_match("July 12, 2006", ["7/11/06"]) == 0.0
 
 
 def test_token_f1_and_rouge_l_by_hand() -> None:
     # pred tokens: thirty, 30, days (3); gold: within, thirty, 30, days (4); common 3 -> P 1, R .75
     assert token_f1("thirty (30) days", ["within thirty (30) days"]) == pytest.approx(2 * 0.75 / 1.75)
+    # dates compare as year, month, day: "as of the 2006-07-11" against "2006-07-11" -> P 3/6, R 1
+    assert token_f1("as of the 11th day of July, 2006", ["7/11/06"]) == pytest.approx(2 * 0.5 / 1.5)
+    assert token_f1("June 30, 2010", ["7/11/06"]) == 0.0
     # LCS("the cat sat", "the cat sat on the mat") = 3: P = 3/3, R = 3/6 -> F = 2/3
     assert rouge_l("the cat sat", ["the cat sat on the mat"]) == pytest.approx(2 / 3)
     assert rouge_l("the cat sat", ["dog", "the cat sat on the mat"]) == pytest.approx(2 / 3)  # best gold

@@ -47,6 +47,10 @@ def test_the_asking_sentence_drops_the_contract_context_before_it() -> None:
         "Is consent or notice required of a party if the contract is assigned to a third party?"
     )
     assert evidence_query(CUAD_ASK, "Is") == asked_sentence(CUAD_ASK)  # too little left: the asking sentence
+    # a question about the contract itself with two content words left ("effective", "date"): its names stay
+    named = "What is the effective date of the Mutual Non-Disclosure Agreement between A Inc. and B Ltd.?"
+    assert evidence_query(named, "What is the effective date?", about_the_contract=True) == named
+    assert evidence_query(named, "What is the effective date?") == "What is the effective date?"
     assert evidence_query(CUAD_ASK, "Is consent or notice required") == "Is consent or notice required"
 
 
@@ -54,9 +58,9 @@ def test_the_asking_sentence_drops_the_contract_context_before_it() -> None:
     ("question", "tidy"),
     [
         (
-            "What is the effective date of the Mutual Non-Disclosure Agreement between Halvorsen Geospatial, Inc. and "
-            "Quillfeather Biologics Ltd.?",
-            "What is the effective date?",
+            "What is the notice period for termination under the Mutual Non-Disclosure Agreement between Halvorsen "
+            "Geospatial, Inc. and Quillfeather Biologics Ltd.?",
+            "What is the notice period for termination?",
         ),
         (
             "Under the Master Services Agreement between Corvane Digital Systems LLC and Ashgrove Mutual Insurance "
@@ -123,3 +127,22 @@ def test_verdict_accuracy_scores_answers_with_and_without_a_verdict() -> None:
     assert answer_scores(absent, _answer("Any assignment requires consent.", False))["verdict_accuracy"] == 0.0
     assert answered_verdict("No, it may not.", False, None) == "No"
     assert answer_scores(other, _answer("Delaware", False))["verdict_accuracy"] is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "nothing"),
+    [
+        ("the", True),
+        ("", True),
+        ("No", True),
+        ("of the", True),
+        ("yes, no", True),
+        ("Landlord's interest", False),
+        ("two (2) years", False),
+        ("No more than once a year", False),
+    ],
+)
+def test_an_answer_without_a_content_word_says_nothing(answer: str, nothing: bool) -> None:
+    from rolora.roles.verdicts import says_nothing
+
+    assert says_nothing(answer) is nothing

@@ -20,9 +20,9 @@ from rolora.roles import (
     reply_citations,
     sentence_similarities,
 )
-from rolora.roles.answer_types import AnswerType, answer_type, short_answer, typed_values
+from rolora.roles.answer_types import AnswerType, answer_type, answer_values, short_answer
 from rolora.roles.safety import looks_injected
-from rolora.roles.verdicts import NOT_MENTIONED, asked_sentence, evidence_query, is_yes_no, verdict_of
+from rolora.roles.verdicts import NOT_MENTIONED, asked_sentence, evidence_query, is_yes_no, says_nothing, verdict_of
 
 from ..citations import citation_from_quote, citation_from_reply, verify_citation
 from ..state import AgentContext, AgentState
@@ -85,8 +85,10 @@ def _nearest(question: str, call: AnalystCall, passages: list[PassageRef], retri
 
 def evidence_scores(question: str, call: AnalystCall, retriever: Any) -> tuple[list[tuple[Any, float]], dict[str, Any]]:
     """The passages' sentences with their cosine (the retrieval embedder) to what ``question`` asks
-    (:func:`rolora.roles.verdicts.evidence_query`), and the best of them as the trace shows it."""
-    query = evidence_query(question, clause_words(asked_sentence(question), tidy=True))
+    (:func:`rolora.roles.verdicts.evidence_query`; a question asking for a date or a party may be about the
+    contract itself, which its preamble answers), and the best of them as the trace shows it."""
+    about_the_contract = answer_type(question) in ("date", "party")
+    query = evidence_query(question, clause_words(asked_sentence(question), tidy=True), about_the_contract)
     scored = sentence_similarities(query, call.quotes, retriever.embedder.embed)
     best = max((s for _, s in scored), default=None)
     return scored, {"query": query, "similarity": None if best is None else round(best, 4)}
@@ -146,7 +148,7 @@ def _typed_read(
     """A typed question answered without a model call (``agent.typed_reader``): among the passages' sentences that
     state a value of the kind it asks for (:mod:`rolora.roles.answer_types`), the one nearest what it asks (the
     evidence gate's cosine) is cited and its value is the answer. None when no sentence states such a value."""
-    stating = [(s, sim) for s, sim in scored if typed_values(s.text, kind)]
+    stating = [(s, sim) for s, sim in scored if answer_values(question, kind, s.text)]
     if not stating:
         return None
     sentence, similarity = max(stating, key=lambda ss: ss[1])
@@ -212,6 +214,11 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     draft = parsed or {"answer": "", "citations": [], "not_found": False}
     answer = str(draft.get("answer", "")).strip()
     not_found = bool(draft.get("not_found")) or is_refusal(answer)
+    if not not_found and not yes_no and says_nothing(answer):
+        # "the", "no" to a question asking what or how: no answer at all, so it counts as declined (and the passages'
+        # sentence nearest the question answers, agent.declined_answer "nearest")
+        step.detail["says_nothing"] = answer
+        not_found = True
     step.detail["format"] = fmt
     if fmt == "sentence":
         step.detail["evidence"] = list(draft.get("evidence") or [])
@@ -254,8 +261,8 @@ async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
         draft = {**draft, "answer": verified[0].quote, "not_found": False}
         step.detail["answer_from"] = "quote"
     if ctx.settings.short_answers and not draft["not_found"]:
-        # a question asking for a date, period, amount, percentage or law is answered with that value as the text
-        # states it, not with the sentence (or longer answer) stating it (rolora.roles.answer_types)
+        # a question asking for a date, period, amount, percentage, law or party is answered with that value as the
+        # text states it, not with the sentence (or longer answer) stating it (rolora.roles.answer_types)
         short = short_answer(state["question"], str(draft["answer"]), [c.quote for c in verified])
         if short is not None:
             step.detail["short_answer"] = {"from": short[1], "was": draft["answer"]}

@@ -25,6 +25,7 @@ __all__ = [
     "evidence_query",
     "gold_verdict",
     "is_yes_no",
+    "says_nothing",
     "verdict_of",
 ]
 
@@ -61,11 +62,31 @@ def is_yes_no(question: str) -> bool:
     return asked.endswith("?") and bool(_OPENS_YES_NO.match(asked))
 
 
-def evidence_query(question: str, clause_words: str) -> str:
+# words that say nothing about a clause: what is left of an asking sentence without them is what it asks about
+_FUNCTION_WORDS = frozenset(
+    "a an the of to in on for by with and or is are be been was were does do did must may shall will would can could "
+    "what which who whom whose how when where why this that these those under any each its their his her it as at "
+    "from after before".split()
+)
+
+
+def evidence_query(question: str, clause_words: str, about_the_contract: bool = False) -> str:
     """What a sentence of the passages must be near to say something about what ``question`` asks (any question,
     ``agent.min_evidence_similarity``): the asking sentence without the contract's naming words (``clause_words`` of
-    it), or the asking sentence itself when too little is left."""
-    return clause_words if len(clause_words.split()) >= 3 else asked_sentence(question)
+    it), or the asking sentence itself when too little is left. Too little is fewer than three words, or, for a
+    question ``about_the_contract`` itself (its date, its parties: what a preamble states), fewer than three content
+    words: "What is the effective date of the Mutual Non-Disclosure Agreement between A and B?" shares with the
+    preamble that answers it the names, not "effective date"."""
+    words = re.findall(r"[a-z0-9]+", clause_words.lower())
+    content = [w for w in words if w not in _FUNCTION_WORDS] if about_the_contract else words
+    return clause_words if len(content) >= 3 else asked_sentence(question)
+
+
+def says_nothing(answer: str) -> bool:
+    """An answer without a content word ("the", "of the", "") or one that is only a yes or a no: it answers no
+    question that asks for something other than a verdict."""
+    words = re.findall(r"[a-z0-9]+", answer.lower())
+    return all(w in _FUNCTION_WORDS or w in ("yes", "no", "not") for w in words)
 
 
 def verdict_of(question: str, similarity: float | None, clause: str | None, min_similarity: float) -> YesNo:
