@@ -81,6 +81,18 @@ def test_fuse_merges_queries_and_deduplicates_chunks() -> None:
     assert len(fuse([[a, b, c]], k=2)) == 2 and fuse([], k=3) == []
 
 
+def test_fuse_keeps_the_contracts_opening_among_the_k() -> None:
+    """A question about the contract itself adds its opening chunk as a ranking of its own (query OPENING): fused
+    below chunks two queries found, it still takes the last place of the k."""
+    from rolora.agents.nodes.retrieve import OPENING
+
+    a, b, c = _passage(300, 400, chunk="a"), _passage(400, 500, chunk="b"), _passage(500, 600, chunk="c")
+    opening = _passage(0, 100, chunk="o").model_copy(update={"query": OPENING})
+    assert [p.chunk_id for p in fuse([[a, b, c], [a, b, c]], k=2)] == ["a", "b"]
+    assert [p.chunk_id for p in fuse([[a, b, c], [a, b, c], [opening]], k=2)] == ["a", "o"]
+    assert [p.chunk_id for p in fuse([[opening, a], [a, b], [opening]], k=2)] == ["o", "a"]  # already in: unchanged
+
+
 def test_parse_json_finds_the_object_amid_prose() -> None:
     assert parse_json('Sure! {"queries": ["x"]} done') == {"queries": ["x"]}
     assert parse_json("no json here") is None

@@ -38,10 +38,9 @@ UNANSWERABLE = "What is the boiling point of liquid nitrogen in degrees Kelvin?"
 
 def agent_config(checkpoints: Path, **agent: Any) -> Any:
     """The graph with every role on (the query writer and the critic are off by default), checkpoints under
-    ``checkpoints``, no evidence gate and no typed reader: ANSWERABLE's nearest sentence is below
-    agent.min_evidence_similarity (MiniLM, 0.39 < 0.42: one of the false refusals the default accepts, README), and
-    it asks for a date, which the typed reader would read without a model call; these tests are about the model
-    path. The gate and the typed reader have their own tests below."""
+    ``checkpoints``, no evidence gate and no typed reader: ANSWERABLE asks for a date, which the typed reader would
+    read without a model call; these tests are about the model path. The gate and the typed reader have their own
+    tests below."""
     cfg = make_config(TEST_HOME, contracts={"corpus": [str(EXAMPLES)], "exclude": ["qa*.jsonl"]})
     settings = {
         "checkpoint_path": checkpoints / "runs.sqlite",
@@ -355,13 +354,57 @@ def test_a_typed_question_is_read_from_the_passages_without_a_model_call(
     assert backend.injected == 0 and not any(s.role == "analyst" for s in answer.trace)
     assert first.detail["typed_reader"]["kind"] == "date" and first.detail["typed_reader"]["candidates"] >= 1
     dated = [q.text for q in quote_spans(answer.passages) if not is_heading(q.text) and typed_values(q.text, "date")]
-    query = clause_words(ANSWERABLE[0], tidy=True)
+    # a question about the contract itself (its date) is compared with its names: "What is the effective date?"
+    # alone says little about the preamble that answers it
+    assert clause_words(ANSWERABLE[0], tidy=True) == "What is the effective date?"
+    query = first.detail["evidence_gate"]["query"]
+    assert query == ANSWERABLE[0]
     vectors = examples_retriever.embedder.embed([query, *dated])
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     nearest = dated[int(np.argmax(vectors[1:] @ vectors[0]))]
     assert not answer.not_found and answer.answer == "March 14, 2023"  # the Effective Date the preamble states
     assert [c.quote for c in answer.citations] == [nearest] and answer.answer in nearest
     _check_answer(answer, examples_retriever)
+
+
+def test_who_the_parties_are_is_read_from_the_preamble_past_the_evidence_gate(
+    agent_backend: Any, examples_retriever: Any, tmp_path: Path
+) -> None:
+    """The defaults (evidence gate on, typed reader on): "Who are the parties ...?" asks about the contract itself, so
+    the gate compares its whole asking sentence, names kept, and passes; every party the preamble names is the answer,
+    the preamble cited, without a model call. "Which individual ...?" gets the one individual."""
+    from rolora.agents import Agent
+    from rolora.config import AgentConfig
+
+    gate = AgentConfig().min_evidence_similarity
+    agent = Agent.from_config(
+        agent_config(tmp_path, min_evidence_similarity=gate, typed_reader=True, use_query_writer=False),
+        backend=agent_backend,
+        adapters=ADAPTERS,
+        use_critic=False,
+    )
+    try:
+        parties = agent.ask("Who are the parties to the Mutual Non-Disclosure Agreement?", "contracts")
+        individual = agent.ask(
+            "Which individual is a party to the Executive Employment Agreement with Halcyon Ridge Therapeutics Inc.?",
+            "contracts",
+        )
+    finally:
+        agent.close()
+    print(json.dumps([a.model_dump(exclude={"passages", "trace"}) for a in (parties, individual)], indent=1))
+    step = next(s for s in parties.trace if s.node == "analyse")
+    assert step.role is None and step.detail["typed_reader"]["kind"] == "party"
+    assert step.detail["evidence_gate"]["similarity"] >= gate
+    assert not parties.not_found
+    assert parties.answer.lower() == "halvorsen geospatial, inc.; quillfeather biologics ltd."
+    # the preamble's sentences that name them, each cited
+    assert parties.citations and {c.doc_id for c in parties.citations} == {"nda_mutual"}
+    assert "Halvorsen Geospatial, Inc." in parties.citations[0].quote
+    assert "Quillfeather Biologics Ltd." in parties.citations[-1].quote
+    _check_answer(parties, examples_retriever)
+    assert not individual.not_found and individual.answer == "MARGARET ELLISON THORNE"
+    assert individual.citations[0].doc_id == "employment_agreement"
+    _check_answer(individual, examples_retriever)
 
 
 CONSULTING = (

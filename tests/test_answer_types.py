@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from rolora.roles.answer_types import answer_type, answer_values, iso_dates, short_answer, typed_values
+from rolora.roles.answer_types import (
+    about_the_contract,
+    answer_type,
+    answer_values,
+    iso_dates,
+    short_answer,
+    typed_values,
+)
 
 from conftest import EXAMPLES
 
@@ -180,3 +187,20 @@ def test_a_party_question_gets_the_party_it_asks_for_or_all_of_them() -> None:
 )
 def test_dates_read_the_same_however_they_are_written(text: str, iso: str) -> None:
     assert iso_dates(text) == iso
+
+
+@pytest.mark.parametrize(
+    ("question", "clause", "about"),
+    [
+        ("What is the effective date of the Mutual Non-Disclosure Agreement?", "What is the effective date?", True),
+        ("Who are the parties to the Supply Agreement?", "Who are the parties?", True),
+        (NAMED + "which party is a Delaware corporation?", "which party is a Delaware corporation?", True),
+        # a date of something in the contract, a period: what the clause says, not the contract itself
+        ("What is the Maturity Date of the term loan?", "What is the Maturity Date of the term loan?", False),
+        (NAMED + "how many days' notice must Client give?", "how many days' notice must Client give?", False),
+    ],
+)
+def test_a_question_about_the_contract_itself_asks_for_its_date_or_parties(
+    question: str, clause: str, about: bool
+) -> None:
+    assert about_the_contract(question, clause) is about

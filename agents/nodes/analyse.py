@@ -20,7 +20,14 @@ from rolora.roles import (
     reply_citations,
     sentence_similarities,
 )
-from rolora.roles.answer_types import AnswerType, answer_type, answer_values, short_answer
+from rolora.roles.answer_types import (
+    AnswerType,
+    about_the_contract,
+    answer_type,
+    answer_values,
+    asks_every_party,
+    short_answer,
+)
 from rolora.roles.safety import looks_injected
 from rolora.roles.verdicts import NOT_MENTIONED, asked_sentence, evidence_query, is_yes_no, says_nothing, verdict_of
 
@@ -85,10 +92,9 @@ def _nearest(question: str, call: AnalystCall, passages: list[PassageRef], retri
 
 def evidence_scores(question: str, call: AnalystCall, retriever: Any) -> tuple[list[tuple[Any, float]], dict[str, Any]]:
     """The passages' sentences with their cosine (the retrieval embedder) to what ``question`` asks
-    (:func:`rolora.roles.verdicts.evidence_query`; a question asking for a date or a party may be about the
-    contract itself, which its preamble answers), and the best of them as the trace shows it."""
-    about_the_contract = answer_type(question) in ("date", "party")
-    query = evidence_query(question, clause_words(asked_sentence(question), tidy=True), about_the_contract)
+    (:func:`rolora.roles.verdicts.evidence_query`), and the best of them as the trace shows it."""
+    clause = clause_words(asked_sentence(question), tidy=True)
+    query = evidence_query(question, clause, about_the_contract(question, clause))
     scored = sentence_similarities(query, call.quotes, retriever.embedder.embed)
     best = max((s for _, s in scored), default=None)
     return scored, {"query": query, "similarity": None if best is None else round(best, 4)}
@@ -147,19 +153,39 @@ def _typed_read(
 ) -> tuple[dict[str, Any], list[Any], dict[str, Any]] | None:
     """A typed question answered without a model call (``agent.typed_reader``): among the passages' sentences that
     state a value of the kind it asks for (:mod:`rolora.roles.answer_types`), the one nearest what it asks (the
-    evidence gate's cosine) is cited and its value is the answer. None when no sentence states such a value."""
+    evidence gate's cosine) is cited and its value is the answer; a question asking for every party is answered by the
+    run of consecutive sentences around it that name parties, all cited. None when no sentence states such a value."""
     stating = [(s, sim) for s, sim in scored if answer_values(question, kind, s.text)]
     if not stating:
         return None
     sentence, similarity = max(stating, key=lambda ss: ss[1])
-    cited = _cite(passages, sentence, retriever)
-    if cited is None:
+    run = [sentence]
+    if asks_every_party(question):  # a preamble names its parties over consecutive sentences: all of them answer
+        order = [s for s, _ in scored]
+        at = order.index(sentence)
+        for step in (-1, 1):
+            i = at + step
+            while 0 <= i < len(order) and order[i].passage == sentence.passage:
+                if not answer_values(question, kind, order[i].text):
+                    break
+                if step < 0:
+                    run.insert(0, order[i])
+                else:
+                    run.append(order[i])
+                i += step
+    cites = [c for c in (_cite(passages, s, retriever) for s in run) if c is not None]
+    if not cites:
         return None
-    short = short_answer(question, cited.quote)
-    answer = short[0] if short is not None else cited.quote.strip()
-    draft = {"answer": answer, "citations": [{"passage": cited.passage, "quote": cited.quote}], "not_found": False}
+    quotes = " ".join(c.quote for c in cites)
+    short = short_answer(question, quotes)
+    answer = short[0] if short is not None else quotes.strip()
+    draft = {
+        "answer": answer,
+        "citations": [{"passage": c.passage, "quote": c.quote} for c in cites],
+        "not_found": False,
+    }
     detail = {"typed_reader": {"kind": kind, "similarity": round(similarity, 4), "candidates": len(stating)}}
-    return draft, [cited], {**detail, "citations": [_detail(cited)], "evidence_gate": evidence}
+    return draft, cites, {**detail, "citations": [_detail(c) for c in cites], "evidence_gate": evidence}
 
 
 async def analyse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

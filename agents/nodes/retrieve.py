@@ -1,7 +1,8 @@
 """retrieve: the query writer turns the question (and any critique feedback) into queries; hybrid search in the
 routed domain only — inside the documents the caller named (``doc_ids``), else inside the contract(s) the question
 names when the retriever resolves it confidently (``Retriever.resolve``), else the whole domain; results merged by
-reciprocal rank fusion and de-duplicated by chunk. The trace shows the scope and the resolution."""
+reciprocal rank fusion and de-duplicated by chunk. A question about the contract itself (its date, its parties) gets
+the contract's opening chunk as one more ranking. The trace shows the scope and the resolution."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from rolora import telemetry
 from rolora.retrieval import rrf_fuse_items
 from rolora.retrieval.resolve import clause_words
 from rolora.roles import QUERY_SCHEMA, query_writer_messages
+from rolora.roles.answer_types import about_the_contract
+from rolora.roles.verdicts import asked_sentence
 
 from ..state import AgentContext, AgentState
 from ..types import PassageRef, TraceStep
@@ -23,10 +26,24 @@ from .llm import call_role
 __all__ = ["fuse", "retrieve", "search_rankings"]
 
 
+OPENING = "(the contract's opening)"  # the query a passage added as its contract's opening shows
+
+
 def fuse(rankings: list[list[PassageRef]], k: int, rrf_k: int = 60) -> list[PassageRef]:
-    """Reciprocal rank fusion over the rankings of several queries; one entry per chunk, best first."""
-    fused = rrf_fuse_items(rankings, lambda p: p.chunk_id or p.citation, rrf_k)[:k]
-    return [p.model_copy(update={"score": round(score, 6)}) for p, score in fused]
+    """Reciprocal rank fusion over the rankings of several queries; one entry per chunk, best first. A contract's
+    opening added for a question about the contract itself (a ranking of query ``OPENING``) is always among the
+    ``k``: it takes the place of the last."""
+
+    def key(p: PassageRef) -> str:
+        return p.chunk_id or p.citation
+
+    fused = rrf_fuse_items(rankings, key, rrf_k)
+    pinned = {key(p) for ranking in rankings for p in ranking if p.query == OPENING}
+    top = fused[:k]
+    missing = [ps for ps in fused[k:] if key(ps[0]) in pinned][:k]
+    if missing:
+        top = sorted(top[: k - len(missing)] + missing, key=lambda ps: -ps[1])
+    return [p.model_copy(update={"score": round(score, 6)}) for p, score in top]
 
 
 def _add_queries(queries: list[str], new: list[str]) -> None:
@@ -53,6 +70,10 @@ def search_rankings(
     for q in queries:
         hits = retriever.search(q, k=k, mode=mode, doc_ids=scope)
         out.append([PassageRef.from_passage(h, query=q) for h in hits])
+    if scope and about_the_contract(question, clause_words(asked_sentence(question), tidy=True)):
+        # its date, its parties: the contract's opening states them, which a search for "Who are the parties?" may
+        # rank below clauses that mention "the Parties"; the opening chunk is one more ranking of its own
+        out.append([PassageRef.from_passage(p, query=OPENING) for d in scope for p in retriever.document_chunks(d)[:1]])
     return out, resolution
 
 

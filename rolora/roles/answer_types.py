@@ -21,9 +21,19 @@ import re
 from collections.abc import Sequence
 from typing import Literal, get_args
 
-from .verdicts import asked_sentence
+from .verdicts import asked_sentence, content_words
 
-__all__ = ["ANSWER_TYPES", "AnswerType", "answer_type", "answer_values", "iso_dates", "short_answer", "typed_values"]
+__all__ = [
+    "ANSWER_TYPES",
+    "AnswerType",
+    "about_the_contract",
+    "answer_type",
+    "answer_values",
+    "asks_every_party",
+    "iso_dates",
+    "short_answer",
+    "typed_values",
+]
 
 AnswerType = Literal["date", "period", "money", "percent", "law", "party"]
 ANSWER_TYPES: tuple[str, ...] = get_args(AnswerType)
@@ -151,6 +161,17 @@ def answer_type(question: str) -> AnswerType | None:
     return None
 
 
+_CONTRACT_WORDS = frozenset("party parties agreement contract".split())
+
+
+def about_the_contract(question: str, clause_words: str) -> bool:
+    """``question`` asks about the contract itself: for its date or a party, with fewer than three content words left
+    once the contract's names are gone (``clause_words`` of its asking sentence: "What is the effective date?", "Who
+    are the parties?"). Its opening states the answer, and shares the names with the question, not the words."""
+    words = [w for w in content_words(clause_words) if w not in _CONTRACT_WORDS]
+    return answer_type(question) in ("date", "party") and len(words) < 3
+
+
 def typed_values(text: str, kind: AnswerType) -> list[tuple[int, int]]:
     """The ``(start, end)`` spans of ``text`` that state a value of ``kind``, in order."""
     spans = []
@@ -194,6 +215,11 @@ def _is_notice(text: str, span: tuple[int, int]) -> bool:
 _ASKS_ALL_PARTIES = re.compile(r"\bwho are the\b|\bparties to\b", re.I)
 _ASKS_INDIVIDUAL = re.compile(r"\b(?:individual|person)\b", re.I)
 _IS_COMPANY = re.compile(rf"{_COMPANY_SUFFIX}(?:\s*\([A-Z]+\))?{_DEFINED_AS}\s*$", re.I)
+
+
+def asks_every_party(question: str) -> bool:
+    """``question`` asks for every party ("Who are the parties to the contract?"), not for one of them."""
+    return answer_type(question) == "party" and bool(_ASKS_ALL_PARTIES.search(asked_sentence(question)))
 
 
 def _all_parties(found: Sequence[tuple[str, tuple[int, int]]]) -> str:

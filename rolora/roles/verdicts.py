@@ -22,6 +22,7 @@ __all__ = [
     "YesNo",
     "answered_verdict",
     "asked_sentence",
+    "content_words",
     "evidence_query",
     "gold_verdict",
     "is_yes_no",
@@ -70,16 +71,21 @@ _FUNCTION_WORDS = frozenset(
 )
 
 
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` that say something about a clause (lower case; no question or function words)."""
+    return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _FUNCTION_WORDS]
+
+
 def evidence_query(question: str, clause_words: str, about_the_contract: bool = False) -> str:
     """What a sentence of the passages must be near to say something about what ``question`` asks (any question,
     ``agent.min_evidence_similarity``): the asking sentence without the contract's naming words (``clause_words`` of
-    it), or the asking sentence itself when too little is left. Too little is fewer than three words, or, for a
-    question ``about_the_contract`` itself (its date, its parties: what a preamble states), fewer than three content
-    words: "What is the effective date of the Mutual Non-Disclosure Agreement between A and B?" shares with the
-    preamble that answers it the names, not "effective date"."""
-    words = re.findall(r"[a-z0-9]+", clause_words.lower())
-    content = [w for w in words if w not in _FUNCTION_WORDS] if about_the_contract else words
-    return clause_words if len(content) >= 3 else asked_sentence(question)
+    it), or the asking sentence itself when fewer than three words are left or the question is
+    ``about_the_contract`` itself (:func:`rolora.roles.answer_types.about_the_contract`: "What is the effective date
+    of the Mutual Non-Disclosure Agreement between A and B?" shares the names with the preamble that answers it, not
+    "effective date")."""
+    if about_the_contract or len(clause_words.split()) < 3:
+        return asked_sentence(question)
+    return clause_words
 
 
 def says_nothing(answer: str) -> bool:
