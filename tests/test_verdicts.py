@@ -43,6 +43,16 @@ def test_a_yes_no_question_is_one_whose_asking_sentence_opens_with_an_auxiliary(
 
 
 def test_the_asking_sentence_drops_the_contract_context_before_it() -> None:
+    # and a note after it: CUAD explains some questions after their question mark
+    capped = (
+        "Consider the Supply Agreement between A; B. Does the contract include a cap on liability upon the breach of a "
+        "party's obligation? This includes time limitation for the counterparty to bring claims."
+    )
+    assert (
+        asked_sentence(capped)
+        == "Does the contract include a cap on liability upon the breach of a party's obligation?"
+    )
+    assert is_yes_no(capped)
     assert asked_sentence(CUAD_ASK) == (
         "Is consent or notice required of a party if the contract is assigned to a third party?"
     )

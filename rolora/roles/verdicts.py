@@ -50,10 +50,12 @@ _FORBIDS = re.compile(
 
 
 def asked_sentence(question: str) -> str:
-    """The sentence of ``question`` that asks (its last one): context before it, such as the contract it is about,
-    says nothing about the answer."""
-    parts = [p for p in _SENTENCES.split(question.strip()) if p.strip()]
-    return parts[-1].strip() if parts else question.strip()
+    """The sentence of ``question`` that asks: its last question (ending "?"), else its last sentence. Context before
+    it, such as the contract it is about, says nothing about the answer, and neither does a note after it ("Does the
+    contract include a cap on liability ...? This includes time limitation ...", CUAD's wording)."""
+    parts = [p.strip() for p in _SENTENCES.split(question.strip()) if p.strip()]
+    asking = [p for p in parts if p.endswith("?")]
+    return asking[-1] if asking else (parts[-1] if parts else question.strip())
 
 
 def is_yes_no(question: str) -> bool:
