@@ -192,10 +192,10 @@ class AgentConfig(_Strict):
     # mentioned", with the clause that decides it cited (rolora.roles.verdicts); off, they get an extractive answer
     yes_no: bool = True
     # a question no sentence of the passages is this near (cosine, retrieval embedder, to what it asks without the
-    # contract's names) is refused without a model call ("Not mentioned" for a yes/no question). 0.42: the highest
+    # contract's names) is refused without a model call ("Not mentioned" for a yes/no question). 0.41: the highest
     # refusal accuracy whose false refusals stay <= 20 % on the validation splits of CUAD and the example corpus
     # (bench/verdicts.py; README). 0 disables the check.
-    min_evidence_similarity: float = Field(0.42, ge=0, le=1)
+    min_evidence_similarity: float = Field(0.41, ge=0, le=1)
     route_min_confidence: float = Field(0.2, ge=0, le=1)
     # mean cosine (MiniLM) of the question with the routed domain's 3 nearest chunks; below it the question is off
     # topic for the corpus and is refused without a model call (sample corpus: its questions score >= 0.48,
@@ -373,7 +373,7 @@ agent:                      # the LangGraph graph behind `rolora ask`
   short_answers: true       # a question asking for a date, period, amount, percent, law, party: answered by the value
   typed_reader: true        # ... read without a model call from the passages' sentence nearest it that states one
   yes_no: true              # yes/no questions answered Yes / No / Not mentioned, the deciding clause cited
-  min_evidence_similarity: 0.42  # refused (Not mentioned) below it: cosine of the passages' nearest sentence; 0: off
+  min_evidence_similarity: 0.41  # refused (Not mentioned) below it: cosine of the passages' nearest sentence; 0: off
   route_min_confidence: 0.2 # below it: answer from default_domain, or ask (on_low_confidence: ask)
   min_relevance: 0.25       # off-topic for the domain's corpus (cosine of its nearest chunks): refused, no model call
   on_low_confidence: default
