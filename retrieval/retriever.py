@@ -365,11 +365,12 @@ class Retriever:
             chosen.append(rest.pop(best))
         return [scored[i] for i in chosen]
 
-    def document_chunks(self, doc_id: str) -> list[Passage]:
-        """Every chunk of one document in order, as passages (score 0)."""
+    def document_chunks(self, doc_id: str, limit: int | None = None) -> list[Passage]:
+        """Every chunk of one document in order (the first ``limit`` only, when given), as passages (score 0)."""
         with self._lock:
             rows = self.store.db.execute(
-                'SELECT chunk_id, start, "end", text, heading_path FROM chunks WHERE doc_id=? ORDER BY start', (doc_id,)
+                'SELECT chunk_id, start, "end", text, heading_path FROM chunks WHERE doc_id=? ORDER BY start LIMIT ?',
+                (doc_id, -1 if limit is None else limit),
             ).fetchall()
             meta = self._doc_meta.get(doc_id, {"doc_id": doc_id})
         return [Passage(r[3], 0.0, doc_id, int(r[1]), int(r[2]), r[4], r[0], dict(meta)) for r in rows]

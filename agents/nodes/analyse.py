@@ -162,17 +162,17 @@ def _typed_read(
     run = [sentence]
     if asks_every_party(question):  # a preamble names its parties over consecutive sentences: all of them answer
         order = [s for s, _ in scored]
-        at = order.index(sentence)
-        for step in (-1, 1):
-            i = at + step
-            while 0 <= i < len(order) and order[i].passage == sentence.passage:
-                if not answer_values(question, kind, order[i].text):
-                    break
-                if step < 0:
-                    run.insert(0, order[i])
-                else:
-                    run.append(order[i])
-                i += step
+        naming = {id(s) for s, _ in stating}
+
+        def names_parties(i: int) -> bool:
+            return order[i].passage == sentence.passage and id(order[i]) in naming
+
+        lo = hi = order.index(sentence)
+        while lo > 0 and names_parties(lo - 1):
+            lo -= 1
+        while hi + 1 < len(order) and names_parties(hi + 1):
+            hi += 1
+        run = order[lo : hi + 1]
     cites = [c for c in (_cite(passages, s, retriever) for s in run) if c is not None]
     if not cites:
         return None

@@ -73,7 +73,7 @@ def search_rankings(
     if scope and about_the_contract(question, clause_words(asked_sentence(question), tidy=True)):
         # its date, its parties: the contract's opening states them, which a search for "Who are the parties?" may
         # rank below clauses that mention "the Parties"; the opening chunk is one more ranking of its own
-        out.append([PassageRef.from_passage(p, query=OPENING) for d in scope for p in retriever.document_chunks(d)[:1]])
+        out.append([PassageRef.from_passage(p, query=OPENING) for d in scope for p in retriever.document_chunks(d, 1)])
     return out, resolution
 
 

@@ -93,8 +93,7 @@ def evidence_query(question: str, clause_words: str, about_the_contract: bool = 
 def says_nothing(answer: str) -> bool:
     """An answer without a content word ("the", "of the", "") or one that is only a yes or a no: it answers no
     question that asks for something other than a verdict."""
-    words = re.findall(r"[a-z0-9]+", answer.lower())
-    return all(w in _FUNCTION_WORDS or w in ("yes", "no", "not") for w in words)
+    return all(w in ("yes", "no", "not") for w in content_words(answer))
 
 
 def verdict_of(question: str, similarity: float | None, clause: str | None, min_similarity: float) -> YesNo:
