@@ -15,11 +15,14 @@ the vectors of different backends apart.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EMBEDDERS",
@@ -57,7 +60,14 @@ class SentenceTransformerEmbedder:
         if bf16:
             import torch
 
+            from rolora.hardware import cpu_has_bf16_units
+
             model_kwargs = {"dtype": torch.bfloat16}
+            if not cpu_has_bf16_units():
+                log.warning(
+                    "models.embedder_backend: torch-bf16 on a CPU without bf16 units (amx_bf16/avx512_bf16): "
+                    "it embeds several times slower than fp32 here; set models.embedder_backend: torch"
+                )
         self._bf16 = bf16
         self._model = SentenceTransformer(
             str(path), device=device or "cpu", local_files_only=True, model_kwargs=model_kwargs

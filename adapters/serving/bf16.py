@@ -24,17 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rolora.hardware import cpu_has_bf16_units
+
 __all__ = ["bf16_prefill", "cast_cache", "cpu_has_bf16_units", "resolve_quantize"]
-
-
-def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU advertises bf16 matrix or dot-product units (``amx_bf16`` or ``avx512_bf16``)."""
-    try:
-        text = cpuinfo.read_text(errors="ignore")
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_quantize(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
