@@ -158,7 +158,7 @@ def main() -> None:
     from rolora.adapters.serving.int8 import Int8Linear, quantize_linear_int8
 
     served = copy.deepcopy(model)
-    quantize_linear_int8(served)  # what backend.quantize: int8 serves (8-bit range, down projections fp32)
+    quantize_linear_int8(served)  # what backend.quantize: int8 serves on this CPU (int8.py: VNNI or not)
     served_bytes = weight_bytes_per_token(served, linear_bytes=4) - sum(
         3 * m.in_features * m.out_features for m in served.modules() if isinstance(m, Int8Linear)
     )
