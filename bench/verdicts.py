@@ -2,7 +2,8 @@
 a question asks for the graph to answer it (below it: refused; a yes/no question: "Not mentioned").
 
     .venv/bin/python bench/verdicts.py --suite cuad=evals/suites/cuad-validation.yaml \\
-        --suite contracts=evals/suites/contracts-validation.yaml [--max-false-refusals 0.2] [--out bench/results]
+        --suite contracts=evals/suites/contracts-validation.yaml [--max-false-refusals 0.2] [--out bench/results] \\
+        [--stem verdicts] [--baseline bench/results/verdicts.json]
 
 Each ``--suite`` is ``ROLORA_HOME=SUITE`` or ``SUITE`` (the current ``ROLORA_HOME``): the home holding the suite's
 domain index. For every question the graph's own retrieval runs (``search_rankings`` + ``fuse`` of the retrieve
@@ -12,7 +13,12 @@ node, ``agent.k`` passages) and the analyst's numbered sentences are scored as t
 threshold the refusal accuracy on unanswerable questions and the false refusals of answerable ones. Chosen, on all
 questions pooled: the threshold with the highest refusal accuracy whose false refusals stay within
 ``--max-false-refusals`` (the adapters issue's bound: refusals of answerable questions <= 20 %). Results go to
-``--out``/verdicts.json and a PNG of both rates against the threshold. Never run it on a test split.
+``--out``/``--stem``.json and a PNG of both rates against the threshold. Never run it on a test split.
+
+``--baseline`` is an earlier run's JSON over the same questions (another embedder, say): per group, the ROC AUC of
+both on the questions they share and its paired difference, and refusal accuracy / false refusals each at its own
+chosen threshold, with 95 % intervals from a bootstrap that resamples whole contracts (a contract's questions share
+its text, so resampling questions alone would understate the spread).
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ def score_questions(suite_path: Path, home: str | None) -> tuple[list[dict[str, 
             {
                 "suite": suite.name,
                 "id": q.id,
+                "doc_id": q.doc_id,
                 "group": "yes/no" if is_yes_no(q.question) else "other",
                 "gold": gold_verdict(q.answers, q.answerable),
                 "similarity": evidence["similarity"],
@@ -95,11 +102,59 @@ def choose(table: list[dict[str, float]], max_false: float) -> dict[str, float]:
     return max(ok, key=lambda r: (r["refusal_accuracy"], -r["threshold"]))
 
 
+def compare(rows: list[dict[str, Any]], base: dict[str, Any], samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """This run against ``base`` (an earlier result) on the questions both scored, per group: AUC and, each at its
+    own chosen threshold, refusal accuracy and false refusals; differences with contract-resampled 95 % intervals."""
+    import numpy as np
+
+    by_id = {r["id"]: r for r in base["questions"]}
+    shared = [r for r in rows if r["id"] in by_id]
+    t_new, t_old = _chosen_threshold(rows), base["chosen"]["threshold"]
+    out: dict[str, Any] = {"n": len(shared), "thresholds": {"baseline": t_old, "this": t_new}, "groups": {}}
+    rng = np.random.default_rng(seed)
+    for group in GROUPS:
+        sub = [r for r in shared if group == "all" or r["group"] == group]
+        docs = sorted({r["doc_id"] for r in sub})
+        by_doc = {d: [r for r in sub if r["doc_id"] == d] for d in docs}
+
+        def figures(rs: list[dict[str, Any]]) -> dict[str, float]:
+            fig: dict[str, float] = {}
+            for side, t, sim in (("baseline", t_old, lambda r: by_id[r["id"]]["similarity"]), ("this", t_new, None)):
+                get = sim or (lambda r: r["similarity"])
+                pos = [get(r) or -1.0 for r in rs if r["gold"] != "Not mentioned"]
+                neg = [get(r) or -1.0 for r in rs if r["gold"] == "Not mentioned"]
+                fig[f"{side}_auc"] = auc(pos, neg)
+                fig[f"{side}_refusal_accuracy"] = statistics.mean(x < t for x in neg) if neg else float("nan")
+                fig[f"{side}_false_refusals"] = statistics.mean(x < t for x in pos) if pos else float("nan")
+            return fig
+
+        point = figures(sub)
+        draws = [figures([r for d in rng.choice(docs, len(docs)) for r in by_doc[d]]) for _ in range(samples)]
+        g: dict[str, Any] = {"n": len(sub), "contracts": len(docs)}
+        for metric in ("auc", "refusal_accuracy", "false_refusals"):
+            diffs = np.array([x[f"this_{metric}"] - x[f"baseline_{metric}"] for x in draws], dtype=float)
+            low, high = np.nanquantile(diffs, [0.025, 0.975])
+            g[metric] = {
+                "baseline": point[f"baseline_{metric}"],
+                "this": point[f"this_{metric}"],
+                "delta": point[f"this_{metric}"] - point[f"baseline_{metric}"],
+                "ci": [float(low), float(high)],
+            }
+        out["groups"][group] = g
+    return out
+
+
+def _chosen_threshold(rows: list[dict[str, Any]], max_false: float = 0.2) -> float:
+    return choose(sweep(rows), max_false)["threshold"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", action="append", required=True, help="[ROLORA_HOME=]SUITE.yaml, repeatable")
     ap.add_argument("--max-false-refusals", type=float, default=0.2)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--stem", default="verdicts", help="file name of the JSON and PNG written under --out")
+    ap.add_argument("--baseline", type=Path, help="an earlier run's JSON over the same questions, to compare with")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -141,9 +196,25 @@ def main() -> None:
         if group in result["groups"]:
             r = next(x for x in result["groups"][group]["sweep"] if x["threshold"] == chosen["threshold"])
             print(f"  {group}: refusal accuracy {r['refusal_accuracy']:.3f}, false refusals {r['false_refusals']:.3f}")
-    (args.out / "verdicts.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    plot(result, args.out / "verdicts.png")
-    print(f"wrote {args.out / 'verdicts.json'} and {args.out / 'verdicts.png'}")
+    if args.baseline is not None:
+        base = json.loads(args.baseline.read_text(encoding="utf-8"))
+        result["baseline"] = {"file": args.baseline.name, **compare(rows, base)}
+        th = result["baseline"]["thresholds"]
+        print(
+            f"\nagainst {args.baseline.name} ({result['baseline']['n']} shared questions; each at its chosen "
+            f"threshold: {th['baseline']:.2f} vs {th['this']:.2f}; 95 % CI resampling contracts)"
+        )
+        for group, g in result["baseline"]["groups"].items():
+            cells = [
+                f"{m} {g[m]['baseline']:.3f} -> {g[m]['this']:.3f} ({g[m]['delta']:+.3f} "
+                f"[{g[m]['ci'][0]:+.3f}, {g[m]['ci'][1]:+.3f}])"
+                for m in ("auc", "refusal_accuracy", "false_refusals")
+            ]
+            print(f"  {group} (n={g['n']}, {g['contracts']} contracts): " + "; ".join(cells))
+    json_path, png_path = args.out / f"{args.stem}.json", args.out / f"{args.stem}.png"
+    json_path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    plot(result, png_path)
+    print(f"wrote {json_path} and {png_path}")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
