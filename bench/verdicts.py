@@ -102,34 +102,45 @@ def choose(table: list[dict[str, float]], max_false: float) -> dict[str, float]:
     return max(ok, key=lambda r: (r["refusal_accuracy"], -r["threshold"]))
 
 
-def compare(rows: list[dict[str, Any]], base: dict[str, Any], samples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """This run against ``base`` (an earlier result) on the questions both scored, per group: AUC and, each at its
-    own chosen threshold, refusal accuracy and false refusals; differences with contract-resampled 95 % intervals."""
+def compare(
+    rows: list[dict[str, Any]], threshold: float, base: dict[str, Any], samples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """This run (its rows, its chosen ``threshold``) against ``base`` (an earlier result at its own chosen threshold)
+    on the questions both scored, per group: AUC, refusal accuracy and false refusals; differences with
+    contract-resampled 95 % intervals."""
     import numpy as np
 
     by_id = {r["id"]: r for r in base["questions"]}
     shared = [r for r in rows if r["id"] in by_id]
-    t_new, t_old = _chosen_threshold(rows), base["chosen"]["threshold"]
-    out: dict[str, Any] = {"n": len(shared), "thresholds": {"baseline": t_old, "this": t_new}, "groups": {}}
+    sides = {"baseline": base["chosen"]["threshold"], "this": threshold}
+    out: dict[str, Any] = {"n": len(shared), "thresholds": sides, "groups": {}}
     rng = np.random.default_rng(seed)
     for group in GROUPS:
         sub = [r for r in shared if group == "all" or r["group"] == group]
-        docs = sorted({r["doc_id"] for r in sub})
-        by_doc = {d: [r for r in sub if r["doc_id"] == d] for d in docs}
+        # per question: answerable?, its contract, and each side's similarity (None scores below every threshold)
+        qs = [
+            (
+                r["gold"] != "Not mentioned",
+                r["doc_id"],
+                {"baseline": by_id[r["id"]]["similarity"], "this": r["similarity"]},
+            )
+            for r in sub
+        ]
+        docs = sorted({d for _, d, _ in qs})
+        by_doc = {d: [q for q in qs if q[1] == d] for d in docs}
 
-        def figures(rs: list[dict[str, Any]]) -> dict[str, float]:
+        def figures(picked: list[tuple[bool, str, dict[str, float | None]]]) -> dict[str, float]:
             fig: dict[str, float] = {}
-            for side, t, sim in (("baseline", t_old, lambda r: by_id[r["id"]]["similarity"]), ("this", t_new, None)):
-                get = sim or (lambda r: r["similarity"])
-                pos = [get(r) or -1.0 for r in rs if r["gold"] != "Not mentioned"]
-                neg = [get(r) or -1.0 for r in rs if r["gold"] == "Not mentioned"]
+            for side, t in sides.items():
+                pos = [s[side] or -1.0 for answerable, _, s in picked if answerable]
+                neg = [s[side] or -1.0 for answerable, _, s in picked if not answerable]
                 fig[f"{side}_auc"] = auc(pos, neg)
                 fig[f"{side}_refusal_accuracy"] = statistics.mean(x < t for x in neg) if neg else float("nan")
                 fig[f"{side}_false_refusals"] = statistics.mean(x < t for x in pos) if pos else float("nan")
             return fig
 
-        point = figures(sub)
-        draws = [figures([r for d in rng.choice(docs, len(docs)) for r in by_doc[d]]) for _ in range(samples)]
+        point = figures(qs)
+        draws = [figures([q for d in rng.choice(docs, len(docs)) for q in by_doc[d]]) for _ in range(samples)]
         g: dict[str, Any] = {"n": len(sub), "contracts": len(docs)}
         for metric in ("auc", "refusal_accuracy", "false_refusals"):
             diffs = np.array([x[f"this_{metric}"] - x[f"baseline_{metric}"] for x in draws], dtype=float)
@@ -142,10 +153,6 @@ def compare(rows: list[dict[str, Any]], base: dict[str, Any], samples: int = 100
             }
         out["groups"][group] = g
     return out
-
-
-def _chosen_threshold(rows: list[dict[str, Any]], max_false: float = 0.2) -> float:
-    return choose(sweep(rows), max_false)["threshold"]
 
 
 def main() -> None:
@@ -198,7 +205,7 @@ def main() -> None:
             print(f"  {group}: refusal accuracy {r['refusal_accuracy']:.3f}, false refusals {r['false_refusals']:.3f}")
     if args.baseline is not None:
         base = json.loads(args.baseline.read_text(encoding="utf-8"))
-        result["baseline"] = {"file": args.baseline.name, **compare(rows, base)}
+        result["baseline"] = {"file": args.baseline.name, **compare(rows, chosen["threshold"], base)}
         th = result["baseline"]["thresholds"]
         print(
             f"\nagainst {args.baseline.name} ({result['baseline']['n']} shared questions; each at its chosen "

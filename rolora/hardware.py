@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 __all__ = ["cpu_flags", "cpu_has_bf16_units", "cpu_has_int8_dot_units"]
 
 
+@cache
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The feature flags of this CPU's first core as ``/proc/cpuinfo`` lists them (empty where it cannot be read)."""
+    """The feature flags of this CPU's first core as ``/proc/cpuinfo`` lists them (empty where it cannot be read);
+    read once per file."""
     try:
         text = cpuinfo.read_text(errors="ignore")
     except OSError:

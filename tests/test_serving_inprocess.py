@@ -194,7 +194,7 @@ def test_quantized_backend_keeps_lora_fp32_around_its_base_layers(
     from rolora.adapters.serving.int8 import KEEP_FP32, KEEP_FP32_WITHOUT_VNNI, Int8Linear
     from rolora.hardware import cpu_has_int8_dot_units
 
-    swapped, base_corr, own_corr = (Int8Linear, 0.93, 0.5) if quantize == "int8" else (Bf16Linear, 0.99, 0.9)
+    swapped, base_corr, own_corr = (Int8Linear, 0.95, 0.5) if quantize == "int8" else (Bf16Linear, 0.99, 0.9)
     with pytest.raises(UserError, match=r"backend\.quantize"):
         InProcessBackend(generator_dir, quantize="int4")
     q = InProcessBackend(generator_dir, DirectoryAdapters(TEST_HOME / "test-adapters"), quantize=quantize)
@@ -283,7 +283,7 @@ def test_int8_keeps_activations_to_7_bits_on_a_cpu_without_int8_dot_units(genera
     assert seven_corr > 0.93  # 7 bits: close on every CPU (0.949-0.959 on the AVX2-only EPYC)
     full_corr = min(corr(full[i], want[i]) for i in range(3))
     if cpu_has_int8_dot_units():
-        assert full_corr > 0.93  # int32 sums: full range is safe here (0.97-0.99 with VNNI)
+        assert full_corr > 0.95  # int32 sums: full range is safe here (0.97-0.99 with VNNI)
     else:
         assert full_corr < seven_corr - 0.2  # saturated (0.50-0.56): why 7 bits here
 
