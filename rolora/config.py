@@ -109,7 +109,8 @@ class BackendConfig(_Strict):
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
     quantize: Quantize = Field(
         "auto",
-        description="inprocess: auto (bf16 where the CPU has bf16 matrix units, AMX or AVX512-BF16, else none), "
+        description="inprocess: auto (bf16 where the CPU has bf16 matrix units, AMX or AVX512-BF16; int8 where it has "
+        "AVX2 but neither bf16 nor int8 dot-product units; else none), "
         "none (float32 throughout), int8 (int8 weights for the base model's linear layers, dynamic "
         "quantization; LoRA stays fp32), bf16 (the prompt's prefill under bfloat16 autocast, decoding in fp32), or "
         "bf16-weights (bf16 copies of the base model's linear weights for prefill and decoding, the rest and LoRA "
@@ -355,8 +356,8 @@ backend:
   kind: inprocess           # inprocess | vllm (env: ROLORA_BACKEND)
   endpoints: ["http://127.0.0.1:8000"]
   torch_threads: 0          # 0 = torch default
-  quantize: auto            # inprocess: auto (bf16 where the CPU has AMX/AVX512-BF16, else none) | none | int8 | bf16
-                            #   | bf16-weights
+  quantize: auto            # inprocess: auto (bf16 with AMX/AVX512-BF16; int8 with AVX2 only; else none) | none
+                            #   | int8 | bf16 | bf16-weights
   prefix_cache: true        # inprocess: reuse the key/value cache of a prompt prefix shared with a recent prompt
   prompt_lookup: 0          # inprocess: drafts of N tokens copied from the prompt, verified by the model (0 = off)
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)

@@ -267,7 +267,7 @@ def test_int8_keeps_activations_to_7_bits_on_a_cpu_without_int8_dot_units(genera
     def logits(setting: bool | None) -> torch.Tensor:
         model = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
         if setting is not None:
-            n = quantize_linear_int8(model, int8_dot_units=setting)
+            n = quantize_linear_int8(model, int8_dot_units=setting, workers=2)  # layers packed in 2 threads
             layer = model.model.layers[0]
             assert n > 100 and type(layer.mlp.down_proj) is torch.nn.Linear
             assert isinstance(layer.self_attn.v_proj, Int8Linear) is setting  # fp32 with 7-bit activations
@@ -279,6 +279,11 @@ def test_int8_keeps_activations_to_7_bits_on_a_cpu_without_int8_dot_units(genera
         return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
     want, seven, full = logits(None), logits(False), logits(True)
+    # packing the layers in threads gives the same logits as packing them one by one
+    serial = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
+    quantize_linear_int8(serial, int8_dot_units=False, workers=1)
+    with torch.inference_mode():
+        assert torch.equal(serial(**enc).logits[:, -1], seven)
     seven_corr = min(corr(seven[i], want[i]) for i in range(3))
     assert seven_corr > 0.93  # 7 bits: close on every CPU (0.949-0.959 on the AVX2-only EPYC)
     full_corr = min(corr(full[i], want[i]) for i in range(3))
@@ -305,10 +310,15 @@ def test_bf16_prefill_runs_the_prompt_in_bf16_and_decodes_in_fp32(
     (tmp_path / "avx2").write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
     assert cpu_has_bf16_units(tmp_path / "amx") and cpu_has_bf16_units(tmp_path / "zen4")
     assert not cpu_has_bf16_units(tmp_path / "avx2") and not cpu_has_bf16_units(tmp_path / "missing")
-    # backend.quantize: auto (the default) is bf16 prefill where the CPU has the units, fp32 elsewhere (bf16-weights
-    # stays opt-in: it turned the demo's answer wrong); other settings are themselves
+    (tmp_path / "icl").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    (tmp_path / "sse").write_text("processor\t: 0\nflags\t\t: fpu sse sse4_2\n")
+    # backend.quantize: auto (the default) is bf16 prefill where the CPU has the units, int8 (7-bit activations) on
+    # AVX2 without bf16 or int8 dot-product units, fp32 elsewhere (bf16-weights stays opt-in: it turned the demo's
+    # answer wrong); other settings are themselves
     assert resolve_quantize("auto", tmp_path / "amx") == resolve_quantize("auto", tmp_path / "zen4") == "bf16"
-    assert resolve_quantize("auto", tmp_path / "avx2") == resolve_quantize("auto", tmp_path / "missing") == "none"
+    assert resolve_quantize("auto", tmp_path / "avx2") == "int8"
+    assert resolve_quantize("auto", tmp_path / "icl") == resolve_quantize("auto", tmp_path / "sse") == "none"
+    assert resolve_quantize("auto", tmp_path / "missing") == "none"
     settings = ["none", "int8", "bf16", "bf16-weights"]
     assert [resolve_quantize(q, tmp_path / "amx") for q in settings] == settings
 

@@ -147,7 +147,7 @@ class InProcessBackend(BackendBase):
         self._model.eval()
         from .bf16 import cpu_has_bf16_units, resolve_quantize
 
-        self.quantize = quantize = resolve_quantize(quantize)  # auto: bf16 on a CPU with bf16 units, else none
+        self.quantize = quantize = resolve_quantize(quantize)  # auto: bf16 / int8 / none by the CPU's units
         if quantize == "int8":
             from .int8 import quantize_linear_int8
 

@@ -64,11 +64,18 @@ KEEP_FP32_WITHOUT_VNNI = ("down_proj", "v_proj")  # and the attention value proj
 
 
 def quantize_linear_int8(
-    model: nn.Module, keep_fp32: tuple[str, ...] | None = None, int8_dot_units: bool | None = None
+    model: nn.Module,
+    keep_fp32: tuple[str, ...] | None = None,
+    int8_dot_units: bool | None = None,
+    workers: int | None = None,
 ) -> int:
     """Swap every plain ``nn.Linear`` under ``model`` (but those named in ``keep_fp32``) for :class:`Int8Linear`
     in place; returns how many. ``int8_dot_units`` (default: read from ``/proc/cpuinfo``) picks full-range
-    activations and :data:`KEEP_FP32`, or 7-bit activations and :data:`KEEP_FP32_WITHOUT_VNNI`."""
+    activations and :data:`KEEP_FP32`, or 7-bit activations and :data:`KEEP_FP32_WITHOUT_VNNI`. The layers are
+    packed in ``workers`` threads (default: torch's thread count; packing one layer is single-threaded)."""
     dot = cpu_has_int8_dot_units() if int8_dot_units is None else int8_dot_units
     keep = keep_fp32 if keep_fp32 is not None else (KEEP_FP32 if dot else KEEP_FP32_WITHOUT_VNNI)
-    return swap_linear(model, lambda linear: Int8Linear.from_linear(linear, reduce_range=not dot), keep=keep)
+    workers = max(1, torch.get_num_threads()) if workers is None else workers
+    return swap_linear(
+        model, lambda linear: Int8Linear.from_linear(linear, reduce_range=not dot), keep=keep, workers=workers
+    )

@@ -28,15 +28,25 @@ def linear_shell(cls: type[L], linear: nn.Linear) -> L:
     return new
 
 
-def swap_linear(model: nn.Module, replace: Callable[[nn.Linear], nn.Linear], keep: tuple[str, ...] = ()) -> int:
+def swap_linear(
+    model: nn.Module, replace: Callable[[nn.Linear], nn.Linear], keep: tuple[str, ...] = (), workers: int = 1
+) -> int:
     """Swap every plain ``nn.Linear`` under ``model`` (not a subclass, not one named in ``keep``) for
-    ``replace(linear)`` in place; returns how many."""
+    ``replace(linear)`` in place; returns how many. ``workers`` > 1 builds the replacements in that many threads
+    (for ``replace`` functions whose kernels release the GIL, such as int8 packing); the swap itself is serial."""
     swaps = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
         if type(child) is nn.Linear and name not in keep
     ]
-    for parent, name, child in swaps:
-        setattr(parent, name, replace(child))
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rolora-swap") as pool:
+            built = list(pool.map(replace, [child for _, _, child in swaps]))
+    else:
+        built = [replace(child) for _, _, child in swaps]
+    for (parent, name, _), new in zip(swaps, built, strict=True):
+        setattr(parent, name, new)
     return len(swaps)
