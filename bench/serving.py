@@ -1,6 +1,6 @@
 """Serving benchmark: 16 concurrent requests x 64 new tokens, greedy, ratios from one run.
 
-    .venv/bin/python bench/serving.py [--requests 16] [--tokens 64] [--no-vllm]
+    .venv/bin/python bench/serving.py [--requests 16] [--tokens 64] [--no-vllm] [--quantize auto]
 
 Rows: in-process base-only, in-process mixed (3 adapters + base; fused LoRA, the default), the same mixed batch on
 PEFT's own per-adapter path (``fused_lora=False``), in-process without micro-batching (sequential), and, unless
@@ -10,7 +10,9 @@ test adapters' replies end sooner than the base model's, and the mixed batch did
 decoding steps, which read as 0.85x); the in-process rows run ``--repeats`` times interleaved (best of each
 printed), and the mixed / base-only ratio is also printed per repeat (the two ran back to back, alternating which
 first) with its median: on a VM whose speed moves by a third within minutes, single runs say little. Goals:
-in-process mixed >= 3x vLLM-CPU mixed; mixed >= 0.9x base-only; micro-batched >= 4x sequential.
+in-process mixed >= 3x vLLM-CPU mixed; mixed >= 0.9x base-only; micro-batched >= 4x sequential. The in-process rows
+run ``--quantize`` (``backend.quantize``; default ``auto``, what ``rolora.yaml`` runs on this CPU: int8 on an
+AVX2-only one, the header says which); vLLM-CPU runs float32 whatever it is.
 """
 
 from __future__ import annotations
@@ -59,15 +61,19 @@ def run(backend: Any, reqs: list[Any]) -> tuple[float, int]:
 
 
 def main() -> None:
+    from rolora.config import QUANTIZE_CHOICES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved runs of the in-process rows (best kept)")
+    ap.add_argument("--quantize", default="auto", choices=QUANTIZE_CHOICES, help="backend.quantize, in-process rows")
     args = ap.parse_args()
 
     from rolora.adapters.serving import DirectoryAdapters
     from rolora.adapters.serving.inprocess import InProcessBackend
+    from rolora.adapters.serving.quantize import resolve_quantize
     from rolora.models import prepare_generator
 
     from conftest import TEST_HOME, make_lora_adapter
@@ -77,10 +83,12 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     for seed, name in enumerate(["alpha@1", "beta@1", "gamma@1"], start=1):
         make_lora_adapter(base_dir, root / name, seed)
+    quantize = resolve_quantize(args.quantize)
     rows: dict[str, float] = {}
     n, tok = args.requests, args.tokens
-    backend = InProcessBackend(base_dir, DirectoryAdapters(root), batch_window_ms=10, max_batch_size=n)
-    peft = InProcessBackend(base_dir, DirectoryAdapters(root), batch_window_ms=10, max_batch_size=n, fused_lora=False)
+    common = {"batch_window_ms": 10, "max_batch_size": n, "quantize": quantize}
+    backend = InProcessBackend(base_dir, DirectoryAdapters(root), **common)
+    peft = InProcessBackend(base_dir, DirectoryAdapters(root), **common, fused_lora=False)
     # interleaved repeats, best of each (a noisy machine slows single runs, not the ratio of the best ones)
     runs: dict[str, list[float]] = {"in-process base": [], "in-process mixed": [], "in-process mixed (PEFT)": []}
     run(backend, requests(n, 4, mixed=True))  # warm-up: the adapters are loaded, base rows then run through PEFT
@@ -96,7 +104,7 @@ def main() -> None:
     assert backend.fused_batches > 0 and peft.fused_batches == 0
     backend.close()
     peft.close()
-    seq = InProcessBackend(base_dir, DirectoryAdapters(root), micro_batching=False)
+    seq = InProcessBackend(base_dir, DirectoryAdapters(root), micro_batching=False, quantize=quantize)
     rows["in-process sequential"], _ = run(seq, requests(n, tok, mixed=True))
     seq.close()
     if not args.no_vllm:
@@ -124,7 +132,8 @@ def main() -> None:
             vllm.close()
         finally:
             server.stop()
-    print(f"== {n} concurrent requests x {tok} new tokens, greedy, fp32 CPU")
+    setting = quantize if quantize == args.quantize else f"{quantize} ({args.quantize} on this CPU)"
+    print(f"== {n} concurrent requests x {tok} new tokens, greedy; in-process backend.quantize {setting}, vLLM float32")
     for name, v in rows.items():
         print(f"  {name:<24} {v:8.1f} tok/s")
     print(

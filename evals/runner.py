@@ -228,7 +228,7 @@ def _hash(data: Any) -> str:
 def _quantize_run(kind: str, setting: str) -> str:
     """What a ``backend.quantize`` setting runs on a backend of ``kind``: ``auto`` is what the in-process backend
     resolves it to for this CPU (``resolve_quantize``) and none on vLLM, which does not read it."""
-    from rolora.adapters.serving.bf16 import resolve_quantize
+    from rolora.adapters.serving.quantize import resolve_quantize
 
     if setting != "auto":
         return setting

@@ -260,7 +260,7 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
     }
     assert fp["base"] == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
     # backend.quantize: auto (the default) is fingerprinted as what it runs on this CPU: bf16 runs are runs of their own
-    from rolora.adapters.serving.bf16 import resolve_quantize
+    from rolora.adapters.serving.quantize import resolve_quantize
 
     auto = _plan(suite, Config.model_validate(plain), None, "base", ["contracts"], {}).fingerprints["contracts"]
     ran = Config.model_validate({**plain, "backend": {"quantize": resolve_quantize("auto")}})

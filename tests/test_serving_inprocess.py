@@ -302,8 +302,9 @@ def test_bf16_prefill_runs_the_prompt_in_bf16_and_decodes_in_fp32(
     fused path and answers."""
     import torch
 
-    from rolora.adapters.serving.bf16 import bf16_prefill, cpu_has_bf16_units, resolve_quantize
+    from rolora.adapters.serving.bf16 import bf16_prefill, cpu_has_bf16_units
     from rolora.adapters.serving.inprocess import InProcessBackend
+    from rolora.adapters.serving.quantize import resolve_quantize
 
     (tmp_path / "amx").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
     (tmp_path / "zen4").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
@@ -437,7 +438,7 @@ def test_the_agents_backend_takes_every_backend_setting(generator_dir: Path) -> 
         assert isinstance(backend._model.model.layers[0].self_attn.q_proj, Int8Linear)
     finally:
         backend.close()
-    from rolora.adapters.serving.bf16 import resolve_quantize
+    from rolora.adapters.serving.quantize import resolve_quantize
 
     default = make_backend(Config.model_validate({"home": str(TEST_HOME)}))
     try:  # quantize: auto, what this CPU runs fastest at answers within the eval's CI

@@ -10,7 +10,7 @@ kernels with the adapters in fp32 (:mod:`.int8`); ``quantize="bf16"`` runs the p
 autocast and decodes in fp32 (:mod:`.bf16`: prefill ~2x as fast on CPUs with bf16 matrix units, AMX);
 ``quantize="bf16-weights"`` keeps bfloat16 copies of the linear layers' weights for prefill and decoding
 (:mod:`.bf16_weights`; the rest of the model and the adapters fp32); ``quantize="auto"`` (``rolora.yaml``'s
-default; the class's is ``"none"``) picks by CPU (:func:`.bf16.resolve_quantize`). ``prompt_lookup``
+default; the class's is ``"none"``) picks by CPU (:func:`.quantize.resolve_quantize`). ``prompt_lookup``
 (``backend.prompt_lookup``, off by default) decodes a greedy request alone with drafts copied from its prompt
 (:mod:`.prompt_lookup`). All model work happens on one worker thread, so the backend is thread-safe.
 
@@ -145,7 +145,8 @@ class InProcessBackend(BackendBase):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         self._model.eval()
-        from .bf16 import cpu_has_bf16_units, resolve_quantize
+        from .bf16 import cpu_has_bf16_units
+        from .quantize import resolve_quantize
 
         self.quantize = quantize = resolve_quantize(quantize)  # auto: bf16 / int8 / none by the CPU's units
         if quantize == "int8":

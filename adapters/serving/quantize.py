@@ -1,0 +1,37 @@
+"""Which ``backend.quantize`` the in-process backend runs on this CPU (no torch import).
+
+The settings themselves live beside their kernels: ``int8`` in :mod:`.int8`, ``bf16`` and ``bf16-weights`` in
+:mod:`.bf16` and :mod:`.bf16_weights`. ``auto``, the default of ``rolora.yaml``, is resolved here from the CPU's
+feature flags (:mod:`rolora.hardware`), by what was measured on each kind of CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rolora.hardware import cpu_flags, cpu_has_bf16_units, cpu_has_int8_dot_units
+
+__all__ = ["resolve_quantize"]
+
+
+def resolve_quantize(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What ``backend.quantize`` runs; any setting but ``auto`` is itself. ``auto`` is, by what was measured on each
+    kind of CPU (README, "Speed on 2 cores"):
+
+    - ``bf16`` on a CPU with bf16 units (AMX, AVX512-BF16): the prefill ~1.5-2x as fast, answers within the eval's CI;
+    - ``int8`` on an x86 CPU with AVX2 but neither bf16 nor int8 dot-product units (7-bit activations, see
+      :mod:`.int8`): on a 2-core AMD EPYC, ``ask`` p50 0.72-0.88x fp32's, every answer metric equal on the
+      validation splits (240 CUAD questions, 24 example ones), and within its paired CI when every question is
+      asked of the model (where a third of the model's answers differ: ``none`` keeps fp32's);
+    - ``none`` elsewhere (no AVX2; or int8 dot-product units without bf16 ones, where full-range int8 turned one
+      answer of 16 into a refusal for a 5 % gain).
+
+    ``bf16-weights`` stays opt-in: on an AMD EPYC with AVX512-BF16 its analyst calls took 0.79x the fp32 time, but it
+    turned the demo's answer wrong."""
+    if setting != "auto":
+        return setting
+    if cpu_has_bf16_units(cpuinfo):
+        return "bf16"
+    if "avx2" in cpu_flags(cpuinfo) and not cpu_has_int8_dot_units(cpuinfo):
+        return "int8"
+    return "none"
