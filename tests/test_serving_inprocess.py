@@ -180,6 +180,89 @@ def test_fused_mixed_batch_equals_pefts_own_mixed_batch(
         plain.close()
 
 
+def test_mkl_thread_count_is_set_for_the_calling_thread_only() -> None:
+    """``mkl_thread_local`` changes MKL's thread count on the thread that calls it, returns that thread's previous
+    setting, and leaves the other threads (here the main one) on the process-wide count; without MKL it is None."""
+    import threading
+
+    import torch
+
+    from rolora.adapters.serving.blas_threads import mkl_max_threads, mkl_thread_local
+
+    one_thread = mkl_thread_local()
+    if not torch.backends.mkl.is_available():  # an ARM or macOS torch: nothing to set, nothing changes
+        assert one_thread is None and mkl_max_threads() is None
+        return
+    assert one_thread is not None
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # the process-wide count (CI's machine has 2 cores), restored below
+    seen: dict[str, Any] = {}
+    started, checked = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        seen["before"] = one_thread(1)
+        seen["inside"] = mkl_max_threads()
+        started.set()
+        checked.wait(10)  # the main thread reads its own count while this one is set to 1
+        seen["restored_from"] = one_thread(seen["before"])
+        seen["after"] = mkl_max_threads()
+
+    t = threading.Thread(target=worker)
+    try:
+        t.start()
+        assert started.wait(10)
+        main_count = mkl_max_threads()
+        checked.set()
+        t.join(10)
+    finally:
+        torch.set_num_threads(saved)
+    assert seen == {"before": 0, "inside": 1, "restored_from": 1, "after": 2}
+    assert main_count == 2 == torch.get_num_threads()
+
+
+@pytest.mark.slow
+def test_fused_lora_runs_decoding_step_products_on_one_mkl_thread(
+    inprocess_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a decoding step of several rows the fused LoRA products run on one MKL thread (the count MKL sees inside is
+    1, and the thread's own setting is back after every layer); a one-row step and a prefill keep every thread."""
+    import torch
+
+    from rolora.adapters.serving import blas_threads
+
+    real = blas_threads.mkl_thread_local()
+    if real is None:  # a torch without MKL: the fused path runs as it is
+        assert not torch.backends.mkl.is_available()
+        return
+    calls: list[tuple[int, int, int | None]] = []
+
+    def recording(n: int) -> int:
+        prev = real(n)
+        # what was set, what it replaced, what MKL would use for the next product on this thread
+        calls.append((n, prev, blas_threads.mkl_max_threads()))
+        return prev
+
+    monkeypatch.setattr(blas_threads, "mkl_thread_local", lambda: recording)
+    inprocess_backend.generate([_req("Name a fruit.", adapter="alpha@1", max_tokens=2)])  # adapters loaded
+    peft_model, fused = inprocess_backend._peft, inprocess_backend._fused
+    layers = sum(1 for m in fused._layers() if "alpha@1" in m.lora_A)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    names = ["alpha@1", "beta@1", "__base__", "gamma@1"] * 4
+    with torch.inference_mode():
+        for rows, seq, per_layer in ((16, 1, 2), (1, 1, 0), (16, 8, 0)):  # 16 one-token rows; one row; a prefill
+            calls.clear()
+            ids = torch.full((rows, seq), 1000)
+            with fused.rows(names[:rows]):
+                peft_model(input_ids=ids)
+            assert len(calls) == per_layer * layers, (rows, seq)
+            for (n, prev, inside), (back, _, after) in zip(calls[0::2], calls[1::2], strict=True):
+                assert (n, inside) == (1, 1)  # one thread inside every fused layer
+                assert (back, after) == (prev, 2)  # and the thread's own setting back after it
+    assert blas_threads.mkl_max_threads() == 2
+    torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("quantize", ["int8", "bf16-weights"])
 def test_quantized_backend_keeps_lora_fp32_around_its_base_layers(
     quantize: str, inprocess_backend: Any, generator_dir: Path, lora_adapters: dict[str, Path]

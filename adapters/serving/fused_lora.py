@@ -14,6 +14,11 @@ two matmuls and one multiply per layer whatever the number of adapters (R is the
 to the layer's width), no per-adapter loop, no gather. It covers plain LoRA on ``nn.Linear`` layers (what
 ``rolora train`` makes); a batch with anything else (DoRA or other variants, LoRA on embeddings or convolutions,
 ``lora_bias``) is served by PEFT's own mixed-batch path. Greedy outputs equal PEFT's (tests).
+
+In a decoding step of several rows (up to ``ONE_THREAD_ROWS``) these small products run on one MKL thread
+(:mod:`.blas_threads`; the layers' own matmuls keep every thread): split over two cores, the pair cost ~200 us a
+layer inside a 16-row step instead of ~45 us. A one-row product is not split; a prefill's products are large enough
+to gain from every thread.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["FusedLoRA"]
+__all__ = ["ONE_THREAD_ROWS", "FusedLoRA"]
+
+ONE_THREAD_ROWS = 64  # products of 2..64 rows (a decoding step of as many requests) run on one MKL thread
 
 
 class _Stack:
@@ -52,6 +59,7 @@ class FusedLoRA:
         self._active: dict[int, tuple[_Stack, Any]] | None = None  # layer id -> (stack, row mask) while serving
         self._layer_list: list[Any] | None = None
         self._plain: dict[str, bool] = {}  # adapter -> plain LoRA on nn.Linear only (fusable)
+        self._one_thread: Any = None  # MKL's per-thread count setter (blas_threads.py) while serving, if any
 
     # -- which batches ---------------------------------------------------------------------------------------
     def _layers(self) -> list[Any]:
@@ -113,10 +121,14 @@ class FusedLoRA:
         for m in layers:
             m._disable_adapters = True  # the layer computes base_layer(x) only; the hook adds the fused LoRA
         self._active = active
+        from .blas_threads import mkl_thread_local
+
+        self._one_thread = mkl_thread_local()
         try:
             yield
         finally:
             self._active = None
+            self._one_thread = None
             for m, was in zip(layers, before, strict=True):
                 m._disable_adapters = was
 
@@ -170,12 +182,18 @@ class FusedLoRA:
 
         stack, mask = entry
         x = args[0]
-        if not torch.is_autocast_enabled("cpu"):  # under bf16 autocast (backend.quantize: bf16) it casts, cheaper
-            x = x.to(stack.a.dtype)
-        h = x @ stack.a.T  # [b, seq, R]
-        h.mul_(mask if h.dim() == 3 else mask.squeeze(1))  # each row keeps its own adapter's rank columns
-        if output.dtype == h.dtype == stack.b.dtype and output.is_contiguous():  # not under bf16 autocast
-            # out += h @ B_all.T in one kernel, in place (inference only: nothing keeps the base output)
-            output.view(-1, output.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), stack.b.T)
-            return output
-        return output + (h @ stack.b.T).to(output.dtype)
+        one_thread = self._one_thread if 2 <= x.numel() // x.shape[-1] <= ONE_THREAD_ROWS else None
+        before = one_thread(1) if one_thread is not None else 0  # this thread's MKL calls on one core (see above)
+        try:
+            if not torch.is_autocast_enabled("cpu"):  # under bf16 autocast (backend.quantize: bf16) it casts, cheaper
+                x = x.to(stack.a.dtype)
+            h = x @ stack.a.T  # [b, seq, R]
+            h.mul_(mask if h.dim() == 3 else mask.squeeze(1))  # each row keeps its own adapter's rank columns
+            if output.dtype == h.dtype == stack.b.dtype and output.is_contiguous():  # not under bf16 autocast
+                # out += h @ B_all.T in one kernel, in place (inference only: nothing keeps the base output)
+                output.view(-1, output.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), stack.b.T)
+                return output
+            return output + (h @ stack.b.T).to(output.dtype)
+        finally:
+            if one_thread is not None:
+                one_thread(before)
