@@ -99,7 +99,7 @@ class DomainConfig(_Strict):
 
 
 # backend.quantize, an eval configuration's quantize, bench/latency.py
-Quantize = Literal["auto", "none", "int8", "bf16", "bf16-weights"]
+Quantize = Literal["auto", "none", "int8", "bf16", "bf16-int8", "bf16-weights"]
 QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)
 
 
@@ -112,7 +112,8 @@ class BackendConfig(_Strict):
         description="inprocess: auto (bf16 where the CPU has bf16 matrix units, AMX or AVX512-BF16; int8 where it has "
         "AVX2 but neither bf16 nor int8 dot-product units; else none), "
         "none (float32 throughout), int8 (int8 weights for the base model's linear layers, dynamic "
-        "quantization; LoRA stays fp32), bf16 (the prompt's prefill under bfloat16 autocast, decoding in fp32), or "
+        "quantization; LoRA stays fp32), bf16 (the prompt's prefill under bfloat16 autocast, decoding in fp32), "
+        "bf16-int8 (the prefill as bf16, decoding on int8's layers), or "
         "bf16-weights (bf16 copies of the base model's linear weights for prefill and decoding, the rest and LoRA "
         "fp32). Answers are not bit-identical to none: measured in the README (bench/latency.py)",
     )
@@ -357,7 +358,7 @@ backend:
   endpoints: ["http://127.0.0.1:8000"]
   torch_threads: 0          # 0 = torch default
   quantize: auto            # inprocess: auto (bf16 with AMX/AVX512-BF16; int8 with AVX2 only; else none) | none
-                            #   | int8 | bf16 | bf16-weights
+                            #   | int8 | bf16 | bf16-int8 | bf16-weights
   prefix_cache: true        # inprocess: reuse the key/value cache of a prompt prefix shared with a recent prompt
   prompt_lookup: 0          # inprocess: drafts of N tokens copied from the prompt, verified by the model (0 = off)
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)

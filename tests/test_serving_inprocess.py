@@ -403,7 +403,7 @@ def test_bf16_prefill_runs_the_prompt_in_bf16_and_decodes_in_fp32(
     assert resolve_quantize("auto", tmp_path / "avx2") == "int8"
     assert resolve_quantize("auto", tmp_path / "icl") == resolve_quantize("auto", tmp_path / "sse") == "none"
     assert resolve_quantize("auto", tmp_path / "missing") == "none"
-    settings = ["none", "int8", "bf16", "bf16-weights"]
+    settings = ["none", "int8", "bf16", "bf16-int8", "bf16-weights"]
     assert [resolve_quantize(q, tmp_path / "amx") for q in settings] == settings
 
     fp32 = inprocess_backend
@@ -454,6 +454,71 @@ def test_bf16_prefill_runs_the_prompt_in_bf16_and_decodes_in_fp32(
         ref = fp32.generate(reqs)
         same = sum(a.text == b.text for a, b in zip(res, ref, strict=True))
         assert same >= len(reqs) // 2, [(a.text, b.text) for a, b in zip(res, ref, strict=True)]
+    finally:
+        q.close()
+
+
+def test_bf16_int8_prefills_in_bf16_and_decodes_on_the_int8_layers(
+    inprocess_backend: Any, generator_dir: Path, lora_adapters: dict[str, Path]
+) -> None:
+    """backend.quantize: bf16-int8 swaps the base model's linear layers for int8 ones (as int8 does) and runs the
+    prompt's forward pass under bf16 autocast: there an int8 layer multiplies its fp32 weight in bf16, and in every
+    one-token decoding step it runs the int8 kernel; a mixed batch takes the fused path, and the first decoded
+    token's logits stay close to the fp32 model's."""
+    import torch
+
+    from rolora.adapters.serving.inprocess import InProcessBackend
+    from rolora.adapters.serving.int8 import Int8Linear
+
+    q = InProcessBackend(generator_dir, DirectoryAdapters(TEST_HOME / "test-adapters"), quantize="bf16-int8")
+    try:
+        layer = q._model.model.layers[0].self_attn.k_proj  # an int8 layer on every CPU (int8.py keeps others fp32)
+        assert type(layer) is Int8Linear and type(q._model.model.layers[0].mlp.down_proj) is torch.nn.Linear
+        seen: list[tuple[int, torch.dtype, bool]] = []  # (tokens, output dtype, output == the int8 kernel's)
+
+        def record(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            x = args[0]
+            int8 = torch.ops.quantized.linear_dynamic(
+                x.float(), module._q._packed_params._packed_params, reduce_range=module.reduce_range
+            )
+            seen.append((x.shape[1], output.dtype, output.dtype == torch.float32 and torch.equal(output, int8)))
+
+        hook = layer.register_forward_hook(record)
+        try:
+            reqs = [_req(p, adapter=a, max_tokens=6) for p in PROMPTS[:2] for a in (None, "alpha@1", "beta@1")]
+            res = q.generate(reqs)
+        finally:
+            hook.remove()
+        assert [r.adapter for r in res] == [r.adapter for r in reqs] and all(r.text for r in res)
+        assert q.fused_batches >= 1 and "forward" not in vars(q._model)
+        prompts, steps = [s for s in seen if s[0] > 1], [s for s in seen if s[0] == 1]
+        assert prompts and all(dtype == torch.bfloat16 for _, dtype, _ in prompts)  # the fp32 weight in bf16
+        assert len(steps) >= 5 and all(s == (1, torch.float32, True) for s in steps)  # decoding: the int8 kernel
+        # the prompt's last-token logits (bf16 prefill) against the fp32 model's, base rows and an adapter's
+        fp32 = inprocess_backend
+        fp32.generate([_req(PROMPTS[0], adapter="alpha@1", max_tokens=1)])  # loaded there
+        enc = q.tokenizer([f"Clause {i}: the Supplier shall pay." for i in range(2)], return_tensors="pt")
+        names = ["__base__", "alpha@1"]
+        from rolora.adapters.serving.bf16 import bf16_prefill
+
+        with torch.inference_mode():
+            want = fp32._peft(**enc, adapter_names=names).logits[:, -1]
+            with bf16_prefill(q._model):
+                out = q._peft(**enc, adapter_names=names, use_cache=True)
+            step = q._peft(
+                input_ids=want.argmax(-1, keepdim=True),
+                attention_mask=torch.cat([enc["attention_mask"], enc["attention_mask"][:, :1]], 1),
+                past_key_values=out.past_key_values,
+                adapter_names=names,
+            ).logits[:, -1]
+            ref = fp32._peft(
+                input_ids=torch.cat([enc["input_ids"], want.argmax(-1, keepdim=True)], 1),
+                attention_mask=torch.cat([enc["attention_mask"], enc["attention_mask"][:, :1]], 1),
+                adapter_names=names,
+            ).logits[:, -1]
+        for got, exp in ((out.logits[:, -1], want), (step, ref)):
+            for i in range(2):
+                assert float(torch.corrcoef(torch.stack([got[i], exp[i]]))[0, 1]) > 0.95
     finally:
         q.close()
 

@@ -8,6 +8,8 @@ base model), with left padding and per-request max tokens and stop strings. Adap
 decoding uses xgrammar. ``quantize="int8"`` (``backend.quantize``) runs the base model's linear layers on int8
 kernels with the adapters in fp32 (:mod:`.int8`); ``quantize="bf16"`` runs the prompt's prefill in bfloat16 under
 autocast and decodes in fp32 (:mod:`.bf16`: prefill ~2x as fast on CPUs with bf16 matrix units, AMX);
+``quantize="bf16-int8"`` prefills so and decodes on the int8 layers (an int8 layer under bf16 autocast multiplies
+its fp32 weight in bf16);
 ``quantize="bf16-weights"`` keeps bfloat16 copies of the linear layers' weights for prefill and decoding
 (:mod:`.bf16_weights`; the rest of the model and the adapters fp32); ``quantize="auto"`` (``rolora.yaml``'s
 default; the class's is ``"none"``) picks by CPU (:func:`.quantize.resolve_quantize`). ``prompt_lookup``
@@ -149,7 +151,7 @@ class InProcessBackend(BackendBase):
         from .quantize import resolve_quantize
 
         self.quantize = quantize = resolve_quantize(quantize)  # auto: bf16 / int8 / none by the CPU's units
-        if quantize == "int8":
+        if quantize in ("int8", "bf16-int8"):
             from .int8 import quantize_linear_int8
 
             quantize_linear_int8(self._model)  # before PEFT wraps them: LoRA layers stay fp32 around the int8 ones
@@ -157,7 +159,7 @@ class InProcessBackend(BackendBase):
             from .bf16_weights import bf16_linear_weights
 
             bf16_linear_weights(self._model)  # likewise: LoRA stays fp32 around the bf16 ones
-        if quantize in ("bf16", "bf16-weights") and not cpu_has_bf16_units():
+        if quantize in ("bf16", "bf16-int8", "bf16-weights") and not cpu_has_bf16_units():
             log.warning("backend.quantize: %s on a CPU without bf16 units (amx_bf16/avx512_bf16): it is likely "
                         "slower than fp32 here; set backend.quantize: none or auto", quantize)  # fmt: skip
         self._peft: Any = None
@@ -498,7 +500,7 @@ class InProcessBackend(BackendBase):
                 kwargs[_cache_kwarg()] = reused
         t0 = time.perf_counter()
         prefill: Any = contextlib.nullcontext()
-        if self.quantize in ("bf16", "bf16-weights"):
+        if self.quantize in ("bf16", "bf16-int8", "bf16-weights"):
             from .bf16 import bf16_prefill
 
             # the causal LM under PEFT: generate calls it for every step; a pass verifying a draft stays fp32 as

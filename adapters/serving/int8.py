@@ -55,6 +55,8 @@ class Int8Linear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled("cpu"):  # a bf16 prefill (backend.quantize: bf16-int8): the fp32 weight, cast
+            return nn.functional.linear(x, self.weight, self.bias)
         packed = self._q._packed_params._packed_params
         return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=self.reduce_range)
 
