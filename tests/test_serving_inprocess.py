@@ -249,18 +249,20 @@ def test_fused_lora_runs_decoding_step_products_on_one_mkl_thread(
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     names = ["alpha@1", "beta@1", "__base__", "gamma@1"] * 4
-    with torch.inference_mode():
-        for rows, seq, per_layer in ((16, 1, 2), (1, 1, 0), (16, 8, 0)):  # 16 one-token rows; one row; a prefill
-            calls.clear()
-            ids = torch.full((rows, seq), 1000)
-            with fused.rows(names[:rows]):
-                peft_model(input_ids=ids)
-            assert len(calls) == per_layer * layers, (rows, seq)
-            for (n, prev, inside), (back, _, after) in zip(calls[0::2], calls[1::2], strict=True):
-                assert (n, inside) == (1, 1)  # one thread inside every fused layer
-                assert (back, after) == (prev, 2)  # and the thread's own setting back after it
-    assert blas_threads.mkl_max_threads() == 2
-    torch.set_num_threads(saved)
+    try:
+        with torch.inference_mode():
+            for rows, seq, per_layer in ((16, 1, 2), (1, 1, 0), (16, 8, 0)):  # 16 one-token rows; one row; a prefill
+                calls.clear()
+                ids = torch.full((rows, seq), 1000)
+                with fused.rows(names[:rows]):
+                    peft_model(input_ids=ids)
+                assert len(calls) == per_layer * layers, (rows, seq)
+                for (n, prev, inside), (back, _, after) in zip(calls[0::2], calls[1::2], strict=True):
+                    assert (n, inside) == (1, 1)  # one thread inside every fused layer
+                    assert (back, after) == (prev, 2)  # and the thread's own setting back after it
+        assert blas_threads.mkl_max_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("quantize", ["int8", "bf16-weights"])
@@ -467,6 +469,7 @@ def test_bf16_int8_prefills_in_bf16_and_decodes_on_the_int8_layers(
     token's logits stay close to the fp32 model's."""
     import torch
 
+    from rolora.adapters.serving.bf16 import bf16_prefill
     from rolora.adapters.serving.inprocess import InProcessBackend
     from rolora.adapters.serving.int8 import Int8Linear
 
@@ -499,22 +502,17 @@ def test_bf16_int8_prefills_in_bf16_and_decodes_on_the_int8_layers(
         fp32.generate([_req(PROMPTS[0], adapter="alpha@1", max_tokens=1)])  # loaded there
         enc = q.tokenizer([f"Clause {i}: the Supplier shall pay." for i in range(2)], return_tensors="pt")
         names = ["__base__", "alpha@1"]
-        from rolora.adapters.serving.bf16 import bf16_prefill
-
+        mask = torch.cat([enc["attention_mask"], enc["attention_mask"][:, :1]], 1)  # the prompt and one more token
         with torch.inference_mode():
             want = fp32._peft(**enc, adapter_names=names).logits[:, -1]
+            nxt = want.argmax(-1, keepdim=True)
             with bf16_prefill(q._model):
                 out = q._peft(**enc, adapter_names=names, use_cache=True)
             step = q._peft(
-                input_ids=want.argmax(-1, keepdim=True),
-                attention_mask=torch.cat([enc["attention_mask"], enc["attention_mask"][:, :1]], 1),
-                past_key_values=out.past_key_values,
-                adapter_names=names,
+                input_ids=nxt, attention_mask=mask, past_key_values=out.past_key_values, adapter_names=names
             ).logits[:, -1]
             ref = fp32._peft(
-                input_ids=torch.cat([enc["input_ids"], want.argmax(-1, keepdim=True)], 1),
-                attention_mask=torch.cat([enc["attention_mask"], enc["attention_mask"][:, :1]], 1),
-                adapter_names=names,
+                input_ids=torch.cat([enc["input_ids"], nxt], 1), attention_mask=mask, adapter_names=names
             ).logits[:, -1]
         for got, exp in ((out.logits[:, -1], want), (step, ref)):
             for i in range(2):

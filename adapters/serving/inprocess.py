@@ -57,6 +57,7 @@ from .base import (
     json_schema_grammar,
     verify_adapter_files,
 )
+from .quantize import BF16_PREFILL, INT8_LAYERS, resolve_quantize
 
 if TYPE_CHECKING:
     from rolora.config import Config
@@ -148,10 +149,9 @@ class InProcessBackend(BackendBase):
         self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         self._model.eval()
         from .bf16 import cpu_has_bf16_units
-        from .quantize import resolve_quantize
 
         self.quantize = quantize = resolve_quantize(quantize)  # auto: bf16 / int8 / none by the CPU's units
-        if quantize in ("int8", "bf16-int8"):
+        if quantize in INT8_LAYERS:
             from .int8 import quantize_linear_int8
 
             quantize_linear_int8(self._model)  # before PEFT wraps them: LoRA layers stay fp32 around the int8 ones
@@ -159,7 +159,7 @@ class InProcessBackend(BackendBase):
             from .bf16_weights import bf16_linear_weights
 
             bf16_linear_weights(self._model)  # likewise: LoRA stays fp32 around the bf16 ones
-        if quantize in ("bf16", "bf16-int8", "bf16-weights") and not cpu_has_bf16_units():
+        if quantize in BF16_PREFILL and not cpu_has_bf16_units():
             log.warning("backend.quantize: %s on a CPU without bf16 units (amx_bf16/avx512_bf16): it is likely "
                         "slower than fp32 here; set backend.quantize: none or auto", quantize)  # fmt: skip
         self._peft: Any = None
@@ -500,7 +500,7 @@ class InProcessBackend(BackendBase):
                 kwargs[_cache_kwarg()] = reused
         t0 = time.perf_counter()
         prefill: Any = contextlib.nullcontext()
-        if self.quantize in ("bf16", "bf16-int8", "bf16-weights"):
+        if self.quantize in BF16_PREFILL:
             from .bf16 import bf16_prefill
 
             # the causal LM under PEFT: generate calls it for every step; a pass verifying a draft stays fp32 as

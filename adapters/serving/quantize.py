@@ -11,7 +11,10 @@ from pathlib import Path
 
 from rolora.hardware import cpu_flags, cpu_has_bf16_units, cpu_has_int8_dot_units
 
-__all__ = ["resolve_quantize"]
+__all__ = ["BF16_PREFILL", "INT8_LAYERS", "resolve_quantize"]
+
+BF16_PREFILL = ("bf16", "bf16-int8", "bf16-weights")  # settings whose prompt pass runs under bf16 autocast
+INT8_LAYERS = ("int8", "bf16-int8")  # settings whose base linear layers are swapped for int8 ones (int8.py)
 
 
 def resolve_quantize(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
