@@ -11,7 +11,8 @@ dynamic quantization of the linear layers (torch.ao, weights int8, activations f
 model would stay fp32 beside them), and what ``backend.quantize: int8`` serves (``adapters/serving/int8.py``: the
 full 8-bit activation range, the MLP down projections kept fp32), bf16 weights (a copy of the model in
 bfloat16), what ``backend.quantize: bf16-weights`` serves (bf16 copies of the linear layers' weights, the rest fp32;
-``adapters/serving/bf16_weights.py``), and fp32 with a static KV cache and the decoding step compiled by
+``adapters/serving/bf16_weights.py``), fp32 on oneDNN's linear kernel instead of torch's BLAS (MKL on x86; not
+shipped: see :func:`onednn_linear`), and fp32 with a static KV cache and the decoding step compiled by
 ``torch.compile`` (inductor; its compile time printed apart). For each: ms per decoded token (prefill subtracted), its
 ratio to the bound, and whether its greedy text equals fp32's on the same prompts. Goal: within 1.5x of the bound.
 Then the prefill of a ~800-token prompt (a real example contract's clauses and a question) in fp32 and under bfloat16
@@ -32,6 +33,33 @@ PROMPTS = [
     "Explain what an indemnification clause does in a supply agreement.",
     "Summarise the purpose of a mutual non-disclosure agreement in two sentences.",
 ]
+
+
+def onednn_linear(model: Any) -> int:
+    """Swap ``model``'s plain ``nn.Linear`` layers for ones whose float32 forward runs oneDNN's kernel
+    (``torch.ops.mkldnn._linear_pointwise``, what Inductor emits for float32 linear layers) on the same weights; 0
+    where this torch build lacks it. Measured and not shipped as a backend setting (2-core AMD EPYC, 2026-12-04;
+    README, "Speed on 2 cores"): one-row products over SmolLM2's linear weights took 0.62x MKL's time in a loop of
+    their own (MKL's one-row product read ~11 GB/s with one thread or two), this row 0.70x; in the served path (the
+    backend's worker thread) a decoding step took 0.90-0.96x, but 1.15-1.25x when torch had just run on another
+    thread, as ``ask`` embeds the question before the analyst's call (likely libgomp's short spin-wait once two
+    threads own OpenMP teams on 2 cores: under ``OMP_WAIT_POLICY=ACTIVE`` that case took 75.7 ms a step, MKL 85.2)."""
+    import torch
+    from torch import nn
+
+    from rolora.adapters.serving.linear_swap import linear_shell, swap_linear
+
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return 0
+
+    class OneDnnLinear(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+                return nn.functional.linear(x, self.weight, self.bias)
+            out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.weight, self.bias, "none", [], "")
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    return swap_linear(model, lambda linear: linear_shell(OneDnnLinear, linear))
 
 
 def read_bandwidth_gbs(mb: int = 512) -> float:
@@ -175,6 +203,10 @@ def main() -> None:
     bf16_linear_weights(served)  # what backend.quantize: bf16-weights serves (the rest of the model fp32)
     ms, texts = decode_ms(served, tok, args.tokens, args.repeats)
     rows["backend.quantize: bf16-weights"] = (ms, weight_bytes_per_token(model, linear_bytes=2), texts == ref)
+    served = copy.deepcopy(model)
+    if onednn_linear(served):
+        ms, texts = decode_ms(served, tok, args.tokens, args.repeats)
+        rows["fp32, oneDNN linear"] = (ms, fp32_bytes, texts == ref)
     del served
     prefill = prefill_ms(model, tok, args.repeats)
     # last: the compiled forward stays attached to the model. transformers compiles generate's decoding step only on
