@@ -9,8 +9,9 @@ corpus's test split by default) with the first mode's backend, and every request
 mode's backend (``backend.quantize`` = the mode, prefix cache off so every call prefills its whole prompt), twice,
 the order of the modes reversed on the second pass, so machine noise moves every side alike. Printed per mode: the
 median and total seconds a call, decoded tokens, the median of the per-call time ratios against the first mode, and
-how many replies are identical to the first mode's. ``bench/latency.py`` measures the whole graph; this isolates
-the model call, where ``backend.quantize`` acts.
+how many replies are identical to the first mode's. A mode ending in ``+drafts`` (``bf16+drafts``) also decodes with
+grammar-forced drafts (``backend.grammar_drafts``; the others without), and its drafts and accepted tokens are printed.
+``bench/latency.py`` measures the whole graph; this isolates the model call, where ``backend.quantize`` acts.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def main() -> None:
     from rolora.config import QUANTIZE_CHOICES, load_config
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if len(modes) < 2 or any(m not in QUANTIZE_CHOICES for m in modes):
-        raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)}, comma-separated")
+    if len(modes) < 2 or any(m.removesuffix("+drafts") not in QUANTIZE_CHOICES for m in modes):
+        raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)} (each optionally +drafts), "
+                         "comma-separated")  # fmt: skip
     cfg = load_config(args.config)
     qa_path = cfg.domain(args.domain).qa
     if qa_path is None:
@@ -57,7 +59,12 @@ def main() -> None:
             cfg.model_copy(
                 update={
                     "backend": cfg.backend.model_copy(
-                        update={"quantize": m, "prefix_cache": False, "prompt_lookup": args.lookup}
+                        update={
+                            "quantize": m.removesuffix("+drafts"),
+                            "grammar_drafts": m.endswith("+drafts"),
+                            "prefix_cache": False,
+                            "prompt_lookup": args.lookup,
+                        }
                     )
                 }
             )
@@ -116,9 +123,15 @@ def main() -> None:
             "identical": same,
             "calls": n,
         }
+        fd = backends[m].forced_drafts
+        summary[m]["forced_drafts"] = {"drafts": fd.drafts, "tokens": fd.tokens, "accepted": fd.accepted}
         s = summary[m]
         print(f"| {m} | {s['median_s']:.2f} | {s['total_s']:.1f} | {s['tokens']} | {s['median_ratio']:.3f} | "
               f"{same} / {n} |")  # fmt: skip
+    for m in modes:
+        if m.endswith("+drafts"):
+            d = summary[m]["forced_drafts"]
+            print(f"{m}: {d['drafts']} grammar-forced drafts, {d['tokens']} tokens drafted, {d['accepted']} accepted")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "analyst_calls.json").write_text(
         json.dumps({"modes": modes, "lookup": args.lookup, "summary": summary, "seconds": seconds}, indent=1),

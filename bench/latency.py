@@ -15,7 +15,8 @@ A configuration is ``role=adapter`` pairs (``base`` for the base model; naming t
 ``yes_no=on|off`` / ``short=on|off`` (``agent.short_answers``) / ``typed=on|off`` (``agent.typed_reader``) /
 ``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence) /
 ``prefix_cache=on|off`` (``backend.prefix_cache``; like ``quantize``, its own backend) / ``lookup=N``
-(``backend.prompt_lookup``, drafts of N tokens copied from the prompt, 0 = off; its own backend). Printed too: how many
+(``backend.prompt_lookup``, drafts of N tokens copied from the prompt, 0 = off; its own backend) / ``drafts=on|off``
+(``backend.grammar_drafts``, drafts of the tokens the JSON grammar forces; its own backend). Printed too: how many
 answers (text and citations) the candidate gives identically to the baseline. Results also go to ``--out``/latency.json.
 """
 
@@ -66,12 +67,14 @@ def parse_configuration(text: str) -> dict[str, Any]:
             out["prefix_cache"] = value == "on"
         elif key == "lookup" and value.isdigit():
             out["prompt_lookup"] = int(value)
+        elif key == "drafts" and value in ("on", "off"):
+            out["grammar_drafts"] = value == "on"
         else:
             raise SystemExit(
                 f"--baseline/--candidate: cannot read {part!r} "
                 "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8|bf16|bf16-weights, "
                 "declined=cited|nearest, yes_no=on|off, short=on|off, typed=on|off, min_evidence=X, "
-                "prefix_cache=on|off, lookup=N)"
+                "prefix_cache=on|off, lookup=N, drafts=on|off)"
             )
     return out
 
@@ -112,8 +115,8 @@ def main() -> None:
     if not questions:
         raise SystemExit(f"no question of domain {args.domain} is in the {args.split} split")
     specs = {"baseline": parse_configuration(args.baseline), "candidate": parse_configuration(args.candidate)}
-    # (quantize, prefix_cache, prompt_lookup) -> backend: the same loaded weights where the configurations agree
-    backends: dict[tuple[str, bool, int], Any] = {}
+    # (quantize, prefix_cache, prompt_lookup, grammar_drafts) -> backend: the same weights where configurations agree
+    backends: dict[tuple[str, bool, int, bool], Any] = {}
     agents: dict[str, Any] = {}
     for name, spec in specs.items():
         c = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=spec["settings"])}) if spec["settings"] else cfg
@@ -121,8 +124,9 @@ def main() -> None:
             "quantize": spec.get("quantize", cfg.backend.quantize),
             "prefix_cache": spec.get("prefix_cache", cfg.backend.prefix_cache),
             "prompt_lookup": spec.get("prompt_lookup", cfg.backend.prompt_lookup),
+            "grammar_drafts": spec.get("grammar_drafts", cfg.backend.grammar_drafts),
         }
-        key = (serving["quantize"], serving["prefix_cache"], serving["prompt_lookup"])
+        key = (serving["quantize"], serving["prefix_cache"], serving["prompt_lookup"], serving["grammar_drafts"])
         if key not in backends:
             backends[key] = make_backend(cfg.model_copy(update={"backend": cfg.backend.model_copy(update=serving)}))
         adapters = {r: spec["adapters"].get(r) for r in ("query_writer", "analyst", "critic")}

@@ -214,10 +214,21 @@ def resolve_adapter(config: Config, registry: Any, domain: str, role: str, choic
 
 
 def _unset_newer_fields(spec: ConfigurationSpec) -> set[str]:
-    """Configuration fields added after runs were stored (``quantize``, ``k``, ``declined_answer``,
+    """Configuration fields added after runs were stored (``quantize``, ``grammar_drafts``, ``prompt_lookup``, ``k``,
+    ``declined_answer``,
     ``short_answers``, ``typed_reader``, ``yes_no``, ``min_evidence_similarity``): left out of the fingerprint while
     unset."""
-    newer = ("quantize", "k", "declined_answer", "short_answers", "typed_reader", "yes_no", "min_evidence_similarity")
+    newer = (
+        "quantize",
+        "grammar_drafts",
+        "prompt_lookup",
+        "k",
+        "declined_answer",
+        "short_answers",
+        "typed_reader",
+        "yes_no",
+        "min_evidence_similarity",
+    )
     return {f for f in newer if getattr(spec, f) is None}
 
 
@@ -235,6 +246,20 @@ def _quantize_run(kind: str, setting: str) -> str:
     return resolve_quantize(setting) if kind == "inprocess" else "none"
 
 
+def _drafts_run(kind: str, quantize: str, forced: bool | None, lookup: int | None, cfg: Config) -> tuple[bool, int]:
+    """The drafts a configuration's requests are decoded with: grammar-forced ones (``backend.grammar_drafts``) and
+    prompt lookup's (``backend.prompt_lookup``), the configuration's or else the config's; read by the in-process
+    backend only, which drafts nothing under int8 decoding (``quantize``, as :func:`_quantize_run` resolved it)."""
+    from rolora.adapters.serving.quantize import INT8_LAYERS
+
+    if kind != "inprocess" or quantize in INT8_LAYERS:
+        return False, 0
+    return (
+        cfg.backend.grammar_drafts if forced is None else forced,
+        cfg.backend.prompt_lookup if lookup is None else lookup,
+    )
+
+
 def _plan(
     suite: Suite, cfg: Config, registry: Any, name: str, domains: Sequence[str], judge: dict[str, str | None]
 ) -> Plan:
@@ -242,7 +267,7 @@ def _plan(
     plan = Plan(name, spec, {})
     kind = spec.backend or cfg.backend.kind
     quantize = _quantize_run(kind, spec.quantize or cfg.backend.quantize)
-    lookup = cfg.backend.prompt_lookup if kind == "inprocess" else 0
+    drafts, lookup = _drafts_run(kind, quantize, spec.grammar_drafts, spec.prompt_lookup, cfg)
     for domain in domains:
         where = spec.adapter_domain or domain
         mapping: dict[str, str | None] = {}
@@ -264,6 +289,7 @@ def _plan(
                 **({"quantize": quantize} if quantize != "none" else {}),
                 # drafts verified by the model: plain greedy's tokens up to float rounding, which can flip a near tie
                 **({"prompt_lookup": lookup} if lookup else {}),
+                **({"grammar_drafts": True} if drafts else {}),
                 "agent": agent,
                 "judge": judge.get(domain, "off") if suite.judge.enabled else "off",
             }
@@ -373,14 +399,17 @@ async def _run_pending(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    backends: dict[tuple[str, str], Any] = {}
+    backends: dict[tuple[str, str, bool, int], Any] = {}
 
-    def backend_for(kind: str, quantize: str | None = None) -> Any:
-        quantize = _quantize_run(kind, quantize or cfg.backend.quantize)  # auto and what it resolves to: one backend
-        if (kind, quantize) not in backends:
-            backend_cfg = cfg.backend.model_copy(update={"kind": kind, "quantize": quantize})
-            backends[(kind, quantize)] = backend_factory(cfg.model_copy(update={"backend": backend_cfg}))
-        return backends[(kind, quantize)]
+    def backend_for(kind: str, spec: ConfigurationSpec | None = None) -> Any:
+        spec = spec or ConfigurationSpec()  # the judge's backend: the config's settings
+        quantize = _quantize_run(kind, spec.quantize or cfg.backend.quantize)  # auto and what it resolves to
+        drafts, lookup = _drafts_run(kind, quantize, spec.grammar_drafts, spec.prompt_lookup, cfg)
+        key = (kind, quantize, drafts, lookup)
+        if key not in backends:
+            update = {"kind": kind, "quantize": quantize, "grammar_drafts": drafts, "prompt_lookup": lookup}
+            backends[key] = backend_factory(cfg.model_copy(update={"backend": cfg.backend.model_copy(update=update)}))
+        return backends[key]
 
     sem = asyncio.Semaphore(concurrency)
 
@@ -418,7 +447,7 @@ async def _run_pending(
                     plan_cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=overrides)})
                 agents[(plan.name, domain)] = agent_factory(
                     plan_cfg,
-                    backend=backend_for(plan.spec.backend or cfg.backend.kind, plan.spec.quantize),
+                    backend=backend_for(plan.spec.backend or cfg.backend.kind, plan.spec),
                     adapters=plan.adapters[domain],
                     retrieval_mode=plan.spec.retrieval,
                     checkpointer="memory",

@@ -82,6 +82,8 @@ class ConfigurationSpec(_Strict):
     retrieval: Literal["dense", "lexical", "hybrid"] | None = None  # None: the config's retrieval.mode
     backend: Literal["inprocess", "vllm"] | None = None  # None: the config's backend.kind
     quantize: Quantize | None = None  # inprocess: backend.quantize; None: the config's
+    grammar_drafts: bool | None = None  # inprocess: backend.grammar_drafts; None: the config's
+    prompt_lookup: int | None = Field(None, ge=0, le=64)  # inprocess: backend.prompt_lookup; None: the config's
     use_critic: bool | None = None  # None: the config's agent.use_critic
     use_query_writer: bool | None = None  # None: the config's agent.use_query_writer
     max_iterations: int | None = Field(None, ge=1, le=10)  # analyse/critique rounds; None: agent.max_iterations

@@ -123,12 +123,18 @@ class BackendConfig(_Strict):
         "prompt of the same adapter (system prompt, question lead-in); measured in the README (bench/latency.py)",
     )
     prompt_lookup: int = Field(
-        0,
+        10,
         ge=0,
         le=64,
         description="inprocess: a greedy request generated alone is decoded with drafts of up to this many tokens "
         "copied from its prompt (prompt-lookup decoding, verified by the model in one pass: the tokens of plain "
         "greedy decoding); 0 = off; measured in the README (bench/latency.py lookup=N)",
+    )
+    grammar_drafts: bool = Field(
+        True,
+        description="inprocess: a greedy JSON request generated alone is drafted the tokens its grammar forces next "
+        "(keys, quotes, punctuation; xgrammar's jump-forward tokens), verified by the model in one pass: the tokens "
+        "of plain greedy decoding; measured in the README (bench/latency.py drafts=on)",
     )
     timeout_s: float = Field(120.0, gt=0, description="vllm: seconds one HTTP call may take (a long generation)")
     max_retries: int = Field(3, ge=0, description="vllm: extra tries on connection errors, timeouts, 408/409/429/5xx")
@@ -360,7 +366,8 @@ backend:
   quantize: auto            # inprocess: auto (bf16 with AMX/AVX512-BF16; int8 with AVX2 only; else none) | none
                             #   | int8 | bf16 | bf16-int8 | bf16-weights
   prefix_cache: true        # inprocess: reuse the key/value cache of a prompt prefix shared with a recent prompt
-  prompt_lookup: 0          # inprocess: drafts of N tokens copied from the prompt, verified by the model (0 = off)
+  prompt_lookup: 10         # inprocess: drafts of N tokens copied from the prompt, verified by the model (0 = off)
+  grammar_drafts: true      # inprocess: drafts of the tokens a JSON grammar forces (keys, quotes), model-verified
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)
   max_retries: 3            # vllm: extra tries on connection errors, timeouts, 408/409/429/5xx
   api_key_env: null         # vllm: env variable with the servers' API key (needed for runtime adapter loading)

@@ -243,6 +243,8 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
             exclude={
                 "description",
                 "quantize",
+                "grammar_drafts",
+                "prompt_lookup",
                 "k",
                 "declined_answer",
                 "short_answers",
@@ -258,7 +260,12 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
         "agent": cfg.agent.model_dump(mode="json", exclude={"checkpointer", "checkpoint_path", "postgres_url"}),
         "judge": "off",
     }
-    assert fp["base"] == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
+    stored = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
+    one_token_a_step = Config.model_validate(
+        {**plain, "backend": {"quantize": "none", "grammar_drafts": False, "prompt_lookup": 0}}
+    )
+    assert _plan(suite, one_token_a_step, None, "base", ["contracts"], {}).fingerprints["contracts"] == stored
+    assert fp["base"] != stored  # decoded with drafts (the defaults): not the stored runs' decoding
     # backend.quantize: auto (the default) is fingerprinted as what it runs on this CPU: bf16 runs are runs of their own
     from rolora.adapters.serving.quantize import resolve_quantize
 
@@ -284,9 +291,16 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
         cfg = Config.model_validate({**plain, "backend": backend})
         return _plan(suite, cfg, None, "base", ["contracts"], {}).fingerprints["contracts"]
 
-    assert fingerprint({"quantize": "none", "prompt_lookup": 0}) == fp["base"]
-    assert fingerprint({"quantize": "none", "prompt_lookup": 10}) != fp["base"]
-    assert fingerprint({"kind": "vllm", "prompt_lookup": 10}) == fingerprint({"kind": "vllm"})
+    # (as can backend.grammar_drafts; both on by default)
+    assert fingerprint({"quantize": "none", "prompt_lookup": 10, "grammar_drafts": True}) == fp["base"]
+    assert fingerprint({"quantize": "none", "prompt_lookup": 0}) != fp["base"]
+    assert fingerprint({"quantize": "none", "prompt_lookup": 4}) != fp["base"]
+    assert fingerprint({"quantize": "none", "grammar_drafts": False}) != fp["base"]
+    assert fingerprint({"kind": "vllm", "prompt_lookup": 0, "grammar_drafts": False}) == fingerprint({"kind": "vllm"})
+    # under int8 decoding the backend drafts nothing (a pass's activations are quantized together)
+    assert fingerprint({"quantize": "int8", "prompt_lookup": 0, "grammar_drafts": False}) == fingerprint(
+        {"quantize": "int8"}
+    )
     data["configurations"]["int8"]["quantize"] = "int4"
     with pytest.raises(ConfigError, match=r"configurations\.int8\.quantize"):
         load_suite(write_suite(tmp_path, data, "bad.yaml"))

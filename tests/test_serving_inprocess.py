@@ -582,6 +582,12 @@ def test_the_agents_backend_takes_every_backend_setting(generator_dir: Path) -> 
     try:
         assert backend.quantize == "int8" and backend.prefix_cache is False and backend.prompt_lookup == 7
         assert isinstance(backend._model.model.layers[0].self_attn.q_proj, Int8Linear)
+        # no drafts under int8 decoding: its kernel quantizes a pass's activations with one scale, so a pass over
+        # several tokens is not several one-token steps
+        schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+        reply = backend.generate([_req("Reply with JSON.", max_tokens=8, json_schema=schema)])[0]
+        assert reply.completion_tokens > 0
+        assert backend.grammar_drafts is True and backend.lookup_calls == 0 and backend.forced_drafts.drafts == 0
     finally:
         backend.close()
     from rolora.adapters.serving.quantize import resolve_quantize
@@ -699,3 +705,102 @@ def test_prompt_lookup_decodes_the_same_replies_in_fewer_passes(
             h.remove()
         plain.close()
         lookup.close()
+
+
+def test_forced_drafts_learn_the_tokens_the_model_wrote(generator_dir: Path) -> None:
+    """After a reply, each string the grammar forced is remembered as the tokens the model itself wrote for it
+    (SmolLM2's real tokenizer): all of them where the model's tokens end where the string ends, the ones inside it
+    where its last token runs past the string, none where its first token already differs; per adapter, bounded."""
+    from transformers import AutoTokenizer
+
+    from rolora.adapters.serving.grammar_drafts import MEMORY_ENTRIES, ForcedDrafts
+
+    tok = AutoTokenizer.from_pretrained(generator_dir)
+    pieces = ["{", '"', "evidence", '"', ":", " [", "3", "],", ' "', "answer", '":', ' "', "New", " York", '",']
+    ids = [tok.convert_tokens_to_ids(tok.tokenize(p))[0] for p in pieces]
+    assert tok.decode(ids) == '{"evidence": [3], "answer": "New York",'
+    drafts = ForcedDrafts()
+    forced = [(0, '{"evidence": ['), (8, ' "answer": "N'), (7, "]")]
+    drafts.learn("alpha@1", tok, ids, forced)
+    assert drafts.tokens_for("alpha@1", '{"evidence": [') == tuple(ids[:6])  # the model's six, not the encoder's four
+    assert len(tok.encode('{"evidence": [', add_special_tokens=False)) < 6
+    assert drafts.tokens_for("alpha@1", ' "answer": "N') == tuple(ids[8:12])  # "New" runs past the forced "N"
+    assert drafts.tokens_for("alpha@1", "]") is None  # the model wrote "]," : no token inside the string
+    assert drafts.tokens_for("beta@1", '{"evidence": [') is None
+    for i in range(MEMORY_ENTRIES + 5):
+        drafts.learn("alpha@1", tok, ids, [(0, '{"evidence": [' + " " * (i % 2)), (6, "3" * (i + 1))])
+    assert len(drafts.memory) <= MEMORY_ENTRIES
+
+
+@pytest.mark.slow
+def test_grammar_drafts_decode_the_same_replies_in_fewer_passes(
+    generator_dir: Path, lora_adapters: dict[str, Path]
+) -> None:
+    """``grammar_drafts``: a greedy JSON request alone is drafted the tokens its grammar forces (keys, quotes) and
+    the model verifies them. On the analyst's real request (a real contract's clauses, the sentence format's schema,
+    base model and a LoRA adapter), asked twice so the second reuses the prompt's cached prefix and the tokens learned
+    from the first reply, the replies are plain greedy decoding's, in fewer forward passes, most drafted tokens are
+    accepted; prompt lookup on a reused prefix too (its first pass once prefilled the whole prompt again on top of
+    its cached prefix: other replies); free text and batches are decoded as before."""
+    from types import SimpleNamespace
+
+    from rolora.adapters.serving.inprocess import InProcessBackend
+    from rolora.roles.formats import analyst_call
+
+    from conftest import EXAMPLES
+
+    text = (EXAMPLES / "nda_mutual.txt").read_text(encoding="utf-8")
+    clauses = [SimpleNamespace(text=text[i : i + 700], heading_path="") for i in (0, 700)]
+    call = analyst_call("sentence", "Which law governs the agreement?", clauses)
+    reqs = [
+        GenerationRequest(call.messages, adapter=adapter, json_schema=call.schema, max_tokens=48)
+        for adapter in (None, "alpha@1")
+    ]
+    roots = DirectoryAdapters(TEST_HOME / "test-adapters")
+    plain = InProcessBackend(generator_dir, roots, micro_batching=False, prefix_cache=False)
+    drafts = InProcessBackend(generator_dir, roots, batch_window_ms=50, grammar_drafts=True)
+    lookup = InProcessBackend(generator_dir, roots, micro_batching=False, prompt_lookup=10)
+    passes = {"plain": 0, "drafts": 0}
+
+    def counter(name: str) -> Any:
+        def hook(module: Any, args: Any, kwargs: Any) -> None:
+            passes[name] += 1
+
+        return hook
+
+    hooks = [
+        b._model.register_forward_pre_hook(counter(name), with_kwargs=True)
+        for name, b in (("plain", plain), ("drafts", drafts))
+    ]
+    try:
+        for req in reqs:
+            before = dict(passes)
+            a = plain.generate([req])[0]
+            steps = a.completion_tokens + (a.finish_reason == "stop")
+            assert passes["plain"] - before["plain"] == steps and a.json is not None
+            for round_ in (1, 2):  # the second: the prompt's prefix from the cache, the model's tokens learned
+                reused = drafts.prefix_tokens_reused
+                before = dict(passes)
+                b = drafts.generate([req])[0]
+                assert (a.text, a.completion_tokens, a.finish_reason) == (b.text, b.completion_tokens, b.finish_reason)
+                assert passes["drafts"] - before["drafts"] < 0.75 * steps, (b.text, passes, before, round_)
+                if round_ == 2:
+                    assert drafts.prefix_tokens_reused > reused
+            c = lookup.generate([req])[0], lookup.generate([req])[0]  # the second on the cached prefix
+            assert [r.text for r in c] == [a.text, a.text] and lookup.prefix_tokens_reused > 0
+        fd = drafts.forced_drafts
+        assert fd.drafts >= 4 * len(reqs) and fd.accepted >= 0.8 * fd.tokens > 0, vars(fd)
+        assert len({adapter for adapter, _ in fd.memory}) == 2  # learned per adapter: the base model's, alpha's
+        before_drafts = fd.drafts
+        free = drafts.generate([_req("Name one colour.", max_tokens=8)])[0]
+        assert free.text == plain.generate([_req("Name one colour.", max_tokens=8)])[0].text
+        before_batches = drafts.batch_count
+        batch = drafts.generate(reqs)
+        assert _batches_since(drafts, before_batches) == [2]
+        assert [r.text for r in batch] == [plain.generate([r])[0].text for r in reqs]
+        assert fd.drafts == before_drafts  # free text and a batch of two: no drafts
+    finally:
+        for h in hooks:
+            h.remove()
+        for backend in (plain, drafts, lookup):
+            backend.close()

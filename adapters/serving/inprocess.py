@@ -14,7 +14,11 @@ its fp32 weight in bf16);
 (:mod:`.bf16_weights`; the rest of the model and the adapters fp32); ``quantize="auto"`` (``rolora.yaml``'s
 default; the class's is ``"none"``) picks by CPU (:func:`.quantize.resolve_quantize`). ``prompt_lookup``
 (``backend.prompt_lookup``, off by default) decodes a greedy request alone with drafts copied from its prompt
-(:mod:`.prompt_lookup`). All model work happens on one worker thread, so the backend is thread-safe.
+(:mod:`.prompt_lookup`); ``grammar_drafts`` (``backend.grammar_drafts``, on in ``rolora.yaml``, off in the class)
+drafts a greedy JSON request alone the tokens its grammar forces, keys and quotes (:mod:`.grammar_drafts`); both
+verify drafts with transformers' assisted generation, whose first pass is sliced after a reused prefix
+(:func:`.prompt_lookup.assisted_prefill_after`). All model work happens on one worker thread, so the backend is
+thread-safe.
 
 ``prefix_cache`` (``backend.prefix_cache``, on by default): a request generated alone reuses the key/value cache of
 the longest token prefix its prompt shares with one of the latest prompts of the same adapter (the system prompt and
@@ -57,6 +61,7 @@ from .base import (
     json_schema_grammar,
     verify_adapter_files,
 )
+from .grammar_drafts import MAX_FORCED_DRAFT
 from .quantize import BF16_PREFILL, INT8_LAYERS, resolve_quantize
 
 if TYPE_CHECKING:
@@ -126,6 +131,7 @@ class InProcessBackend(BackendBase):
         quantize: str = "none",
         prefix_cache: bool = True,
         prompt_lookup: int = 0,
+        grammar_drafts: bool = False,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -172,6 +178,10 @@ class InProcessBackend(BackendBase):
         self.prefix_tokens_reused = 0  # prompt tokens not prefilled again (tests, benchmarks)
         self.prompt_lookup = prompt_lookup
         self.lookup_calls = 0  # generate calls decoded with prompt-lookup drafts (tests, benchmarks)
+        from .grammar_drafts import ForcedDrafts
+
+        self.grammar_drafts = grammar_drafts
+        self.forced_drafts = ForcedDrafts()  # the model's tokens for forced strings; counts (tests, benchmarks)
         self._resolver = adapters
         self.max_loaded = max_loaded
         self.window = batch_window_ms / 1000.0 if micro_batching else 0.0
@@ -199,6 +209,7 @@ class InProcessBackend(BackendBase):
             quantize=config.backend.quantize,
             prefix_cache=config.backend.prefix_cache,
             prompt_lookup=config.backend.prompt_lookup,
+            grammar_drafts=config.backend.grammar_drafts,
             **kwargs,
         )
 
@@ -466,20 +477,41 @@ class InProcessBackend(BackendBase):
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         # a greedy request alone is decoded with drafts copied from its prompt, verified by the model
-        lookup = self.prompt_lookup if len(jobs) == 1 and req.temperature <= 0 and not req.min_tokens else 0
-        if lookup:
-            kwargs["prompt_lookup_num_tokens"] = lookup
-            self.lookup_calls += 1
+        # drafts: not under int8 decoding, whose kernel quantizes a pass's activations together (one scale for the
+        # tensor), so a pass over several tokens would not compute what one-token steps do
+        alone = len(jobs) == 1 and req.temperature <= 0 and not req.min_tokens and self.quantize not in INT8_LAYERS
+        lookup = self.prompt_lookup if alone else 0
+        # a greedy JSON request alone is drafted the tokens its grammar forces (keys, quotes), verified in one pass
+        forced = self.grammar_drafts and alone and req.json_schema is not None
+        sync: Any = None
         if req.json_schema is not None:
             import xgrammar as xgr
 
             grammars = [self._grammar(j.request.json_schema or {}) for j in jobs]
-            if lookup:
+            if lookup or forced:
                 from .prompt_lookup import GrammarSync
 
-                kwargs["logits_processor"] = [GrammarSync(grammars[0], prompt_len)]
+                sync = GrammarSync(grammars[0], prompt_len)
+                kwargs["logits_processor"] = [sync]
             else:
                 kwargs["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(grammars)]
+        drafting: Any = contextlib.nullcontext()
+        draft_len = max(lookup, MAX_FORCED_DRAFT if forced else 0)
+        adapter_of = jobs[0].adapter or BASE
+        if draft_len:  # transformers' assisted generation, with the drafts of .grammar_drafts
+            from .grammar_drafts import grammar_drafts
+
+            kwargs["prompt_lookup_num_tokens"] = draft_len
+            self.lookup_calls += bool(lookup)
+            drafting = grammar_drafts(
+                self._model,
+                self.forced_drafts if forced else None,
+                adapter_of,
+                sync,
+                lookup,
+                prompt_len,
+                not_in_prefill=self.quantize in BF16_PREFILL,
+            )
         model: Any = self._model
         rows: Any = contextlib.nullcontext()
         if self._peft is not None:
@@ -492,12 +524,17 @@ class InProcessBackend(BackendBase):
                 kwargs["adapter_names"] = names  # PEFT's mixed batch: a sub-batch per adapter per layer
         # a request generated alone (every `ask` call) starts from the cache of a prefix it shares, and leaves its own
         prefix_of = (jobs[0].adapter or BASE) if self.prefix_cache and len(jobs) == 1 else None
+        assisted: Any = contextlib.nullcontext()
         if prefix_of is not None:
             kwargs["return_dict_in_generate"] = True
             ids = tuple(int(t) for t in enc["input_ids"][0])
             reused = self._reuse_prefix(prefix_of, ids)
             if reused is not None:
                 kwargs[_cache_kwarg()] = reused
+                if "prompt_lookup_num_tokens" in kwargs:  # assisted decoding: its first pass prefills the rest only
+                    from .prompt_lookup import assisted_prefill_after
+
+                    assisted = assisted_prefill_after(self._model)
         t0 = time.perf_counter()
         prefill: Any = contextlib.nullcontext()
         if self.quantize in BF16_PREFILL:
@@ -505,8 +542,8 @@ class InProcessBackend(BackendBase):
 
             # the causal LM under PEFT: generate calls it for every step; a pass verifying a draft stays fp32 as
             # one-token steps do (bf16 there would flip far more near ties than the order of additions does)
-            prefill = bf16_prefill(self._model, min_tokens=lookup + 2)
-        with rows, prefill:
+            prefill = bf16_prefill(self._model, min_tokens=draft_len + 2)
+        with rows, prefill, assisted, drafting as forced_seen:
             out = model.generate(**enc, **kwargs)
         if prefix_of is not None:
             cache = getattr(out, "cache", None)  # the prompt's and the generated tokens'
@@ -518,6 +555,8 @@ class InProcessBackend(BackendBase):
                 while len(self._prefixes) > PREFIX_ENTRIES:
                     self._prefixes.popitem(last=False)
             out = out.sequences
+        if forced_seen:  # the tokens the model wrote for each forced string: the next such draft
+            self.forced_drafts.learn(adapter_of, tok, out[0, prompt_len:].tolist(), forced_seen)
         self.batches.append(len(jobs))
         self.batch_count += 1
         elapsed = time.perf_counter() - t0
