@@ -213,23 +213,23 @@ def resolve_adapter(config: Config, registry: Any, domain: str, role: str, choic
     return str(ref), ""
 
 
+# configuration fields added after runs were stored: left out of the fingerprint while unset
+FIELDS_ADDED_LATER = (
+    "quantize",
+    "grammar_drafts",
+    "prompt_lookup",
+    "k",
+    "declined_answer",
+    "short_answers",
+    "typed_reader",
+    "yes_no",
+    "min_evidence_similarity",
+)
+
+
 def _unset_newer_fields(spec: ConfigurationSpec) -> set[str]:
-    """Configuration fields added after runs were stored (``quantize``, ``grammar_drafts``, ``prompt_lookup``, ``k``,
-    ``declined_answer``,
-    ``short_answers``, ``typed_reader``, ``yes_no``, ``min_evidence_similarity``): left out of the fingerprint while
-    unset."""
-    newer = (
-        "quantize",
-        "grammar_drafts",
-        "prompt_lookup",
-        "k",
-        "declined_answer",
-        "short_answers",
-        "typed_reader",
-        "yes_no",
-        "min_evidence_similarity",
-    )
-    return {f for f in newer if getattr(spec, f) is None}
+    """The fields of :data:`FIELDS_ADDED_LATER` ``spec`` leaves unset (so runs stored before them stay valid)."""
+    return {f for f in FIELDS_ADDED_LATER if getattr(spec, f) is None}
 
 
 def _hash(data: Any) -> str:

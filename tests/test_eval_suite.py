@@ -212,7 +212,7 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
     import hashlib
 
     from rolora.config import Config
-    from rolora.evals.runner import _plan
+    from rolora.evals.runner import FIELDS_ADDED_LATER, _plan
 
     data = minimal()
     data["configurations"] = {
@@ -240,18 +240,7 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
     before = {  # what the fingerprint hashed before quantize existed
         "spec": spec.model_dump(
             mode="json",
-            exclude={
-                "description",
-                "quantize",
-                "grammar_drafts",
-                "prompt_lookup",
-                "k",
-                "declined_answer",
-                "short_answers",
-                "typed_reader",
-                "yes_no",
-                "min_evidence_similarity",
-            },
+            exclude={"description", *FIELDS_ADDED_LATER},
         ),
         "adapters": {r: None for r in spec.role_choices()},
         "models": cfg.models.model_dump(mode="json"),

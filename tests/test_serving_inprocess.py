@@ -646,6 +646,38 @@ def test_grammar_sync_masks_every_prefix_it_is_called_with(generator_dir: Path) 
     assert torch.equal(sync(torch.tensor([prompt + reply[:2]]), torch.zeros(1, info.vocab_size)), fresh_mask(reply[:2]))
 
 
+def _analyst_requests(max_tokens: int) -> list[GenerationRequest]:
+    """The analyst's real request (two clauses of the example NDA, the sentence format's JSON schema) for the base
+    model and the adapter alpha@1."""
+    from types import SimpleNamespace
+
+    from rolora.roles.formats import analyst_call
+
+    from conftest import EXAMPLES
+
+    text = (EXAMPLES / "nda_mutual.txt").read_text(encoding="utf-8")
+    clauses = [SimpleNamespace(text=text[i : i + 700], heading_path="") for i in (0, 700)]
+    call = analyst_call("sentence", "Which law governs the agreement?", clauses)
+    return [
+        GenerationRequest(call.messages, adapter=adapter, json_schema=call.schema, max_tokens=max_tokens)
+        for adapter in (None, "alpha@1")
+    ]
+
+
+def _count_passes(**backends: Any) -> tuple[dict[str, int], list[Any]]:
+    """The forward passes of each backend's model, counted by name (and the hooks, to remove)."""
+    passes = dict.fromkeys(backends, 0)
+
+    def counter(name: str) -> Any:
+        def hook(module: Any, args: Any, kwargs: Any) -> None:
+            passes[name] += 1
+
+        return hook
+
+    hooks = [b._model.register_forward_pre_hook(counter(n), with_kwargs=True) for n, b in backends.items()]
+    return passes, hooks
+
+
 @pytest.mark.slow
 def test_prompt_lookup_decodes_the_same_replies_in_fewer_passes(
     generator_dir: Path, lora_adapters: dict[str, Path]
@@ -654,36 +686,14 @@ def test_prompt_lookup_decodes_the_same_replies_in_fewer_passes(
     model. On the analyst's real request (a real contract's clauses, the sentence format's JSON schema, base model and
     a LoRA adapter) and on free text, the replies are those of plain greedy decoding, in fewer forward passes of the
     model; a batch of several requests is decoded as before."""
-    from types import SimpleNamespace
-
     from rolora.adapters.serving.inprocess import InProcessBackend
-    from rolora.roles.formats import analyst_call
 
-    from conftest import EXAMPLES
-
-    text = (EXAMPLES / "nda_mutual.txt").read_text(encoding="utf-8")
-    clauses = [SimpleNamespace(text=text[i : i + 700], heading_path="") for i in (0, 700)]
-    call = analyst_call("sentence", "Which law governs the agreement?", clauses)
-    reqs = [
-        GenerationRequest(call.messages, adapter=adapter, json_schema=call.schema, max_tokens=64)
-        for adapter in (None, "alpha@1")
-    ] + [_req("Repeat exactly: The Receiving Party shall hold the Confidential Information in strict confidence.",
-              max_tokens=32)]  # fmt: skip
+    copy_me = "Repeat exactly: The Receiving Party shall hold the Confidential Information in strict confidence."
+    reqs = [*_analyst_requests(64), _req(copy_me, max_tokens=32)]
     roots = DirectoryAdapters(TEST_HOME / "test-adapters")
     plain = InProcessBackend(generator_dir, roots, micro_batching=False, prefix_cache=False)
     lookup = InProcessBackend(generator_dir, roots, batch_window_ms=50, prefix_cache=False, prompt_lookup=10)
-    passes = {"plain": 0, "lookup": 0}
-
-    def counter(name: str) -> Any:
-        def hook(module: Any, args: Any, kwargs: Any) -> None:
-            passes[name] += 1
-
-        return hook
-
-    hooks = [
-        b._model.register_forward_pre_hook(counter(name), with_kwargs=True)
-        for name, b in (("plain", plain), ("lookup", lookup))
-    ]
+    passes, hooks = _count_passes(plain=plain, lookup=lookup)
     try:
         for req in reqs:
             before = dict(passes)
@@ -742,36 +752,14 @@ def test_grammar_drafts_decode_the_same_replies_in_fewer_passes(
     from the first reply, the replies are plain greedy decoding's, in fewer forward passes, most drafted tokens are
     accepted; prompt lookup on a reused prefix too (its first pass once prefilled the whole prompt again on top of
     its cached prefix: other replies); free text and batches are decoded as before."""
-    from types import SimpleNamespace
-
     from rolora.adapters.serving.inprocess import InProcessBackend
-    from rolora.roles.formats import analyst_call
 
-    from conftest import EXAMPLES
-
-    text = (EXAMPLES / "nda_mutual.txt").read_text(encoding="utf-8")
-    clauses = [SimpleNamespace(text=text[i : i + 700], heading_path="") for i in (0, 700)]
-    call = analyst_call("sentence", "Which law governs the agreement?", clauses)
-    reqs = [
-        GenerationRequest(call.messages, adapter=adapter, json_schema=call.schema, max_tokens=48)
-        for adapter in (None, "alpha@1")
-    ]
+    reqs = _analyst_requests(48)
     roots = DirectoryAdapters(TEST_HOME / "test-adapters")
     plain = InProcessBackend(generator_dir, roots, micro_batching=False, prefix_cache=False)
     drafts = InProcessBackend(generator_dir, roots, batch_window_ms=50, grammar_drafts=True)
     lookup = InProcessBackend(generator_dir, roots, micro_batching=False, prompt_lookup=10)
-    passes = {"plain": 0, "drafts": 0}
-
-    def counter(name: str) -> Any:
-        def hook(module: Any, args: Any, kwargs: Any) -> None:
-            passes[name] += 1
-
-        return hook
-
-    hooks = [
-        b._model.register_forward_pre_hook(counter(name), with_kwargs=True)
-        for name, b in (("plain", plain), ("drafts", drafts))
-    ]
+    passes, hooks = _count_passes(plain=plain, drafts=drafts)
     try:
         for req in reqs:
             before = dict(passes)
