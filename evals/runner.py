@@ -250,9 +250,9 @@ def _drafts_run(kind: str, quantize: str, forced: bool | None, lookup: int | Non
     """The drafts a configuration's requests are decoded with: grammar-forced ones (``backend.grammar_drafts``) and
     prompt lookup's (``backend.prompt_lookup``), the configuration's or else the config's; read by the in-process
     backend only, which drafts nothing under int8 decoding (``quantize``, as :func:`_quantize_run` resolved it)."""
-    from rolora.adapters.serving.quantize import INT8_LAYERS
+    from rolora.adapters.serving.quantize import drafts_allowed
 
-    if kind != "inprocess" or quantize in INT8_LAYERS:
+    if kind != "inprocess" or not drafts_allowed(quantize):
         return False, 0
     return (
         cfg.backend.grammar_drafts if forced is None else forced,

@@ -13,12 +13,12 @@ its fp32 weight in bf16);
 ``quantize="bf16-weights"`` keeps bfloat16 copies of the linear layers' weights for prefill and decoding
 (:mod:`.bf16_weights`; the rest of the model and the adapters fp32); ``quantize="auto"`` (``rolora.yaml``'s
 default; the class's is ``"none"``) picks by CPU (:func:`.quantize.resolve_quantize`). ``prompt_lookup``
-(``backend.prompt_lookup``, off by default) decodes a greedy request alone with drafts copied from its prompt
-(:mod:`.prompt_lookup`); ``grammar_drafts`` (``backend.grammar_drafts``, on in ``rolora.yaml``, off in the class)
-drafts a greedy JSON request alone the tokens its grammar forces, keys and quotes (:mod:`.grammar_drafts`); both
-verify drafts with transformers' assisted generation, whose first pass is sliced after a reused prefix
-(:func:`.prompt_lookup.assisted_prefill_after`). All model work happens on one worker thread, so the backend is
-thread-safe.
+(``backend.prompt_lookup``, 10 in ``rolora.yaml``, 0 = off in the class) decodes a greedy request alone with drafts
+copied from its prompt (:mod:`.prompt_lookup`); ``grammar_drafts`` (``backend.grammar_drafts``, on in
+``rolora.yaml``, off in the class) drafts a greedy JSON request alone the tokens its grammar forces, keys and quotes
+(:mod:`.grammar_drafts`); both verify drafts with transformers' assisted generation, whose first pass is sliced after
+a reused prefix (:func:`.prompt_lookup.assisted_prefill_after`), and neither runs under int8 decoding
+(:func:`.quantize.drafts_allowed`). All model work happens on one worker thread, so the backend is thread-safe.
 
 ``prefix_cache`` (``backend.prefix_cache``, on by default): a request generated alone reuses the key/value cache of
 the longest token prefix its prompt shares with one of the latest prompts of the same adapter (the system prompt and
@@ -62,7 +62,7 @@ from .base import (
     verify_adapter_files,
 )
 from .grammar_drafts import MAX_FORCED_DRAFT
-from .quantize import BF16_PREFILL, INT8_LAYERS, resolve_quantize
+from .quantize import BF16_PREFILL, INT8_LAYERS, drafts_allowed, resolve_quantize
 
 if TYPE_CHECKING:
     from rolora.config import Config
@@ -477,9 +477,7 @@ class InProcessBackend(BackendBase):
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         # a greedy request alone is decoded with drafts copied from its prompt, verified by the model
-        # drafts: not under int8 decoding, whose kernel quantizes a pass's activations together (one scale for the
-        # tensor), so a pass over several tokens would not compute what one-token steps do
-        alone = len(jobs) == 1 and req.temperature <= 0 and not req.min_tokens and self.quantize not in INT8_LAYERS
+        alone = len(jobs) == 1 and req.temperature <= 0 and not req.min_tokens and drafts_allowed(self.quantize)
         lookup = self.prompt_lookup if alone else 0
         # a greedy JSON request alone is drafted the tokens its grammar forces (keys, quotes), verified in one pass
         forced = self.grammar_drafts and alone and req.json_schema is not None

@@ -11,10 +11,17 @@ from pathlib import Path
 
 from rolora.hardware import cpu_flags, cpu_has_bf16_units, cpu_has_int8_dot_units
 
-__all__ = ["BF16_PREFILL", "INT8_LAYERS", "resolve_quantize"]
+__all__ = ["BF16_PREFILL", "INT8_LAYERS", "drafts_allowed", "resolve_quantize"]
 
 BF16_PREFILL = ("bf16", "bf16-int8", "bf16-weights")  # settings whose prompt pass runs under bf16 autocast
 INT8_LAYERS = ("int8", "bf16-int8")  # settings whose base linear layers are swapped for int8 ones (int8.py)
+
+
+def drafts_allowed(quantize: str) -> bool:
+    """Whether the in-process backend decodes with drafts (``backend.grammar_drafts``, ``backend.prompt_lookup``)
+    under ``quantize`` (resolved, not ``auto``): not under int8 decoding, whose kernel quantizes a pass's activations
+    together (one scale for the tensor), so a pass over several tokens would not compute what one-token steps do."""
+    return quantize not in INT8_LAYERS
 
 
 def resolve_quantize(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
