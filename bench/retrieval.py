@@ -5,7 +5,7 @@
     .venv/bin/python bench/retrieval.py --cuad-full [--work DIR]    # all 401 contracts, the fixed 100-contract sample
     .venv/bin/python bench/retrieval.py [--chunks 50000] [--queries 200] [--ingest-chunks 1000]
     .venv/bin/python bench/retrieval.py --embedder tuned:cuad-retriever [--max-contracts 25]   # base vs tuned
-    .venv/bin/python bench/retrieval.py --only backends --ingest-chunks 400 --max-contracts 25  # torch/bf16/onnx/int8
+    .venv/bin/python bench/retrieval.py --only backends --ingest-chunks 400 --max-contracts 25  # every backend
 
 Quality (``--quality``): character-level span recall (LegalBench-RAG's definition, overlapping passages merged) of
 CUAD questions on the contracts of the test split of ``rolora.adapters.data.doc_split`` (never used for tuning),
@@ -797,7 +797,14 @@ def bench_embedders(work: Path, ref: str, limit: int | None, max_contracts: int 
     print(f"n = {len(test_qs)} questions")
 
 
-BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino-int8")
+
+
+def runnable_backends() -> tuple[str, ...]:
+    """The backends this CPU runs: openvino-int8 is refused without int8 dot-product units (VNNI/AMX)."""
+    from rolora.hardware import cpu_has_int8_dot_units
+
+    return tuple(b for b in BACKENDS if b != "openvino-int8" or cpu_has_int8_dot_units())
 
 
 def bench_backends(n: int, rounds: int, work: Path, max_contracts: int | None, limit: int | None) -> None:
@@ -814,13 +821,16 @@ def bench_backends(n: int, rounds: int, work: Path, max_contracts: int | None, l
     from conftest import make_config
 
     t = time.perf_counter()
-    embs = {b: make_embedder("all-minilm-l6-v2", backend=b, home=default_home()) for b in BACKENDS}
+    backends = runnable_backends()
+    if backends != BACKENDS:
+        print(f"  (not on this CPU: {', '.join(b for b in BACKENDS if b not in backends)})")
+    embs = {b: make_embedder("all-minilm-l6-v2", backend=b, home=default_home()) for b in backends}
     print(f"== embedder backends (ONNX exports under {default_home() / 'models' / 'onnx'}; ready in "
           f"{time.perf_counter() - t:.0f} s)")  # fmt: skip
     texts = synthetic_texts(n, seed=1, words=50)
     tmp = Path(tempfile.mkdtemp(prefix="rolora-bench-backends-"))
     write_corpus(tmp / "corpus", texts)
-    best = dict.fromkeys(BACKENDS, 0.0)
+    best = dict.fromkeys(backends, 0.0)
     for i in range(rounds):
         for b, emb in embs.items():
             emb.embed(texts[:64])  # warm up
@@ -830,8 +840,8 @@ def bench_backends(n: int, rounds: int, work: Path, max_contracts: int | None, l
             rep = Retriever("bench", cfg, emb).ingest(progress=False)
             best[b] = max(best[b], rep.chunks_total / (time.perf_counter() - t))
     print(f"  ingest, {n} chunks embedded for real, best of {rounds} interleaved rounds:")
-    for b in BACKENDS:
-        print(f"  {b:<10} {best[b]:8.1f} chunks/s   ratio vs torch {best[b] / best['torch']:5.2f}x")
+    for b in backends:
+        print(f"  {b:<13} {best[b]:8.1f} chunks/s   ratio vs torch {best[b] / best['torch']:5.2f}x")
 
     test_docs = set(split_contracts("test", max_contracts))
     test_qs = [q for q in cuad_questions("test") if q["doc_id"] in test_docs]
@@ -849,7 +859,7 @@ def bench_backends(n: int, rounds: int, work: Path, max_contracts: int | None, l
         rows[b] = score_rows(rankings(r, test_qs, True, False), (1.0, 1.0), 60)
         print(f"  {b}: index of {r.store.chunk_count()} chunks (ingest {rate or 0:.1f} chunks/s)", flush=True)
         real = real or r.store.all_chunks()[1][: min(n, 256)]
-    fast = dict.fromkeys(BACKENDS, 0.0)
+    fast = dict.fromkeys(backends, 0.0)
     for _ in range(rounds):  # the CUAD chunks themselves (up to 1000 characters: longer than the synthetic ones)
         for b, emb in embs.items():
             emb.embed(real[:16], batch_size=64)  # warm up
@@ -857,7 +867,7 @@ def bench_backends(n: int, rounds: int, work: Path, max_contracts: int | None, l
             emb.embed(real, batch_size=64)
             fast[b] = max(fast[b], len(real) / (time.perf_counter() - t))
     print(f"  embedding {len(real)} CUAD chunks, best of {rounds}: "
-          + ", ".join(f"{b} {fast[b]:.1f}/s ({fast[b] / fast['torch']:.2f}x)" for b in BACKENDS))  # fmt: skip
+          + ", ".join(f"{b} {fast[b]:.1f}/s ({fast[b] / fast['torch']:.2f}x)" for b in backends))  # fmt: skip
     print()
     cols = [(mode, k) for mode in ("hybrid", "dense") for k in range(3)]
 
@@ -868,7 +878,7 @@ def bench_backends(n: int, rounds: int, work: Path, max_contracts: int | None, l
           "| largest recall change vs torch (paired 95 % CI) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
-    for b in BACKENDS:
+    for b in backends:
         diffs = [(mean(b, m, k) - mean("torch", m, k), m, k) for m, k in cols]
         d, m, k = max(diffs, key=lambda x: abs(x[0]))
         ci = paired_bootstrap([x[k] for x in rows["torch"][m]], [x[k] for x in rows[b][m]], samples=2000, seed=0)
@@ -880,6 +890,11 @@ def bench_backends(n: int, rounds: int, work: Path, max_contracts: int | None, l
             verdicts.append(f"{b} {'meets' if ok else 'misses'} it")
     print(f"n = {len(test_qs)} questions; goal: ingest >= 2.5x torch with every recall within 0.01 of torch: "
           + "; ".join(verdicts))  # fmt: skip
+    print("every recall change vs torch, paired 95 % CI:")
+    for b in backends[1:]:
+        pairs = [(m, k, [x[k] for x in rows["torch"][m]], [x[k] for x in rows[b][m]]) for m, k in cols]
+        cis = [f"{m} @{KS[k]} {paired_bootstrap(t, c, samples=2000, seed=0).fmt()}" for m, k, t, c in pairs]
+        print(f"  {b}: " + ", ".join(cis))
 
 
 def bench_cuad_full(work: Path) -> None:

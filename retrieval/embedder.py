@@ -7,7 +7,8 @@ canonical ``tuned:NAME@N``. Vectors are float32 and L2-normalised so inner produ
 
 ``models.embedder_backend`` chooses the runtime: ``torch`` (sentence-transformers), ``torch-bf16`` (the same in
 bfloat16: 2-3x as fast on CPUs with bf16 matrix units, AMX or AVX512-BF16), ``onnx`` or ``onnx-int8``
-(onnxruntime on the model exported once by ``rolora.models.prepare_onnx_embedder``). A backend other than torch is
+(onnxruntime) and ``openvino-int8`` (OpenVINO, static int8 by NNCF; CPUs with VNNI or AMX only), the last three on
+the model exported once by ``rolora.models.prepare_exported_embedder``. A backend other than torch is
 part of the embedder's ``name`` (``all-minilm-l6-v2+onnx-int8``): the index manifest and the embedding cache keep
 the vectors of different backends apart.
 """
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from rolora.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +98,31 @@ class SentenceTransformerEmbedder:
 
 
 class OnnxEmbedder:
-    """The sentence-transformers pipeline of ``spec`` exported to ONNX (``backend``: ``onnx`` float32 or
-    ``onnx-int8``), run by onnxruntime on CPU. Texts are batched by length, like sentence-transformers does."""
+    """The sentence-transformers pipeline of ``spec`` exported once (``rolora.models.prepare_exported_embedder``) and
+    run on CPU: ``onnx`` (float32) or ``onnx-int8`` by onnxruntime, ``openvino-int8`` (static int8, NNCF) by
+    OpenVINO. Texts are batched by length, like sentence-transformers does."""
 
     def __init__(self, spec: str, backend: str = "onnx", home: Path | None = None) -> None:
-        import onnxruntime as ort
         from transformers import AutoTokenizer
 
-        from rolora.models import embedder_name, prepare_onnx_embedder
+        from rolora.models import embedder_name, prepare_exported_embedder
 
         self.name = embedder_name(spec, home, backend)
-        folder = prepare_onnx_embedder(spec, backend, home)
+        if backend == "openvino-int8":
+            from rolora.hardware import cpu_has_int8_dot_units
+
+            if not cpu_has_int8_dot_units():  # checked before an export that would not be used
+                raise ConfigError(
+                    "models.embedder_backend: openvino-int8 needs a CPU with int8 dot-product units (avx512_vnni, "
+                    "avx_vnni or amx_int8) and this one has none; set models.embedder_backend: torch (or onnx-int8)"
+                )
+        folder = prepare_exported_embedder(spec, backend, home)
         meta = json.loads((folder / "rolora_onnx.json").read_text())
         self.dim = int(meta["dim"])
         self._inputs: list[str] = list(meta["inputs"])
         self._max_len = int(meta["max_seq_length"])
         self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        options = ort.SessionOptions()
-        # no busy-waiting between ops: on shared cores (the usual CPU box) spinning threads slowed ingest ~2x
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self._run = _openvino_runner(folder) if backend == "openvino-int8" else _onnxruntime_runner(folder)
 
     def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -124,10 +132,29 @@ class OnnxEmbedder:
             enc = self._tokenizer(
                 [texts[j] for j in idx], padding=True, truncation=True, max_length=self._max_len, return_tensors="np"
             )
-            feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in self._inputs}
-            out[idx] = self._session.run(None, feeds)[0]
+            out[idx] = self._run({k: np.asarray(enc[k], dtype=np.int64) for k in self._inputs})
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def _onnxruntime_runner(folder: Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # no busy-waiting between ops: on shared cores (the usual CPU box) spinning threads slowed ingest ~2x
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    return lambda feeds: np.asarray(session.run(None, feeds)[0])
+
+
+def _openvino_runner(folder: Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    import openvino as ov
+
+    # float32 outside the int8 layers on every CPU (OpenVINO would pick bf16 where the CPU has it: other vectors);
+    # one stream, the cores on one batch at a time as the other backends do
+    config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": "1"}
+    compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", config)
+    return lambda feeds: np.asarray(compiled(feeds)[0])
 
 
 EmbedderFactory = Callable[[str], Embedder]

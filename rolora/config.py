@@ -42,10 +42,10 @@ class _Strict(BaseModel):
 class ModelsConfig(_Strict):
     generator: str = "smollm2-135m-instruct"
     embedder: str = "all-minilm-l6-v2"
-    # the embedder's runtime: sentence-transformers on torch (float32, or bfloat16), or its ONNX export (float32, or
-    # dynamic int8) run by onnxruntime (extra `rolora[onnx]`); the index records it, so a change is refused until
-    # `ingest --rebuild`
-    embedder_backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8"] = "torch"
+    # the embedder's runtime: sentence-transformers on torch (float32, or bfloat16), its ONNX export (float32, or
+    # dynamic int8) run by onnxruntime (extra `rolora[onnx]`), or static int8 run by OpenVINO (extra
+    # `rolora[openvino]`; CPUs with VNNI/AMX); the index records it, so a change is refused until `ingest --rebuild`
+    embedder_backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8", "openvino-int8"] = "torch"
 
 
 class RetrievalConfig(_Strict):
@@ -314,7 +314,8 @@ models:
   # Alias, sentence-transformers folder or hub id (env: ROLORA_EMBEDDER).
   embedder: all-minilm-l6-v2
   # torch | torch-bf16 (bfloat16: fast on CPUs with AMX/AVX512-BF16) | onnx | onnx-int8: ONNX export run by
-  # onnxruntime (pip install 'rolora[onnx]'); change it, then re-ingest
+  # onnxruntime (pip install 'rolora[onnx]') | openvino-int8: static int8 run by OpenVINO (pip install
+  # 'rolora[openvino]'; CPUs with VNNI/AMX only); change it, then re-ingest
   # with --rebuild (bench/retrieval.py --only backends measures speed and recall)
   embedder_backend: torch
 

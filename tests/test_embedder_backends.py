@@ -1,4 +1,5 @@
-"""models.embedder_backend: the real MiniLM exported to ONNX (float32 and dynamic int8), run by onnxruntime.
+"""models.embedder_backend: the real MiniLM exported to ONNX (float32 and dynamic int8), run by onnxruntime, and
+quantised to static int8 by NNCF, run by OpenVINO.
 
 The exports are made once into TEST_HOME (keyed by the source weights' SHA-256) and reused by later runs.
 """
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, TEST_HOME, make_config
+from conftest import EXAMPLES, REPO, TEST_HOME, make_config
 
 pytest.importorskip("onnxruntime", reason="the onnx extra: pip install 'rolora[onnx]'")
 
@@ -55,7 +56,7 @@ def test_export_is_cached_outside_the_wheel(monkeypatch: pytest.MonkeyPatch, onn
 
     from rolora import models
 
-    folders = {b: models.prepare_onnx_embedder("all-minilm-l6-v2", b, TEST_HOME) for b in ("onnx", "onnx-int8")}
+    folders = {b: models.prepare_exported_embedder("all-minilm-l6-v2", b, TEST_HOME) for b in ("onnx", "onnx-int8")}
     stamps = {b: (f / "model.onnx").stat().st_mtime_ns for b, f in folders.items()}
 
     def no_export(*_: Any, **__: Any) -> Any:
@@ -64,7 +65,7 @@ def test_export_is_cached_outside_the_wheel(monkeypatch: pytest.MonkeyPatch, onn
     monkeypatch.setattr(models, "_export_onnx", no_export)
     monkeypatch.setattr("onnxruntime.quantization.quantize_dynamic", no_export)
     for b, folder in folders.items():
-        assert models.prepare_onnx_embedder("all-minilm-l6-v2", b, TEST_HOME) == folder
+        assert models.prepare_exported_embedder("all-minilm-l6-v2", b, TEST_HOME) == folder
         assert (folder / "model.onnx").stat().st_mtime_ns == stamps[b]
         assert folder.is_relative_to(TEST_HOME / "models" / "onnx")
         meta = json.loads((folder / "rolora_onnx.json").read_text())
@@ -121,3 +122,105 @@ def test_index_of_another_backend_is_refused(tmp_path: Path, embedder: Any, onnx
     assert rep.embedded == 0 and rep.embedding_cache_hits == rep.chunks_total
     assert back.search("governing law", k=3)
     back.close()
+
+
+# -- openvino-int8: static int8 (NNCF), run by OpenVINO; CPUs with int8 dot-product units only ------------------------
+def _openvino() -> None:
+    import importlib.util
+
+    from conftest import missing_real_part
+
+    if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None:
+        missing_real_part("openvino and nncf are not installed", "pip install 'rolora[openvino]' (make setup does)")
+
+
+def test_openvino_int8_matches_torch_where_the_cpu_has_int8_dot_units(embedder: Any) -> None:
+    """On a CPU with VNNI/AMX: vectors close to torch's and the same neighbours. Without them (AVX2 only; with oneDNN
+    held to AVX2 on a VNNI CPU the int8 model's vectors fell to a cosine of 0.53 with its own VNNI ones and it ran
+    3.4x slower): refused with the setting to change, before anything is exported."""
+    from rolora.errors import ConfigError
+    from rolora.hardware import cpu_has_int8_dot_units
+    from rolora.retrieval import make_embedder
+
+    _openvino()
+    if not cpu_has_int8_dot_units():
+        with pytest.raises(ConfigError, match=r"openvino-int8 needs a CPU with int8 dot-product units.*backend: torch"):
+            make_embedder("all-minilm-l6-v2", home=TEST_HOME, backend="openvino-int8")
+        return
+    ov = make_embedder("all-minilm-l6-v2", home=TEST_HOME, backend="openvino-int8")
+    assert ov.name == "all-minilm-l6-v2+openvino-int8" and ov.dim == embedder.dim
+    texts = _sentences()
+    ref, vecs = embedder.embed(texts), ov.embed(texts, batch_size=16)
+    assert vecs.shape == ref.shape and vecs.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    cos = (vecs * ref).sum(1)
+    assert cos.mean() >= 0.99 and cos.min() >= 0.97, (cos.mean(), cos.min())
+    one = np.stack([ov.embed([t])[0] for t in texts[:5]])  # fixed int8 ranges: alone or in a padded batch, ~the same
+    assert (one * vecs[:5]).sum(1).min() >= 0.999
+    assert ov.embed([]).shape == (0, embedder.dim)
+    # the same nearest sentences: a query's top 3 by int8 holds torch's top 1
+    for i in range(0, len(texts), 7):
+        assert np.argsort(-(ref @ ref[i]))[1] in np.argsort(-(vecs @ vecs[i]))[1:4]
+
+
+def test_openvino_export_is_reused_redone_for_new_calibration_and_atomic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export lives under $ROLORA_HOME/models/openvino, is reused while the weights and calibration texts are the
+    same, and is made again when the calibration texts change; an export that fails leaves the last good one."""
+    import json
+
+    from rolora import models
+    from rolora.errors import RoloraRuntimeError
+
+    _openvino()
+    folder = models.prepare_exported_embedder("all-minilm-l6-v2", "openvino-int8", TEST_HOME)
+    assert folder.is_relative_to(TEST_HOME / "models" / "openvino")
+    meta = json.loads((folder / "rolora_onnx.json").read_text())
+    texts, sha = models._calibration_texts()
+    assert meta["calibration_sha256"] == sha and len(texts) >= 100 and meta["nncf"] and meta["openvino"]
+    assert (folder / "model.xml").is_file() and (folder / "model.bin").stat().st_size < 40 << 20  # int8: < fp32's 90 MB
+    assert not (folder / "model.onnx").exists()
+    stamp = (folder / "model.bin").stat().st_mtime_ns
+
+    def no_export(*_: Any, **__: Any) -> Any:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(models, "_export_openvino_int8", no_export)
+    assert models.prepare_exported_embedder("all-minilm-l6-v2", "openvino-int8", TEST_HOME) == folder
+
+    # other calibration texts: exported again; here the export fails, and the last good export is still there
+    monkeypatch.setattr(models, "_calibration_texts", lambda: (texts[:8], "0" * 64))
+    failed = r"could not export embedder 'all-minilm-l6-v2' for backend openvino-int8"
+    with pytest.raises(RoloraRuntimeError, match=failed):
+        models.prepare_exported_embedder("all-minilm-l6-v2", "openvino-int8", TEST_HOME)
+    assert (folder / "model.bin").stat().st_mtime_ns == stamp
+    assert json.loads((folder / "rolora_onnx.json").read_text()) == meta
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_calibration_contracts_are_the_example_corpus_cut_in_pieces() -> None:
+    """The shipped calibration file is what ``calibration_contract_pieces`` cuts from examples/contracts (documents
+    only: no question or answer of any split), and the calibration reads it with the packaged general prose."""
+    import json
+
+    from rolora import models
+
+    shipped = REPO / "retrieval" / "calibration_contracts.jsonl"
+    rows = [json.loads(line) for line in shipped.read_text(encoding="utf-8").splitlines()]
+    assert rows == models.calibration_contract_pieces(EXAMPLES)
+    assert {r["doc"] for r in rows} == {p.stem for p in EXAMPLES.glob("*.txt")}
+    assert all(len(str(r["text"])) <= 1000 for r in rows)
+    texts, sha = models._calibration_texts()
+    assert texts[-len(rows) :] == [r["text"] for r in rows] and len(texts) > len(rows) and len(sha) == 64
+
+
+def test_openvino_int8_is_refused_without_int8_dot_units(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The refusal itself, on any CPU: one line naming the setting, raised before an export is made."""
+    from rolora import hardware
+    from rolora.errors import ConfigError
+    from rolora.retrieval.embedder import OnnxEmbedder
+
+    monkeypatch.setattr(hardware, "cpu_has_int8_dot_units", lambda *_: False)
+    refused = r"^models.embedder_backend: openvino-int8 needs .* set models.embedder_backend: torch"
+    with pytest.raises(ConfigError, match=refused):
+        OnnxEmbedder("all-minilm-l6-v2", "openvino-int8", home=tmp_path)
+    assert not (tmp_path / "models").exists()
