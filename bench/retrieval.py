@@ -311,6 +311,7 @@ def open_variant(
     if emb.name != "all-minilm-l6-v2":  # another embedder or backend (--embedder, --only backends): its own index
         domain += "-e" + hashlib.sha256(emb.name.encode()).hexdigest()[:8]
     spec, _, backend = emb.name.partition("+")  # all-minilm-l6-v2+onnx-int8: the model and its backend
+    backend = backend.split(".")[0]  # openvino-int8.1a2b3c4d: the backend and its recipe
     cfg = Config.model_validate(
         {
             "home": str(work / "home"),

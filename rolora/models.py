@@ -10,6 +10,7 @@ This module imports torch and transformers lazily: ``rolora --help`` stays light
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -144,13 +145,27 @@ def embedder_name(spec: str, home: Path | None = None, backend: str = "torch") -
     """The name an index records for ``spec``: ``tuned:NAME`` becomes ``tuned:NAME@N`` (its promoted version), so a
     newly promoted version never searches vectors of the old one; any other spec is its own name. A backend other
     than torch is appended (``all-minilm-l6-v2+onnx-int8``): its vectors differ, so the manifest refuses an index
-    embedded by another backend and the embedding cache never mixes them."""
+    embedded by another backend and the embedding cache never mixes them. ``openvino-int8`` also carries a digest of
+    its recipe (``+openvino-int8.1a2b3c4d``: calibration texts, float layers, export format), so an index embedded by
+    an export calibrated otherwise (an older rolora) is refused with the rebuild command and re-embedded, never
+    searched with queries of another model."""
     from rolora.embedder_registry import EmbedderRegistry, is_tuned
 
     if backend not in EMBEDDER_BACKENDS:
         raise ValueError(f"embedder backend {backend!r} is not one of {', '.join(EMBEDDER_BACKENDS)}")
     name = EmbedderRegistry.from_home(home or default_home()).canonical(spec) if is_tuned(spec) else spec
-    return name if backend == "torch" else f"{name}{_BACKEND_SEP}{backend}"
+    if backend == "torch":
+        return name
+    recipe = _export_recipe(backend)
+    return f"{name}{_BACKEND_SEP}{backend}" + (f".{recipe}" if recipe else "")
+
+
+def _export_recipe(backend: str) -> str:
+    """What an export is made from besides the weights, as 8 hex digits (``openvino-int8``: the calibration texts,
+    the layers kept in float32, the export format); empty for the backends whose export is the weights alone."""
+    if backend != "openvino-int8":
+        return ""
+    return hashlib.sha256(f"{_calibration_texts()[1]}|{_FLOAT_LAYERS}|{_ONNX_FORMAT}".encode()).hexdigest()[:8]
 
 
 _ONNX_MANIFEST = "rolora_onnx.json"
@@ -231,6 +246,7 @@ def calibration_contract_pieces(folder: Path) -> list[dict[str, object]]:
     return rows
 
 
+@functools.cache
 def _calibration_texts() -> tuple[list[str], str]:
     """The calibration texts and one SHA-256 of their files (an export made from other texts is redone)."""
     from importlib.resources import files

@@ -148,7 +148,7 @@ def test_openvino_int8_matches_torch_where_the_cpu_has_int8_dot_units(embedder: 
             make_embedder("all-minilm-l6-v2", home=TEST_HOME, backend="openvino-int8")
         return
     ov = make_embedder("all-minilm-l6-v2", home=TEST_HOME, backend="openvino-int8")
-    assert ov.name == "all-minilm-l6-v2+openvino-int8" and ov.dim == embedder.dim
+    assert re.fullmatch(r"all-minilm-l6-v2\+openvino-int8\.[0-9a-f]{8}", ov.name) and ov.dim == embedder.dim
     texts = _sentences()
     ref, vecs = embedder.embed(texts), ov.embed(texts, batch_size=16)
     assert vecs.shape == ref.shape and vecs.dtype == np.float32
@@ -187,8 +187,13 @@ def test_openvino_export_is_reused_redone_for_new_calibration_and_atomic(monkeyp
     monkeypatch.setattr(models, "_export_openvino_int8", no_export)
     assert models.prepare_exported_embedder("all-minilm-l6-v2", "openvino-int8", TEST_HOME) == folder
 
-    # other calibration texts: exported again; here the export fails, and the last good export is still there
+    # other calibration texts: another recorded name (an index of the old export is refused, its vectors not reused)
+    # and exported again; here the export fails, and the last good export is still there
+    name = models.embedder_name("all-minilm-l6-v2", TEST_HOME, "openvino-int8")
     monkeypatch.setattr(models, "_calibration_texts", lambda: (texts[:8], "0" * 64))
+    other = models.embedder_name("all-minilm-l6-v2", TEST_HOME, "openvino-int8")
+    assert other != name and other.startswith("all-minilm-l6-v2+openvino-int8.")
+    assert models.embedder_name("all-minilm-l6-v2", TEST_HOME, "onnx-int8") == "all-minilm-l6-v2+onnx-int8"
     failed = r"could not export embedder 'all-minilm-l6-v2' for backend openvino-int8"
     with pytest.raises(RoloraRuntimeError, match=failed):
         models.prepare_exported_embedder("all-minilm-l6-v2", "openvino-int8", TEST_HOME)
