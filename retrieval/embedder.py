@@ -7,7 +7,8 @@ canonical ``tuned:NAME@N``. Vectors are float32 and L2-normalised so inner produ
 
 ``models.embedder_backend`` chooses the runtime: ``torch`` (sentence-transformers), ``torch-bf16`` (the same in
 bfloat16: 2-3x as fast on CPUs with bf16 matrix units, AMX or AVX512-BF16), ``onnx`` or ``onnx-int8``
-(onnxruntime) and ``openvino-int8`` (OpenVINO, static int8 by NNCF; CPUs with VNNI or AMX only), the last three on
+(onnxruntime) and ``openvino-int8`` (OpenVINO, static int8 by NNCF; CPUs with VNNI or AMX only; it embeds the
+passages, and ``Retriever.query_embedder`` the queries in float32), the last three on
 the model exported once by ``rolora.models.prepare_exported_embedder``. A backend other than torch is
 part of the embedder's ``name`` (``all-minilm-l6-v2+onnx-int8``): the index manifest and the embedding cache keep
 the vectors of different backends apart.

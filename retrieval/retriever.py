@@ -121,6 +121,7 @@ class Retriever:
         self.dir = config.home_dir / "indexes" / domain
         self.store = Store(self.dir / "store.sqlite")
         self._embedder = embedder
+        self._query_embedder: Embedder | None = None
         self._lock = threading.RLock()
         self._dense: DenseIndex | None = None
         self._lexical: LexicalIndex | None = None
@@ -147,6 +148,20 @@ class Retriever:
             models = self.config.models
             self._embedder = make_embedder(models.embedder, home=self.config.home_dir, backend=models.embedder_backend)
         return self._embedder
+
+    @property
+    def query_embedder(self) -> Embedder:
+        """What embeds a search's query, and the sentences the agent compares with a question, at question time: the
+        index's embedder, except an int8 one that stands in for a float32 model to ingest faster (``openvino-int8``):
+        then that float32 model on torch, so a query is embedded exactly, and the agent's cosine thresholds (evidence
+        gate, typed reader, relevance), chosen with float32 vectors, see the cosines they were chosen on. The indexed
+        passages keep their int8 vectors."""
+        if self._query_embedder is None:
+            emb = self.embedder
+            spec, _, backend = emb.name.partition("+")
+            exact = backend.startswith("openvino-int8")
+            self._query_embedder = make_embedder(spec, home=self.config.home_dir) if exact else emb
+        return self._query_embedder
 
     # -- ingest -------------------------------------------------------------------------------------------
     def ingest(
@@ -324,7 +339,7 @@ class Retriever:
             rankings: list[list[tuple[int, float]]] = []
             qvec: np.ndarray | None = None
             if mode in ("hybrid", "dense"):
-                qvec = self.embedder.embed([query])
+                qvec = self.query_embedder.embed([query])
                 rankings.append(self._dense.search(qvec, n, allowed_ids)[0])
             if mode in ("hybrid", "lexical"):
                 rankings.append(self._lexical.search(query, n, allowed_mask))
@@ -352,7 +367,7 @@ class Retriever:
         self, query: str, qvec: np.ndarray | None, scored: list[tuple[int, float]], k: int, lam: float
     ) -> list[tuple[int, float]]:
         if qvec is None:
-            qvec = self.embedder.embed([query])
+            qvec = self.query_embedder.embed([query])
         rows = self.store.chunks_by_ids([i for i, _ in scored])
         hashes = [rows[i][6] for i, _ in scored]
         vecs = self.store.get_embeddings(self.embedder.name, hashes, qvec.shape[1])

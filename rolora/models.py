@@ -14,10 +14,12 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,7 +205,10 @@ def _export_onnx(source: Path, out: Path, attention: str | None = None) -> dict[
             return self.st(dict(zip(inputs, tensors, strict=True)))["sentence_embedding"]
 
     axes: dict[str, dict[int, str]] = {k: {0: "batch", 1: "tokens"} for k in inputs}
-    with torch.inference_mode():
+    # quiet: the tracer's notes on Python-bool branches and the legacy exporter's deprecation (the tests check the
+    # traced graph on batches of other lengths against torch)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             _Sentence().eval(),
             tuple(probe[k] for k in inputs),
@@ -283,13 +288,19 @@ def _export_openvino_int8(source: Path, out: Path) -> dict[str, object]:
         return {k: np.asarray(enc[k], dtype=np.int64) for k in inputs}
 
     model = ov.Core().read_model(str(out / "model.onnx"))
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(batches, feed),
-        subset_size=len(batches),
-        model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=nncf.IgnoredScope(patterns=[_FLOAT_LAYERS], validate=False),  # other architectures: all int8
-    )
+    nncf_log = logging.getLogger("nncf")  # its progress bars stay; its INFO lines on each ignored node do not
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)
+    try:
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(batches, feed),
+            subset_size=len(batches),
+            model_type=nncf.ModelType.TRANSFORMER,
+            ignored_scope=nncf.IgnoredScope(patterns=[_FLOAT_LAYERS], validate=False),  # other architectures: all int8
+        )
+    finally:
+        nncf_log.setLevel(level)
     ov.save_model(quantized, str(out / "model.xml"), compress_to_fp16=False)
     (out / "model.onnx").unlink()
     meta["calibration_sha256"] = texts_sha

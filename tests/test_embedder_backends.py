@@ -134,7 +134,7 @@ def _openvino() -> None:
         missing_real_part("openvino and nncf are not installed", "pip install 'rolora[openvino]' (make setup does)")
 
 
-def test_openvino_int8_matches_torch_where_the_cpu_has_int8_dot_units(embedder: Any) -> None:
+def test_openvino_int8_matches_torch_where_the_cpu_has_int8_dot_units(embedder: Any, tmp_path: Path) -> None:
     """On a CPU with VNNI/AMX: vectors close to torch's and the same neighbours. Without them (AVX2 only; with oneDNN
     held to AVX2 on a VNNI CPU the int8 model's vectors fell to a cosine of 0.53 with its own VNNI ones and it ran
     3.4x slower): refused with the setting to change, before anything is exported."""
@@ -161,6 +161,28 @@ def test_openvino_int8_matches_torch_where_the_cpu_has_int8_dot_units(embedder: 
     # the same nearest sentences: a query's top 3 by int8 holds torch's top 1
     for i in range(0, len(texts), 7):
         assert np.argsort(-(ref @ ref[i]))[1] in np.argsort(-(vecs @ vecs[i]))[1:4]
+
+    # an index ingested in int8 is searched with queries embedded exactly (torch float32): the agent's cosine
+    # thresholds see the cosines they were chosen on, and the top passage is torch's
+    from rolora.retrieval import Retriever
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("nda_mutual.txt", "loan_agreement.txt", "software_license.txt"):
+        (corpus / name).write_text((EXAMPLES / name).read_text(encoding="utf-8"), encoding="utf-8")
+    found = {}
+    for backend, emb in (("torch", embedder), ("openvino-int8", ov)):
+        cfg = make_config(tmp_path / f"home-{backend}", c={"corpus": [str(corpus)]})
+        cfg.models.embedder_backend = backend  # type: ignore[assignment]
+        r = Retriever("c", cfg, emb)
+        r.ingest(progress=False)
+        assert r.query_embedder is embedder  # float32 queries on both
+        found[backend] = [
+            r.search(q, k=3)[0].chunk_id
+            for q in ("Which law governs the agreement?", "interest rate on the loan", "term of the license")
+        ]
+        r.close()
+    assert found["openvino-int8"] == found["torch"]
 
 
 def test_openvino_export_is_reused_redone_for_new_calibration_and_atomic(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,7 +51,7 @@ def indexed_document(doc_id: str, retriever: Retriever) -> ContractDocument:
         hits = retriever.search(query, k=n, filters={"doc_id": doc_id}, mode="hybrid")
         return [position[h.chunk_id] for h in hits if h.chunk_id in position]
 
-    return ContractDocument(doc_id, text, "index", chunks, rank, retriever.embedder.embed)
+    return ContractDocument(doc_id, text, "index", chunks, rank, retriever.query_embedder.embed)
 
 
 def _loaded_document(doc: LoadedDocument, source: str, config: Config, retriever: Retriever | None) -> ContractDocument:
@@ -72,7 +72,7 @@ def _loaded_document(doc: LoadedDocument, source: str, config: Config, retriever
     ]
     if not chunks:
         raise UserError(f"{source}: no text to analyse")
-    embedder = retriever.embedder if retriever is not None else make_embedder(config.models.embedder)
+    embedder = retriever.query_embedder if retriever is not None else make_embedder(config.models.embedder)
     texts = [c.text for c in chunks]
     vectors = embedder.embed(texts, batch_size=rc.batch_size)
     lexical = LexicalIndex.build(np.arange(len(chunks), dtype=np.int64), texts)

@@ -86,7 +86,7 @@ def _cite(passages: list[PassageRef], sentence: Any, retriever: Any) -> Any:
 
 def _nearest(question: str, call: AnalystCall, passages: list[PassageRef], retriever: Any) -> Any:
     """The verified citation of the passages' sentence nearest ``question`` (:func:`nearest_sentence`), or None."""
-    best = nearest_sentence(question, call.quotes, retriever.embedder.embed)
+    best = nearest_sentence(question, call.quotes, retriever.query_embedder.embed)
     return None if best is None else _cite(passages, best, retriever)
 
 
@@ -95,7 +95,7 @@ def evidence_scores(question: str, call: AnalystCall, retriever: Any) -> tuple[l
     (:func:`rolora.roles.verdicts.evidence_query`), and the best of them as the trace shows it."""
     clause = clause_words(asked_sentence(question), tidy=True)
     query = evidence_query(question, clause, about_the_contract(question, clause))
-    scored = sentence_similarities(query, call.quotes, retriever.embedder.embed)
+    scored = sentence_similarities(query, call.quotes, retriever.query_embedder.embed)
     best = max((s for _, s in scored), default=None)
     return scored, {"query": query, "similarity": None if best is None else round(best, 4)}
 
