@@ -304,18 +304,18 @@ def open_variant(
     import hashlib
 
     from rolora.config import Config
+    from rolora.models import split_embedder_name
     from rolora.retrieval import Retriever
 
     sample = "" if max_contracts is None else f"-{max_contracts}"
     domain = f"{split}{sample}-c{v.chunk_max_chars}-{'ctx' if v.contextual else 'plain'}"  # stemmer: BM25 rebuild
     if emb.name != "all-minilm-l6-v2":  # another embedder or backend (--embedder, --only backends): its own index
         domain += "-e" + hashlib.sha256(emb.name.encode()).hexdigest()[:8]
-    spec, _, backend = emb.name.partition("+")  # all-minilm-l6-v2+onnx-int8: the model and its backend
-    backend = backend.split(".")[0]  # openvino-int8.1a2b3c4d: the backend and its recipe
+    spec, backend = split_embedder_name(emb.name)  # all-minilm-l6-v2+onnx-int8: the model and its backend
     cfg = Config.model_validate(
         {
             "home": str(work / "home"),
-            "models": {"embedder": spec, "embedder_backend": backend or "torch"},
+            "models": {"embedder": spec, "embedder_backend": backend},
             "retrieval": {
                 "chunk_max_chars": v.chunk_max_chars,
                 "contextual": v.contextual,
@@ -802,10 +802,10 @@ BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino-int8")
 
 
 def runnable_backends() -> tuple[str, ...]:
-    """The backends this CPU runs: openvino-int8 is refused without int8 dot-product units (VNNI/AMX)."""
-    from rolora.hardware import cpu_has_int8_dot_units
+    """The backends this CPU runs (openvino-int8 is refused without int8 dot-product units, VNNI/AMX)."""
+    from rolora.retrieval.embedder import backend_refused_here
 
-    return tuple(b for b in BACKENDS if b != "openvino-int8" or cpu_has_int8_dot_units())
+    return tuple(b for b in BACKENDS if backend_refused_here(b) is None)
 
 
 def bench_backends(n: int, rounds: int, work: Path, max_contracts: int | None, limit: int | None) -> None:
@@ -888,7 +888,7 @@ def bench_backends(n: int, rounds: int, work: Path, max_contracts: int | None, l
               + " | ".join(f"{mean(b, mm, kk):.3f}" for mm, kk in cols) + f" | {label} |")  # fmt: skip
         if b != "torch":
             fast_enough = fast[b] / fast["torch"] >= 2.5 and best[b] / best["torch"] >= 2.5
-            worst = min(mean(b, m, k) - mean("torch", m, k) for m, k in cols)
+            worst = min(x[0] for x in diffs)
             ok, no_loss = fast_enough and abs(d) <= 0.01, fast_enough and worst >= -0.01
             verdicts.append(f"{b} {'meets' if ok else 'misses'} it (at speed with no recall lower by "
                             f"more than 0.01: {'yes' if no_loss else 'no'}; largest loss {worst:+.3f})")  # fmt: skip

@@ -98,6 +98,19 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
+def backend_refused_here(backend: str) -> str | None:
+    """Why this CPU does not run embedder ``backend`` (the one-line error to raise), or None where it does:
+    ``openvino-int8`` needs int8 dot-product units (VNNI/AMX)."""
+    from rolora.hardware import cpu_has_int8_dot_units
+
+    if backend == "openvino-int8" and not cpu_has_int8_dot_units():
+        return (
+            "models.embedder_backend: openvino-int8 needs a CPU with int8 dot-product units (avx512_vnni, "
+            "avx_vnni or amx_int8) and this one has none; set models.embedder_backend: torch (or onnx-int8)"
+        )
+    return None
+
+
 class OnnxEmbedder:
     """The sentence-transformers pipeline of ``spec`` exported once (``rolora.models.prepare_exported_embedder``) and
     run on CPU: ``onnx`` (float32) or ``onnx-int8`` by onnxruntime, ``openvino-int8`` (static int8, NNCF) by
@@ -109,14 +122,9 @@ class OnnxEmbedder:
         from rolora.models import embedder_name, prepare_exported_embedder
 
         self.name = embedder_name(spec, home, backend)
-        if backend == "openvino-int8":
-            from rolora.hardware import cpu_has_int8_dot_units
-
-            if not cpu_has_int8_dot_units():  # checked before an export that would not be used
-                raise ConfigError(
-                    "models.embedder_backend: openvino-int8 needs a CPU with int8 dot-product units (avx512_vnni, "
-                    "avx_vnni or amx_int8) and this one has none; set models.embedder_backend: torch (or onnx-int8)"
-                )
+        refused = backend_refused_here(backend)
+        if refused:  # checked before an export that would not be used
+            raise ConfigError(refused)
         folder = prepare_exported_embedder(spec, backend, home)
         meta = json.loads((folder / "rolora_onnx.json").read_text())
         self.dim = int(meta["dim"])

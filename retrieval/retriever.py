@@ -23,7 +23,7 @@ import numpy as np
 from rolora.config import Config, load_config
 from rolora.errors import IndexError_, UserError
 from rolora.fileutil import is_disk_full
-from rolora.models import embedder_name
+from rolora.models import embedder_name, split_embedder_name
 
 from .embedder import Embedder, make_embedder
 from .index import INDEX_VERSION, DenseIndex, LexicalIndex, load_generation, read_manifest
@@ -158,9 +158,8 @@ class Retriever:
         passages keep their int8 vectors."""
         if self._query_embedder is None:
             emb = self.embedder
-            spec, _, backend = emb.name.partition("+")
-            exact = backend.startswith("openvino-int8")
-            self._query_embedder = make_embedder(spec, home=self.config.home_dir) if exact else emb
+            spec, backend = split_embedder_name(emb.name)
+            self._query_embedder = make_embedder(spec, home=self.config.home_dir) if backend == "openvino-int8" else emb
         return self._query_embedder
 
     # -- ingest -------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ __all__ = [
     "resolve_embedder",
     "resolve_generator",
     "sha256_file",
+    "split_embedder_name",
 ]
 
 
@@ -160,6 +161,14 @@ def embedder_name(spec: str, home: Path | None = None, backend: str = "torch") -
         return name
     recipe = _export_recipe(backend)
     return f"{name}{_BACKEND_SEP}{backend}" + (f".{recipe}" if recipe else "")
+
+
+def split_embedder_name(name: str) -> tuple[str, str]:
+    """The spec and the backend of a name ``embedder_name`` recorded: ``all-minilm-l6-v2+openvino-int8.1a2b3c4d`` ->
+    (``all-minilm-l6-v2``, ``openvino-int8``); a name without a known backend suffix is torch's."""
+    head, sep, tail = name.rpartition(_BACKEND_SEP)
+    backend = tail.split(".", 1)[0]
+    return (head, backend) if sep and backend in EMBEDDER_BACKENDS else (name, "torch")
 
 
 def _export_recipe(backend: str) -> str:

@@ -77,11 +77,14 @@ def test_export_is_cached_outside_the_wheel(monkeypatch: pytest.MonkeyPatch, onn
 
 def test_backend_names_and_validation() -> None:
     from rolora.config import Config
-    from rolora.models import embedder_name
+    from rolora.models import embedder_name, split_embedder_name
     from rolora.retrieval import make_embedder
 
     assert embedder_name("all-minilm-l6-v2") == "all-minilm-l6-v2"
     assert embedder_name("all-minilm-l6-v2", backend="onnx-int8") == "all-minilm-l6-v2+onnx-int8"
+    for backend in ("torch", "torch-bf16", "onnx-int8", "openvino-int8"):  # the recorded name read back
+        assert split_embedder_name(embedder_name("all-minilm-l6-v2", backend=backend)) == ("all-minilm-l6-v2", backend)
+    assert split_embedder_name("/models/a+b/minilm") == ("/models/a+b/minilm", "torch")  # a '+' of the path is not one
     with pytest.raises(ValueError, match="onnx-int8"):
         make_embedder("all-minilm-l6-v2", backend="fp16")
     assert Config().models.embedder_backend == "torch"
