@@ -9,15 +9,26 @@ corpus's test split by default) with the first mode's backend, and every request
 mode's backend (``backend.quantize`` = the mode, prefix cache off so every call prefills its whole prompt), twice,
 the order of the modes reversed on the second pass, so machine noise moves every side alike. Printed per mode: the
 median and total seconds a call, decoded tokens, the median of the per-call time ratios against the first mode, and
-how many replies are identical to the first mode's. A mode ending in ``+drafts`` (``bf16+drafts``) also decodes with
-grammar-forced drafts (``backend.grammar_drafts``; the others without), and its drafts and accepted tokens are printed.
+how many replies are identical to the first mode's. A mode with ``+drafts`` (``bf16+drafts``) also decodes with
+grammar-forced drafts (``backend.grammar_drafts``; the others without), and its drafts and accepted tokens are printed;
+one with ``+blas`` runs every float32 linear product on MKL (``backend.few_rows_onednn: false``; the others run
+products of 2-64 rows on oneDNN).
 ``bench/latency.py`` measures the whole graph; this isolates the model call, where ``backend.quantize`` acts.
+
+Decoding against the memory-bandwidth bound, in the served path: each request is also generated with
+``max_tokens=1`` (its prefill, timed the same way), and the model's forward passes are counted. A mode's decoding is
+the calls' time less their prefills over the tokens after the first (ms/token) and over the passes after the
+prefill (ms/pass: a pass verifying drafts reads the weights once for several tokens). The bound is the bytes of
+weights a pass reads (:func:`decoding.served_weight_bytes`: the base layers at the bytes the mode multiplies by, the
+adapter's LoRA, norms) over the read bandwidth measured in the same run (:func:`decoding.read_bandwidth_gbs`, before
+and after the calls; the higher of the two, so the bound is the stricter one).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import statistics
 import sys
@@ -39,6 +50,7 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from decoding import read_bandwidth_gbs, served_weight_bytes
     from latency import questions_of
 
     from rolora.adapters.serving.inprocess import _Job
@@ -46,8 +58,9 @@ def main() -> None:
     from rolora.config import QUANTIZE_CHOICES, load_config
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if len(modes) < 2 or any(m.removesuffix("+drafts") not in QUANTIZE_CHOICES for m in modes):
-        raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)} (each optionally +drafts), "
+    parts = {m: m.split("+") for m in modes}
+    if len(modes) < 2 or any(p[0] not in QUANTIZE_CHOICES or set(p[1:]) - {"drafts", "blas"} for p in parts.values()):
+        raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)} (each optionally +drafts, +blas), "
                          "comma-separated")  # fmt: skip
     cfg = load_config(args.config)
     qa_path = cfg.domain(args.domain).qa
@@ -60,8 +73,9 @@ def main() -> None:
                 update={
                     "backend": cfg.backend.model_copy(
                         update={
-                            "quantize": m.removesuffix("+drafts"),
-                            "grammar_drafts": m.endswith("+drafts"),
+                            "quantize": parts[m][0],
+                            "grammar_drafts": "drafts" in parts[m],
+                            "few_rows_onednn": "blas" not in parts[m],
                             "prefix_cache": False,
                             "prompt_lookup": args.lookup,
                         }
@@ -91,19 +105,44 @@ def main() -> None:
         seconds: dict[str, list[float]] = {m: [] for m in modes}
         tokens: dict[str, int] = dict.fromkeys(modes, 0)
         texts: dict[str, list[str]] = {m: [] for m in modes}
+        # decoding alone: the call's time less its prefill's, the tokens after the first, the passes after the prefill
+        decode_s: dict[str, float] = dict.fromkeys(modes, 0.0)
+        decode_tokens: dict[str, int] = dict.fromkeys(modes, 0)
+        decode_passes: dict[str, int] = dict.fromkeys(modes, 0)
+        passes = [0]
+
+        def count_pass(module: Any, args: Any) -> None:
+            passes[0] += 1
+
+        hooks = [b._model.register_forward_pre_hook(count_pass) for b in backends.values()]
+        bandwidth_before = read_bandwidth_gbs()
+
+        def run(backend: Any, request: Any) -> tuple[float, int, Any]:
+            job = _Job(request, concurrent.futures.Future(), time.perf_counter())
+            backend._resolve(job)  # the request's adapter (the analyst's), as the backend's own worker does
+            backend._ensure_adapters([job])
+            before = passes[0]
+            t = time.perf_counter()
+            backend._generate([job])  # on this thread: no batching window, nothing else queued
+            return time.perf_counter() - t, passes[0] - before, job.future.result()
+
         for rep in range(2):
             for request in requests:
                 for m in modes if rep == 0 else modes[::-1]:
-                    backend = backends[m]
-                    job = _Job(request, concurrent.futures.Future(), time.perf_counter())
-                    backend._ensure_adapters([job])
-                    t = time.perf_counter()
-                    backend._generate([job])  # on this thread: no batching window, nothing else queued
-                    seconds[m].append(time.perf_counter() - t)
-                    result = job.future.result()
+                    prefill_s, prefill_passes, _ = run(backends[m], dataclasses.replace(request, max_tokens=1))
+                    elapsed, n_passes, result = run(backends[m], request)
+                    seconds[m].append(elapsed)
                     tokens[m] += result.completion_tokens
+                    decode_s[m] += elapsed - prefill_s
+                    decode_tokens[m] += max(0, result.completion_tokens - 1)
+                    decode_passes[m] += max(0, n_passes - prefill_passes)
                     if rep == 0:
                         texts[m].append(result.text)
+        for hook in hooks:
+            hook.remove()
+        # the higher of two reads (before and after): the shorter bound, the stricter ratio
+        bandwidth = max(bandwidth_before, read_bandwidth_gbs())
+        weight_bytes = {m: served_weight_bytes(backends[m]._model) for m in modes}
     finally:
         for backend in backends.values():
             backend.close()
@@ -128,8 +167,30 @@ def main() -> None:
         s = summary[m]
         print(f"| {m} | {s['median_s']:.2f} | {s['total_s']:.1f} | {s['tokens']} | {s['median_ratio']:.3f} | "
               f"{same} / {n} |")  # fmt: skip
+    print(f"decoding against the memory-bandwidth bound (read bandwidth {bandwidth:.1f} GB/s, this run; prefills "
+          "subtracted):")  # fmt: skip
+    print("| mode | MB a pass | bound ms | decoded tokens | passes | ms/token | x bound | ms/pass | x bound |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in modes:
-        if m.endswith("+drafts"):
+        bound_ms = weight_bytes[m] / (bandwidth * 1e9) * 1000
+        per_token = decode_s[m] / max(1, decode_tokens[m]) * 1000
+        per_pass = decode_s[m] / max(1, decode_passes[m]) * 1000
+        summary[m]["decoding"] = {
+            "weight_bytes": weight_bytes[m],
+            "bandwidth_gbs": bandwidth,
+            "bound_ms": bound_ms,
+            "seconds": decode_s[m],
+            "tokens": decode_tokens[m],
+            "passes": decode_passes[m],
+            "ms_per_token": per_token,
+            "ms_per_pass": per_pass,
+        }
+        cells = [f"{weight_bytes[m] / 1e6:.1f}", f"{bound_ms:.2f}", str(decode_tokens[m]), str(decode_passes[m])]
+        cells += [f"{per_token:.2f}", f"{per_token / bound_ms:.2f}", f"{per_pass:.2f}", f"{per_pass / bound_ms:.2f}"]
+        print(f"| {m} | {' | '.join(cells)} |")
+    print("goal: decoding within 1.5x of the bound (ms/token: what a reply waits for; ms/pass: the weights read once)")
+    for m in modes:
+        if "drafts" in parts[m]:
             d = summary[m]["forced_drafts"]
             print(f"{m}: {d['drafts']} grammar-forced drafts, {d['tokens']} tokens drafted, {d['accepted']} accepted")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,9 @@ def onednn_linear(model: Any) -> int:
     their own (MKL's one-row product read ~11 GB/s with one thread or two), this row 0.70x; in the served path (the
     backend's worker thread) a decoding step took 0.90-0.96x, but 1.15-1.25x when torch had just run on another
     thread, as ``ask`` embeds the question before the analyst's call (likely libgomp's short spin-wait once two
-    threads own OpenMP teams on 2 cores: under ``OMP_WAIT_POLICY=ACTIVE`` that case took 75.7 ms a step, MKL 85.2)."""
+    threads own OpenMP teams on 2 cores: under ``OMP_WAIT_POLICY=ACTIVE`` that case took 75.7 ms a step, MKL 85.2).
+    Products of 2-64 rows (passes verifying drafts, small batches), where MKL took ~2x a one-row product's time, do
+    run on oneDNN in the backend: ``backend.few_rows_onednn`` (``adapters/serving/few_rows.py``)."""
     import torch
     from torch import nn
 
@@ -91,6 +93,28 @@ def weight_bytes_per_token(model: Any, linear_bytes: int = 4) -> int:
         )
     norms = sum(p.numel() for name, p in model.named_parameters() if "norm" in name and p.dim() == 1)
     return int(linear * linear_bytes + norms * 4 + emb.embedding_dim * 4)
+
+
+def served_weight_bytes(model: Any) -> int:
+    """Bytes of weights a decoding step of a served model reads (``model``: the backend's causal LM, with the LoRA
+    layers PEFT put in it): every linear layer at the bytes its forward multiplies by (an ``Int8Linear`` 1 per weight,
+    a ``Bf16Linear`` 2, any other ``nn.Linear`` 4: the base layers in fp32 and the adapters' A and B), the norms, and
+    one row of the input embedding. The tied output layer is a linear layer here too: it reads the whole matrix."""
+    import torch
+
+    from rolora.adapters.serving.bf16_weights import Bf16Linear
+    from rolora.adapters.serving.int8 import Int8Linear
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, Int8Linear):
+            total += m.in_features * m.out_features
+        elif isinstance(m, Bf16Linear):
+            total += 2 * m.in_features * m.out_features
+        elif isinstance(m, torch.nn.Linear):
+            total += 4 * m.in_features * m.out_features
+    norms = sum(p.numel() for name, p in model.named_parameters() if "norm" in name and p.dim() == 1)
+    return int(total + norms * 4 + model.get_input_embeddings().embedding_dim * 4)
 
 
 def decode_ms(model: Any, tok: Any, tokens: int, repeats: int, **gen: Any) -> tuple[float, list[str]]:

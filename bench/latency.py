@@ -16,7 +16,8 @@ A configuration is ``role=adapter`` pairs (``base`` for the base model; naming t
 ``min_evidence=X`` (``agent.min_evidence_similarity``, 0: never refused for want of evidence) /
 ``prefix_cache=on|off`` (``backend.prefix_cache``; like ``quantize``, its own backend) / ``lookup=N``
 (``backend.prompt_lookup``, drafts of N tokens copied from the prompt, 0 = off; its own backend) / ``drafts=on|off``
-(``backend.grammar_drafts``, drafts of the tokens the JSON grammar forces; its own backend). Printed too: how many
+(``backend.grammar_drafts``, drafts of the tokens the JSON grammar forces; its own backend) / ``few_rows=on|off``
+(``backend.few_rows_onednn``, oneDNN's kernel for products of 2-64 rows; its own backend). Printed too: how many
 answers (text and citations) the candidate gives identically to the baseline. Results also go to ``--out``/latency.json.
 """
 
@@ -69,12 +70,14 @@ def parse_configuration(text: str) -> dict[str, Any]:
             out["prompt_lookup"] = int(value)
         elif key == "drafts" and value in ("on", "off"):
             out["grammar_drafts"] = value == "on"
+        elif key == "few_rows" and value in ("on", "off"):
+            out["few_rows_onednn"] = value == "on"
         else:
             raise SystemExit(
                 f"--baseline/--candidate: cannot read {part!r} "
                 "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8|bf16|bf16-weights, "
                 "declined=cited|nearest, yes_no=on|off, short=on|off, typed=on|off, min_evidence=X, "
-                "prefix_cache=on|off, lookup=N, drafts=on|off)"
+                "prefix_cache=on|off, lookup=N, drafts=on|off, few_rows=on|off)"
             )
     return out
 
@@ -115,8 +118,9 @@ def main() -> None:
     if not questions:
         raise SystemExit(f"no question of domain {args.domain} is in the {args.split} split")
     specs = {"baseline": parse_configuration(args.baseline), "candidate": parse_configuration(args.candidate)}
-    # (quantize, prefix_cache, prompt_lookup, grammar_drafts) -> backend: the same weights where configurations agree
-    backends: dict[tuple[str, bool, int, bool], Any] = {}
+    # (quantize, prefix_cache, prompt_lookup, grammar_drafts, few_rows_onednn) -> backend: the same weights where
+    # configurations agree
+    backends: dict[tuple[str, bool, int, bool, bool], Any] = {}
     agents: dict[str, Any] = {}
     for name, spec in specs.items():
         c = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=spec["settings"])}) if spec["settings"] else cfg
@@ -125,8 +129,15 @@ def main() -> None:
             "prefix_cache": spec.get("prefix_cache", cfg.backend.prefix_cache),
             "prompt_lookup": spec.get("prompt_lookup", cfg.backend.prompt_lookup),
             "grammar_drafts": spec.get("grammar_drafts", cfg.backend.grammar_drafts),
+            "few_rows_onednn": spec.get("few_rows_onednn", cfg.backend.few_rows_onednn),
         }
-        key = (serving["quantize"], serving["prefix_cache"], serving["prompt_lookup"], serving["grammar_drafts"])
+        key = (
+            serving["quantize"],
+            serving["prefix_cache"],
+            serving["prompt_lookup"],
+            serving["grammar_drafts"],
+            serving["few_rows_onednn"],
+        )
         if key not in backends:
             backends[key] = make_backend(cfg.model_copy(update={"backend": cfg.backend.model_copy(update=serving)}))
         adapters = {r: spec["adapters"].get(r) for r in ("query_writer", "analyst", "critic")}

@@ -12,7 +12,9 @@ printed), and the mixed / base-only ratio is also printed per repeat (the two ra
 first) with its median: on a VM whose speed moves by a third within minutes, single runs say little. Goals:
 in-process mixed >= 3x vLLM-CPU mixed; mixed >= 0.9x base-only; micro-batched >= 4x sequential. The in-process rows
 run ``--quantize`` (``backend.quantize``; default ``auto``, what ``rolora.yaml`` runs on this CPU: int8 on an
-AVX2-only one, the header says which); vLLM-CPU runs float32 whatever it is.
+AVX2-only one, the header says which) and ``backend.few_rows_onednn`` as ``rolora.yaml`` does (on: a decoding step's
+products of 2-64 rows on oneDNN's kernel); the row "in-process mixed (MKL)" is the fused mixed batch with it off,
+interleaved with the others, and its ratio is printed. vLLM-CPU runs float32 whatever it is.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def main() -> None:
     from rolora.adapters.serving import DirectoryAdapters
     from rolora.adapters.serving.inprocess import InProcessBackend
     from rolora.adapters.serving.quantize import resolve_quantize
+    from rolora.config import Config
     from rolora.models import prepare_generator
 
     from conftest import TEST_HOME, make_lora_adapter
@@ -86,25 +89,35 @@ def main() -> None:
     quantize = resolve_quantize(args.quantize)
     rows: dict[str, float] = {}
     n, tok = args.requests, args.tokens
-    common = {"batch_window_ms": 10, "max_batch_size": n, "quantize": quantize}
+    few_rows = Config().backend.few_rows_onednn  # what rolora.yaml serves with
+    common = {"batch_window_ms": 10, "max_batch_size": n, "quantize": quantize, "few_rows_onednn": few_rows}
     backend = InProcessBackend(base_dir, DirectoryAdapters(root), **common)
     peft = InProcessBackend(base_dir, DirectoryAdapters(root), **common, fused_lora=False)
+    mkl = InProcessBackend(base_dir, DirectoryAdapters(root), **{**common, "few_rows_onednn": False})
     # interleaved repeats, best of each (a noisy machine slows single runs, not the ratio of the best ones)
-    runs: dict[str, list[float]] = {"in-process base": [], "in-process mixed": [], "in-process mixed (PEFT)": []}
-    run(backend, requests(n, 4, mixed=True))  # warm-up: the adapters are loaded, base rows then run through PEFT
-    run(peft, requests(n, 4, mixed=True))
+    runs: dict[str, list[float]] = {
+        "in-process base": [],
+        "in-process mixed": [],
+        "in-process mixed (PEFT)": [],
+        "in-process mixed (MKL)": [],
+    }
+    for b in (backend, peft, mkl):  # warm-up: the adapters are loaded, base rows then run through PEFT
+        run(b, requests(n, 4, mixed=True))
     for i in range(args.repeats):
         order = [("in-process base", backend, False), ("in-process mixed", backend, True)]
         for name, b, mixed in order if i % 2 == 0 else order[::-1]:  # neither side always runs first
             runs[name].append(run(b, requests(n, tok, mixed=mixed))[0])
         runs["in-process mixed (PEFT)"].append(run(peft, requests(n, tok, mixed=True))[0])
+        runs["in-process mixed (MKL)"].append(run(mkl, requests(n, tok, mixed=True))[0])
     rows.update({name: max(values) for name, values in runs.items()})
     # each repeat's mixed and base-only ran back to back: their ratio is what machine noise moves least
     paired = sorted(m / b for m, b in zip(runs["in-process mixed"], runs["in-process base"], strict=True))
     assert backend.fused_batches > 0 and peft.fused_batches == 0
-    backend.close()
-    peft.close()
-    seq = InProcessBackend(base_dir, DirectoryAdapters(root), micro_batching=False, quantize=quantize)
+    for b in (backend, peft, mkl):
+        b.close()
+    seq = InProcessBackend(
+        base_dir, DirectoryAdapters(root), micro_batching=False, quantize=quantize, few_rows_onednn=few_rows
+    )
     rows["in-process sequential"], _ = run(seq, requests(n, tok, mixed=True))
     seq.close()
     if not args.no_vllm:
@@ -133,7 +146,8 @@ def main() -> None:
         finally:
             server.stop()
     setting = quantize if quantize == args.quantize else f"{quantize} ({args.quantize} on this CPU)"
-    print(f"== {n} concurrent requests x {tok} new tokens, greedy; in-process backend.quantize {setting}, vLLM float32")
+    print(f"== {n} concurrent requests x {tok} new tokens, greedy; in-process backend.quantize {setting}, "
+          f"few_rows_onednn {few_rows}; vLLM float32")  # fmt: skip
     for name, v in rows.items():
         print(f"  {name:<24} {v:8.1f} tok/s")
     print(
@@ -147,6 +161,7 @@ def main() -> None:
     ratio_peft = rows["in-process mixed (PEFT)"] / rows["in-process base"]
     print(f"  PEFT's mixed batch / base-only      {ratio_peft:.2f}x  (the path fused_lora replaces)")
     print(f"  fused / PEFT mixed                  {rows['in-process mixed'] / rows['in-process mixed (PEFT)']:.2f}x")
+    print(f"  mixed / mixed on MKL (few rows)     {rows['in-process mixed'] / rows['in-process mixed (MKL)']:.2f}x")
     ratio = rows["in-process mixed"] / rows["in-process sequential"]
     print(f"  micro-batched / sequential (mixed)  {ratio:.2f}x  goal >= 4")
     if "vLLM-CPU mixed" in rows:

@@ -290,6 +290,8 @@ def _plan(
                 # drafts verified by the model: plain greedy's tokens up to float rounding, which can flip a near tie
                 **({"prompt_lookup": lookup} if lookup else {}),
                 **({"grammar_drafts": True} if drafts else {}),
+                # oneDNN's kernel for products of a few rows: its sums add in another order than MKL's
+                **({"few_rows_onednn": True} if kind == "inprocess" and cfg.backend.few_rows_onednn else {}),
                 "agent": agent,
                 "judge": judge.get(domain, "off") if suite.judge.enabled else "off",
             }

@@ -136,6 +136,13 @@ class BackendConfig(_Strict):
         "(keys, quotes, punctuation; xgrammar's jump-forward tokens), verified by the model in one pass: the tokens "
         "of plain greedy decoding; measured in the README (bench/latency.py drafts=on)",
     )
+    few_rows_onednn: bool = Field(
+        True,
+        description="inprocess: float32 linear products of 2-64 rows (passes verifying drafts, decoding steps of "
+        "small batches) run on oneDNN's kernel instead of MKL's (one row and prefills stay on MKL): a verifying pass "
+        "~0.6x the time on 2 cores; its sums add in another order, so a near tie can flip; measured in the README "
+        "(bench/analyst_calls.py +blas, bench/latency.py few_rows=off)",
+    )
     timeout_s: float = Field(120.0, gt=0, description="vllm: seconds one HTTP call may take (a long generation)")
     max_retries: int = Field(3, ge=0, description="vllm: extra tries on connection errors, timeouts, 408/409/429/5xx")
     api_key_env: str | None = Field(None, description="vllm: environment variable holding the servers' --api-key")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -596,6 +597,9 @@ def test_the_agents_backend_takes_every_backend_setting(generator_dir: Path) -> 
     try:  # quantize: auto, what this CPU runs fastest at answers within the eval's CI
         assert default.quantize == resolve_quantize("auto") != "auto" and default.prefix_cache is True
         assert default.prompt_lookup == Config().backend.prompt_lookup
+        from rolora.adapters.serving.few_rows import onednn_linear_available
+
+        assert default.few_rows_onednn is onednn_linear_available()  # backend.few_rows_onednn: on by default
     finally:
         default.close()
 
@@ -792,3 +796,72 @@ def test_grammar_drafts_decode_the_same_replies_in_fewer_passes(
             h.remove()
         for backend in (plain, drafts, lookup):
             backend.close()
+
+
+def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
+    generator_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``few_rows_onednn`` (``backend.few_rows_onednn``): the base model's fp32 linear layers run products of 2-64 rows
+    on oneDNN's kernel and every other product as before (one row bit for bit, prefills, bf16 autocast), PEFT wraps
+    them with the LoRA kept on its own path, and on the analyst's real request, base model and adapter, decoded with
+    grammar drafts and prompt lookup (passes over several tokens), the replies are those of the MKL backend. And the
+    backend has SDPA read the key/value heads as groups under a mask (``TRANSFORMERS_SDPA_FORCE_GQA``): the logits of
+    a padded batch are bit for bit those of transformers' repeated heads."""
+    import torch
+
+    from rolora.adapters.serving.few_rows import MAX_ROWS, FewRowsLinear, onednn_linear_available
+    from rolora.adapters.serving.inprocess import InProcessBackend
+
+    if not onednn_linear_available():
+        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
+        pytest.skip("this torch build lacks oneDNN's linear kernel")
+    roots = DirectoryAdapters(TEST_HOME / "test-adapters")
+    drafts = {"prefix_cache": False, "prompt_lookup": 10, "grammar_drafts": True}
+    onednn = InProcessBackend(generator_dir, roots, batch_window_ms=50, few_rows_onednn=True, **drafts)
+    mkl = InProcessBackend(generator_dir, roots, micro_batching=False, **drafts)
+    passes, hooks = _count_passes(onednn=onednn, mkl=mkl)
+    try:
+        assert onednn.few_rows_onednn and not mkl.few_rows_onednn
+        reqs = _analyst_requests(48)
+        alone = []
+        for req in reqs:
+            before = dict(passes)
+            a, b = mkl.generate([req])[0], onednn.generate([req])[0]
+            assert (b.text, b.completion_tokens, b.finish_reason) == (a.text, a.completion_tokens, a.finish_reason)
+            assert passes["onednn"] - before["onednn"] < b.completion_tokens  # passes over several tokens were run
+            alone.append(a.text)
+        count = onednn.batch_count
+        assert [r.text for r in onednn.generate(reqs)] == alone  # a two-row batch: every decoding step on oneDNN
+        assert _batches_since(onednn, count) == [2]
+        q_proj = onednn._peft.base_model.model.model.layers[0].self_attn.q_proj  # the test adapters: q_proj, v_proj
+        layer = q_proj.base_layer
+        assert type(layer) is FewRowsLinear and type(q_proj.lora_A["alpha@1"]) is torch.nn.Linear
+        assert type(mkl._peft.base_model.model.model.layers[0].self_attn.q_proj.base_layer) is torch.nn.Linear
+        head = onednn._model.get_output_embeddings()
+        assert type(head) is FewRowsLinear and head.weight is onednn._model.get_input_embeddings().weight
+        torch.manual_seed(0)
+        with torch.inference_mode():
+            for rows in (1, 2, 11, MAX_ROWS, MAX_ROWS + 1, 300):
+                x = torch.randn(1, rows, layer.in_features)
+                want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+                got = layer(x)
+                assert got.shape == want.shape
+                if rows == 1 or rows > MAX_ROWS:  # MKL's product itself
+                    assert torch.equal(got, want)
+                else:  # oneDNN's: the same sums in another order
+                    assert torch.allclose(got, want, atol=1e-4) and not torch.equal(got, want)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 prefill is autocast's, untouched
+                assert layer(torch.randn(4, layer.in_features)).dtype == torch.bfloat16
+            assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "1"
+            prompts = ["The Receiving Party shall hold the information in confidence.", "Governing law: New York."]
+            enc = mkl.tokenizer(prompts, return_tensors="pt", padding=True)  # left padding: a mask reaches SDPA
+            assert not bool(enc["attention_mask"].all())
+            grouped = mkl._model(**enc).logits
+            monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")
+            repeated = mkl._model(**enc).logits
+        assert torch.equal(grouped, repeated)
+    finally:
+        for h in hooks:
+            h.remove()
+        onednn.close()
+        mkl.close()
