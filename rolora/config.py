@@ -376,6 +376,7 @@ backend:
   prefix_cache: true        # inprocess: reuse the key/value cache of a prompt prefix shared with a recent prompt
   prompt_lookup: 10         # inprocess: drafts of N tokens copied from the prompt, verified by the model (0 = off)
   grammar_drafts: true      # inprocess: drafts of the tokens a JSON grammar forces (keys, quotes), model-verified
+  few_rows_onednn: true     # inprocess: linear products of 2-64 rows (draft-verifying passes, small batches) on oneDNN
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)
   max_retries: 3            # vllm: extra tries on connection errors, timeouts, 408/409/429/5xx
   api_key_env: null         # vllm: env variable with the servers' API key (needed for runtime adapter loading)

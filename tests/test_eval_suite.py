@@ -250,10 +250,12 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
         "judge": "off",
     }
     stored = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
-    one_token_a_step = Config.model_validate(
-        {**plain, "backend": {"quantize": "none", "grammar_drafts": False, "prompt_lookup": 0}}
-    )
+    decoding_before = {"quantize": "none", "grammar_drafts": False, "prompt_lookup": 0, "few_rows_onednn": False}
+    one_token_a_step = Config.model_validate({**plain, "backend": decoding_before})
     assert _plan(suite, one_token_a_step, None, "base", ["contracts"], {}).fingerprints["contracts"] == stored
+    # oneDNN's kernel for products of a few rows (batched decoding steps under the eval's concurrency): its own runs
+    on_onednn = Config.model_validate({**plain, "backend": {**decoding_before, "few_rows_onednn": True}})
+    assert _plan(suite, on_onednn, None, "base", ["contracts"], {}).fingerprints["contracts"] != stored
     assert fp["base"] != stored  # decoded with drafts (the defaults): not the stored runs' decoding
     # backend.quantize: auto (the default) is fingerprinted as what it runs on this CPU: bf16 runs are runs of their own
     from rolora.adapters.serving.quantize import resolve_quantize
