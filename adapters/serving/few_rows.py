@@ -26,7 +26,7 @@ from torch import nn
 
 from .linear_swap import linear_shell, swap_linear
 
-__all__ = ["MAX_ROWS", "MIN_ROWS", "FewRowsLinear", "few_rows_onednn", "onednn_linear_available"]
+__all__ = ["MAX_ROWS", "MIN_ROWS", "FewRowsLinear", "few_rows_onednn", "onednn_linear_available", "onednn_product"]
 
 MIN_ROWS, MAX_ROWS = 2, 64  # products of this many rows run on oneDNN
 
@@ -35,6 +35,11 @@ MIN_ROWS, MAX_ROWS = 2, 64  # products of this many rows run on oneDNN
 def onednn_linear_available() -> bool:
     """Whether this torch build has oneDNN's float32 linear kernel (x86 and most ARM builds do)."""
     return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` (``x`` 2-D, float32) on oneDNN's kernel."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 class FewRowsLinear(nn.Linear):
@@ -49,8 +54,7 @@ class FewRowsLinear(nn.Linear):
             and not torch.is_autocast_enabled("cpu")
             and x.device.type == "cpu"
         ):
-            flat = x.reshape(rows, x.shape[-1]).contiguous()
-            out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
+            out = onednn_product(x.reshape(rows, x.shape[-1]).contiguous(), self.weight, self.bias)
             return out.reshape(*x.shape[:-1], out.shape[-1])
         return nn.functional.linear(x, self.weight, self.bias)
 
