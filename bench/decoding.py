@@ -49,16 +49,17 @@ def onednn_linear(model: Any) -> int:
     import torch
     from torch import nn
 
+    from rolora.adapters.serving.few_rows import onednn_linear_available, onednn_product
     from rolora.adapters.serving.linear_swap import linear_shell, swap_linear
 
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+    if not onednn_linear_available():
         return 0
 
     class OneDnnLinear(nn.Linear):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
                 return nn.functional.linear(x, self.weight, self.bias)
-            out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.weight, self.bias, "none", [], "")
+            out = onednn_product(x.reshape(-1, x.shape[-1]), self.weight, self.bias)
             return out.reshape(*x.shape[:-1], out.shape[-1])
 
     return swap_linear(model, lambda linear: linear_shell(OneDnnLinear, linear))
@@ -207,15 +208,12 @@ def main() -> None:
     rows["int8 dynamic (linear)"] = (ms, q8_bytes, texts == ref)
     import copy
 
-    from rolora.adapters.serving.int8 import Int8Linear, quantize_linear_int8
+    from rolora.adapters.serving.int8 import quantize_linear_int8
 
     served = copy.deepcopy(model)
     quantize_linear_int8(served)  # what backend.quantize: int8 serves on this CPU (int8.py: VNNI or not)
-    served_bytes = weight_bytes_per_token(served, linear_bytes=4) - sum(
-        3 * m.in_features * m.out_features for m in served.modules() if isinstance(m, Int8Linear)
-    )
     ms, texts = decode_ms(served, tok, args.tokens, args.repeats)
-    rows["backend.quantize: int8"] = (ms, served_bytes, texts == ref)
+    rows["backend.quantize: int8"] = (ms, served_weight_bytes(served), texts == ref)  # the fp32 layers it keeps too
 
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     ms, texts = decode_ms(bf16, tok, args.tokens, args.repeats)
@@ -226,7 +224,7 @@ def main() -> None:
     served = copy.deepcopy(model)
     bf16_linear_weights(served)  # what backend.quantize: bf16-weights serves (the rest of the model fp32)
     ms, texts = decode_ms(served, tok, args.tokens, args.repeats)
-    rows["backend.quantize: bf16-weights"] = (ms, weight_bytes_per_token(model, linear_bytes=2), texts == ref)
+    rows["backend.quantize: bf16-weights"] = (ms, served_weight_bytes(served), texts == ref)
     served = copy.deepcopy(model)
     if onednn_linear(served):
         ms, texts = decode_ms(served, tok, args.tokens, args.repeats)
