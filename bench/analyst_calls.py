@@ -12,8 +12,9 @@ median and total seconds a call, decoded tokens, the median of the per-call time
 how many replies are identical to the first mode's. A mode with ``+drafts`` (``bf16+drafts``) also decodes with
 grammar-forced drafts (``backend.grammar_drafts``; the others without), and its drafts and accepted tokens are printed;
 one with ``+blas`` runs every float32 linear product on MKL (``backend.few_rows_onednn: false``; the others run
-products of 2-64 rows on oneDNN).
+products of 1-64 rows on oneDNN, weights packed once).
 ``bench/latency.py`` measures the whole graph; this isolates the model call, where ``backend.quantize`` acts.
+``--openmp`` as in ``bench/latency.py`` (``ask``, the default: what ``rolora ask`` sets before torch loads).
 
 Decoding against the memory-bandwidth bound, in the served path: each request is also generated with
 ``max_tokens=1`` (its prefill, timed the same way), and the model's forward passes are counted. A mode's decoding is
@@ -22,7 +23,8 @@ prefill (ms/pass: a pass verifying drafts reads the weights once for several tok
 those passes, timed by forward hooks (model's ms/pass: the rest is grammar, drafting and ``generate``). The bound is
 the bytes of weights a pass reads (:func:`decoding.served_weight_bytes`: the base layers at the bytes the mode
 multiplies by, the adapter's LoRA, norms) over the read bandwidth measured in the same run
-(:func:`decoding.read_bandwidth_gbs`, before and after the calls; the higher of the two, so the stricter bound).
+(:func:`decoding.read_bandwidth_gbs`, before every request's turn and after the calls; the best read, so the stricter
+bound: on these VMs the reading moves between ~33 and ~61 GB/s with the machine's state).
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ def main() -> None:
     ap.add_argument("--adapter", default=None, help="the analyst adapter (default: the domain's promoted one)")
     ap.add_argument("--split", default="test", choices=["train", "validation", "test"])
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rolora-analyst-calls")
+    ap.add_argument("--openmp", default="ask", choices=["ask", "default"],
+                    help="ask: libgomp's threads spin between a step's products, as `rolora ask` sets before torch "
+                    "loads (rolora.hardware.spin_openmp_between_ops); default: libgomp's own waiting")  # fmt: skip
     args = ap.parse_args()
+    if args.openmp == "ask":
+        from rolora.hardware import spin_openmp_between_ops
+
+        spin_openmp_between_ops()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from decoding import read_bandwidth_gbs, served_weight_bytes
@@ -124,7 +133,7 @@ def main() -> None:
 
         hooks = [b._model.register_forward_pre_hook(count_pass) for b in backends.values()]
         hooks += [b._model.register_forward_hook(time_pass) for b in backends.values()]
-        bandwidth_before = read_bandwidth_gbs()
+        reads = [read_bandwidth_gbs()]  # and before every request's turn: the best read is the bound's bandwidth
 
         def run(backend: Any, request: Any) -> tuple[float, int, Any]:
             job = _Job(request, concurrent.futures.Future(), time.perf_counter())
@@ -138,6 +147,7 @@ def main() -> None:
 
         for rep in range(2):
             for request in requests:
+                reads.append(read_bandwidth_gbs())
                 for m in modes if rep == 0 else modes[::-1]:
                     prefill_s, prefill_passes, _ = run(backends[m], dataclasses.replace(request, max_tokens=1))
                     elapsed, n_passes, result = run(backends[m], request)
@@ -151,8 +161,9 @@ def main() -> None:
                         texts[m].append(result.text)
         for hook in hooks:
             hook.remove()
-        # the higher of two reads (before and after): the shorter bound, the stricter ratio
-        bandwidth = max(bandwidth_before, read_bandwidth_gbs())
+        # the best of every read (before, between the calls, after): the shorter bound, the stricter ratio
+        reads.append(read_bandwidth_gbs())
+        bandwidth = max(reads)
         weight_bytes = {m: served_weight_bytes(backends[m]._model) for m in modes}
     finally:
         for backend in backends.values():
@@ -178,8 +189,8 @@ def main() -> None:
         s = summary[m]
         print(f"| {m} | {s['median_s']:.2f} | {s['total_s']:.1f} | {s['tokens']} | {s['median_ratio']:.3f} | "
               f"{same} / {n} |")  # fmt: skip
-    print(f"decoding against the memory-bandwidth bound (read bandwidth {bandwidth:.1f} GB/s, this run; prefills "
-          "subtracted):")  # fmt: skip
+    print(f"decoding against the memory-bandwidth bound (read bandwidth {bandwidth:.1f} GB/s, the best of {len(reads)} "
+          f"reads in this run, median {statistics.median(reads):.1f}; prefills subtracted):")  # fmt: skip
     print("| mode | MB a pass | bound ms | decoded tokens | passes | ms/token | x bound | ms/pass | x bound | "
           "model's ms/pass | x bound |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -191,6 +202,7 @@ def main() -> None:
         summary[m]["decoding"] = {
             "weight_bytes": weight_bytes[m],
             "bandwidth_gbs": bandwidth,
+            "bandwidth_reads_gbs": reads,
             "bound_ms": bound_ms,
             "seconds": decode_s[m],
             "tokens": decode_tokens[m],
@@ -211,7 +223,10 @@ def main() -> None:
             print(f"{m}: {d['drafts']} grammar-forced drafts, {d['tokens']} tokens drafted, {d['accepted']} accepted")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "analyst_calls.json").write_text(
-        json.dumps({"modes": modes, "lookup": args.lookup, "summary": summary, "seconds": seconds}, indent=1),
+        json.dumps(
+            {"modes": modes, "lookup": args.lookup, "openmp": args.openmp, "summary": summary, "seconds": seconds},
+            indent=1,
+        ),
         encoding="utf-8",
     )
     print(f"written: {args.out / 'analyst_calls.json'}")

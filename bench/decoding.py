@@ -1,23 +1,25 @@
-"""Decoding against the memory-bandwidth bound: how close one-row greedy decoding of the base model comes to the time
-it takes just to read its weights once per token, and what int8 or bf16 weights or a static KV cache change; and what
-a bf16 prefill (``backend.quantize: bf16``) saves on an analyst-sized prompt.
+"""Decoding against the memory-bandwidth bound: how close one-row greedy decoding of the base model comes to the time it
+takes just to read its weights once per token, and what int8 or bf16 weights or a static KV cache change; and what a
+bf16 prefill (``backend.quantize: bf16``) saves on an analyst-sized prompt.
 
     .venv/bin/python bench/decoding.py [--tokens 96] [--repeats 3] [--threads 0]
 
-The machine's read bandwidth is measured in the same run (a large fp32 tensor summed, best of 5); the bound is the
-bytes of every weight a decoding step reads (all linear layers and the tied output embedding; the input embedding
-reads one row) divided by that bandwidth. Rows: fp32 (the backend's default), fp32 with a static KV cache, int8
-dynamic quantization of the linear layers (torch.ao, weights int8, activations fp32; the LoRA adapters of a served
-model would stay fp32 beside them), and what ``backend.quantize: int8`` serves (``adapters/serving/int8.py``: the
-full 8-bit activation range, the MLP down projections kept fp32), bf16 weights (a copy of the model in
-bfloat16), what ``backend.quantize: bf16-weights`` serves (bf16 copies of the linear layers' weights, the rest fp32;
-``adapters/serving/bf16_weights.py``), fp32 on oneDNN's linear kernel instead of torch's BLAS (MKL on x86; not
-shipped: see :func:`onednn_linear`), and fp32 with a static KV cache and the decoding step compiled by
-``torch.compile`` (inductor; its compile time printed apart). For each: ms per decoded token (prefill subtracted), its
-ratio to the bound, and whether its greedy text equals fp32's on the same prompts. Goal: within 1.5x of the bound.
-Then the prefill of a ~800-token prompt (a real example contract's clauses and a question) in fp32 and under bfloat16
-autocast (``adapters/serving/bf16.py``), best of ``--repeats``: on CPUs with bf16 matrix units (AMX) the prefill is
-where bf16 pays.
+The machine's read bandwidth is measured in the same run (a large fp32 tensor summed, best of 5); the bound is the bytes
+of every weight a decoding step reads (all linear layers and the tied output embedding; the input embedding reads one
+row) divided by that bandwidth. Rows: fp32 (the backend's default), fp32 with a static KV cache, int8 dynamic
+quantization of the linear layers (torch.ao, weights int8, activations fp32; the LoRA adapters of a served model would
+stay fp32 beside them), and what ``backend.quantize: int8`` serves (``adapters/serving/int8.py``: the full 8-bit
+activation range, the MLP down projections kept fp32), bf16 weights (a copy of the model in bfloat16), what
+``backend.quantize: bf16-weights`` serves (bf16 copies of the linear layers' weights, the rest fp32;
+``adapters/serving/bf16_weights.py``), fp32 on oneDNN's linear kernel instead of torch's BLAS (MKL on x86) on the plain
+weights (not shipped: see :func:`onednn_linear`) and on weights packed once (``backend.few_rows_onednn``), and fp32 with
+a static KV cache and the decoding step compiled by ``torch.compile`` (inductor; its compile time printed apart). For
+each: ms per decoded token (prefill subtracted), its ratio to the bound, and whether its greedy text equals fp32's on
+the same prompts. Goal: within 1.5x of the bound. Then the linear products alone (every weight times 1, 2 and 11 rows:
+one decoding step, a pass verifying drafts) on MKL and on oneDNN with plain and packed weights. Then the prefill of a
+~800-token prompt (a real example contract's clauses and a question) in fp32 and under bfloat16 autocast
+(``adapters/serving/bf16.py``), best of ``--repeats``: on CPUs with bf16 matrix units (AMX) the prefill is where bf16
+pays.
 """
 
 from __future__ import annotations
@@ -37,15 +39,12 @@ PROMPTS = [
 
 def onednn_linear(model: Any) -> int:
     """Swap ``model``'s plain ``nn.Linear`` layers for ones whose float32 forward runs oneDNN's kernel
-    (``torch.ops.mkldnn._linear_pointwise``, what Inductor emits for float32 linear layers) on the same weights; 0
-    where this torch build lacks it. Measured and not shipped as a backend setting (2-core AMD EPYC, 2026-12-04;
-    README, "Speed on 2 cores"): one-row products over SmolLM2's linear weights took 0.62x MKL's time in a loop of
-    their own (MKL's one-row product read ~11 GB/s with one thread or two), this row 0.70x; in the served path (the
-    backend's worker thread) a decoding step took 0.90-0.96x, but 1.15-1.25x when torch had just run on another
-    thread, as ``ask`` embeds the question before the analyst's call (likely libgomp's short spin-wait once two
-    threads own OpenMP teams on 2 cores: under ``OMP_WAIT_POLICY=ACTIVE`` that case took 75.7 ms a step, MKL 85.2).
-    Products of 2-64 rows (passes verifying drafts, small batches), where MKL took ~2x a one-row product's time, do
-    run on oneDNN in the backend: ``backend.few_rows_onednn`` (``adapters/serving/few_rows.py``)."""
+    (``torch.ops.mkldnn._linear_pointwise``) on the plain weights, every row count; 0 where this torch build lacks it.
+    Not what the backend serves: without a packed copy of each weight oneDNN reorders it on every call
+    (2026-12-04: one-row decoding steps in the served path 0.90-0.96x MKL's, but 1.15-1.25x when torch had just run
+    on another thread, as ``ask`` embeds the question before the analyst's call). ``backend.few_rows_onednn`` packs
+    each weight once (``adapters/serving/few_rows.py``): the row "backend.few_rows_onednn", and the products alone in
+    :func:`products_ms`."""
     import torch
     from torch import nn
 
@@ -65,17 +64,57 @@ def onednn_linear(model: Any) -> int:
     return swap_linear(model, lambda linear: linear_shell(OneDnnLinear, linear))
 
 
-def read_bandwidth_gbs(mb: int = 512) -> float:
+def read_bandwidth_gbs(mb: int = 512, rounds: int = 5) -> float:
+    """The machine's read bandwidth in GB/s: the best of ``rounds`` sums of a ``mb`` MB float32 tensor, each right
+    after ~0.1 s of matrix products on every thread. On these 2-core VMs the reading depends on the machine's state
+    more than on anything else (2026-12-05, in one process on one tensor): a sum after the machine had idled read
+    16-33 GB/s, back-to-back sums 32-37, and sums right after heavy matrix products anywhere from 33 to 61. The
+    highest reading is what the memory can deliver, so benches take the best of several (``bench/analyst_calls.py``
+    reads it before every call); before 2026-12-05 this function took the best of 5 back-to-back sums (34-37 GB/s
+    in the runs the README quotes), so bounds quoted before then may be up to ~1.7x too long."""
     import torch
 
     a = torch.ones(mb * 2**20 // 4, dtype=torch.float32)
-    a.sum()  # touch every page first
+    x = torch.randn(1024, 1024)
     best = float("inf")
-    for _ in range(5):
+    for _ in range(rounds):
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.1:
+            x @ x
         t = time.perf_counter()
         a.sum()
         best = min(best, time.perf_counter() - t)
     return a.numel() * 4 / best / 1e9
+
+
+def products_ms(model: Any, rows: int, repeats: int = 5) -> dict[str, float]:
+    """Best ms of multiplying every linear weight of ``model`` (538 MB for SmolLM2) by ``rows`` rows, the products
+    alone, in a decoding step's order: on MKL (``F.linear``), on oneDNN with the plain weights, and on oneDNN with
+    the weights packed once (what ``backend.few_rows_onednn`` serves); empty where torch lacks oneDNN's kernel."""
+    import torch
+
+    from rolora.adapters.serving.few_rows import onednn_linear_available, onednn_product, pack_weight
+
+    if not onednn_linear_available():
+        return {}
+    weights = [m.weight.detach() for m in model.modules() if type(m) is torch.nn.Linear]
+    packed = [pack_weight(w) for w in weights]
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    kinds = {
+        "MKL": lambda: [torch.nn.functional.linear(xs[w.shape[1]], w) for w in weights],
+        "oneDNN, plain weights": lambda: [onednn_product(xs[w.shape[1]], w, None) for w in weights],
+        "oneDNN, packed weights": lambda: [
+            onednn_product(xs[w.shape[1]], p, None) for w, p in zip(weights, packed, strict=True)
+        ],
+    }
+    best = dict.fromkeys(kinds, float("inf"))
+    with torch.inference_mode():
+        for _ in range(repeats):  # the kinds interleaved, so noise moves them alike
+            for name, run in kinds.items():
+                t = time.perf_counter()
+                run()
+                best[name] = min(best[name], (time.perf_counter() - t) * 1000)
+    return best
 
 
 def weight_bytes_per_token(model: Any, linear_bytes: int = 4) -> int:
@@ -229,7 +268,14 @@ def main() -> None:
     if onednn_linear(served):
         ms, texts = decode_ms(served, tok, args.tokens, args.repeats)
         rows["fp32, oneDNN linear"] = (ms, fp32_bytes, texts == ref)
+    from rolora.adapters.serving.few_rows import few_rows_onednn
+
+    served = copy.deepcopy(model)
+    if few_rows_onednn(served):  # what the backend serves: oneDNN on weights packed once
+        ms, texts = decode_ms(served, tok, args.tokens, args.repeats)
+        rows["backend.few_rows_onednn"] = (ms, fp32_bytes, texts == ref)
     del served
+    products = {n: products_ms(model, n, args.repeats + 2) for n in (1, 2, 11)}
     prefill = prefill_ms(model, tok, args.repeats)
     # last: the compiled forward stays attached to the model. transformers compiles generate's decoding step only on
     # CUDA unless its CompileConfig's (private, transformers 5.x) _compile_all_devices is set; dynamic=False: one graph
@@ -245,7 +291,7 @@ def main() -> None:
     rows["static KV + torch.compile"] = (ms, fp32_bytes, texts == ref)
 
     print(f"== one-row greedy decoding, SmolLM2-135M, {torch.get_num_threads()} threads, {args.tokens} tokens")
-    print(f"  read bandwidth (fp32 sum, best of 5)  {bw:6.1f} GB/s")
+    print(f"  read bandwidth (fp32 sum, best of 5 after a load)  {bw:6.1f} GB/s")
     print(f"  {'row':<24} {'ms/token':>9} {'MB/token':>9} {'bound ms':>9} {'x bound':>8}  same text as fp32")
     for name, (ms, nbytes, same) in rows.items():
         bound = nbytes / (bw * 1e9) * 1000
@@ -255,6 +301,12 @@ def main() -> None:
         if name != "fp32":
             print(f"  fp32 / {name:<24} {base / ms:5.2f}x faster")
     print("  goal: ms/token within 1.5x of the bound of the weights it reads")
+    if products[1]:
+        print(f"== the linear products alone: every weight ({fp32_bytes / 1e6:.0f} MB) times N rows, best ms "
+              f"(reading them once: {fp32_bytes / (bw * 1e9) * 1000:.1f} ms)")  # fmt: skip
+        print(f"  {'kernel':<24} " + " ".join(f"{f'{n} rows':>9}" for n in products))
+        for kind in products[1]:
+            print(f"  {kind:<24} " + " ".join(f"{products[n][kind]:9.1f}" for n in products))
     print(f"  torch.compile (static KV): {compile_s:.0f} s to compile the decoding step for the {len(PROMPTS)} prompts")
     from rolora.adapters.serving.bf16 import cpu_has_bf16_units
 

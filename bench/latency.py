@@ -17,8 +17,10 @@ A configuration is ``role=adapter`` pairs (``base`` for the base model; naming t
 ``prefix_cache=on|off`` (``backend.prefix_cache``; like ``quantize``, its own backend) / ``lookup=N``
 (``backend.prompt_lookup``, drafts of N tokens copied from the prompt, 0 = off; its own backend) / ``drafts=on|off``
 (``backend.grammar_drafts``, drafts of the tokens the JSON grammar forces; its own backend) / ``few_rows=on|off``
-(``backend.few_rows_onednn``, oneDNN's kernel for products of 2-64 rows; its own backend). Printed too: how many
+(``backend.few_rows_onednn``, oneDNN's kernel for products of 1-64 rows; its own backend). Printed too: how many
 answers (text and citations) the candidate gives identically to the baseline. Results also go to ``--out``/latency.json.
+``--openmp ask`` (the default) first sets what ``rolora ask`` sets before torch loads (libgomp's threads spin between a
+decoding step's products: :func:`rolora.hardware.spin_openmp_between_ops`); ``--openmp default`` leaves libgomp's own.
 """
 
 from __future__ import annotations
@@ -105,7 +107,14 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["train", "validation", "test"])
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rolora-latency")
+    ap.add_argument("--openmp", default="ask", choices=["ask", "default"],
+                    help="ask: libgomp's threads spin between a step's products, as `rolora ask` sets before torch "
+                    "loads (rolora.hardware.spin_openmp_between_ops); default: libgomp's own waiting")  # fmt: skip
     args = ap.parse_args()
+    if args.openmp == "ask":
+        from rolora.hardware import spin_openmp_between_ops
+
+        spin_openmp_between_ops()
 
     from rolora.agents import Agent, make_backend
     from rolora.config import load_config
@@ -203,7 +212,9 @@ def main() -> None:
     summary["identical answers"] = same
     print(f"identical answers (text, citations, refusal): {same} / {len(questions)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latency.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    (args.out / "latency.json").write_text(
+        json.dumps({"summary": summary, "rows": rows, "openmp": args.openmp}, indent=1)
+    )
     print(f"\nwritten: {args.out / 'latency.json'}")
 
 

@@ -13,8 +13,8 @@ first) with its median: on a VM whose speed moves by a third within minutes, sin
 in-process mixed >= 3x vLLM-CPU mixed; mixed >= 0.9x base-only; micro-batched >= 4x sequential. The in-process rows
 run ``--quantize`` (``backend.quantize``; default ``auto``, what ``rolora.yaml`` runs on this CPU: int8 on an
 AVX2-only one, the header says which) and ``backend.few_rows_onednn`` as ``rolora.yaml`` does (on: a decoding step's
-products of 2-64 rows on oneDNN's kernel); the row "in-process mixed (MKL)" is the fused mixed batch with it off,
-interleaved with the others, and its ratio is printed. vLLM-CPU runs float32 whatever it is.
+products of 1-64 rows on oneDNN's kernel, weights packed once); the row "in-process mixed (MKL)" is the fused mixed
+batch with it off, interleaved with the others, and its ratio is printed. vLLM-CPU runs float32 whatever it is.
 """
 
 from __future__ import annotations

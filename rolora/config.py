@@ -138,10 +138,11 @@ class BackendConfig(_Strict):
     )
     few_rows_onednn: bool = Field(
         True,
-        description="inprocess: float32 linear products of 2-64 rows (passes verifying drafts, decoding steps of "
-        "small batches) run on oneDNN's kernel instead of MKL's (one row and prefills stay on MKL): a verifying pass "
-        "~0.6x the time on 2 cores; its sums add in another order, so a near tie can flip; measured in the README "
-        "(bench/analyst_calls.py +blas, bench/latency.py few_rows=off)",
+        description="inprocess: float32 linear products of 1-64 rows (decoding steps, passes verifying drafts, steps "
+        "of small batches) run on oneDNN's kernel with each weight packed once, instead of MKL's (prefills stay on "
+        "MKL): the analyst's replies ~0.7x the time a token on 2 cores, for a packed copy of the float32 linear "
+        "weights (+538 MB for SmolLM2); its sums add in another order, so a near tie can flip; measured in the "
+        "README (bench/analyst_calls.py +blas, bench/latency.py few_rows=off)",
     )
     timeout_s: float = Field(120.0, gt=0, description="vllm: seconds one HTTP call may take (a long generation)")
     max_retries: int = Field(3, ge=0, description="vllm: extra tries on connection errors, timeouts, 408/409/429/5xx")
@@ -376,7 +377,7 @@ backend:
   prefix_cache: true        # inprocess: reuse the key/value cache of a prompt prefix shared with a recent prompt
   prompt_lookup: 10         # inprocess: drafts of N tokens copied from the prompt, verified by the model (0 = off)
   grammar_drafts: true      # inprocess: drafts of the tokens a JSON grammar forces (keys, quotes), model-verified
-  few_rows_onednn: true     # inprocess: linear products of 2-64 rows (draft-verifying passes, small batches) on oneDNN
+  few_rows_onednn: true     # inprocess: linear products of 1-64 rows (decoding steps) on oneDNN, weights packed once
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)
   max_retries: 3            # vllm: extra tries on connection errors, timeouts, 408/409/429/5xx
   api_key_env: null         # vllm: env variable with the servers' API key (needed for runtime adapter loading)

@@ -4,6 +4,7 @@ defaults to the config's only domain, and ``ask --resume --thread ID`` without a
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,34 @@ def test_ask_needs_a_question_or_resume(tmp_path: Path) -> None:
     assert "--resume needs --thread ID" in str(r.exception)
     r = runner.invoke(app, ["ask", "a question", "--resume", "--thread", "t1", "-c", str(cfg)])
     assert "give no QUESTION with it" in str(r.exception)
+
+
+def test_ask_sets_openmp_spinning_before_torch_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rolora ask`` first calls :func:`rolora.hardware.spin_openmp_between_ops`, which sets libgomp's bounded
+    spin-wait only where neither variable is set and torch has not loaded (libgomp reads them once, at load): checked
+    in a fresh interpreter, before and after ``import torch``."""
+    import subprocess
+    import sys
+
+    from rolora import hardware
+
+    calls: list[int] = []
+    monkeypatch.setattr(hardware, "spin_openmp_between_ops", lambda *a: calls.append(1) or False)
+    runner.invoke(app, ["ask", "-c", str(_write_config(tmp_path, {"contracts": SAMPLE}))])
+    assert calls == [1]
+    code = (
+        "from rolora.hardware import spin_openmp_between_ops as spin\n"
+        "env = {}\nprint(spin(env), sorted(env.items()))\n"
+        "user = {'OMP_WAIT_POLICY': 'PASSIVE'}\nprint(spin(user), user)\n"
+        "import torch\nprint(spin({}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in hardware.OPENMP_SPIN}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.splitlines() == [
+        "True [('GOMP_SPINCOUNT', '30000'), ('OMP_WAIT_POLICY', 'ACTIVE')]",
+        "False {'OMP_WAIT_POLICY': 'PASSIVE'}",
+        "False",
+    ]
 
 
 @pytest.mark.slow

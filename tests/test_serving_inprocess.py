@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -801,10 +802,11 @@ def test_grammar_drafts_decode_the_same_replies_in_fewer_passes(
 def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
     generator_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``few_rows_onednn`` (``backend.few_rows_onednn``): the base model's fp32 linear layers run products of 2-64 rows
-    on oneDNN's kernel and every other product as before (one row bit for bit, prefills, bf16 autocast), PEFT wraps
-    them with the LoRA kept on its own path, and on the analyst's real request, base model and adapter, decoded with
-    grammar drafts and prompt lookup (passes over several tokens), the replies are those of the MKL backend. And the
+    """``few_rows_onednn`` (``backend.few_rows_onednn``): the base model's fp32 linear layers run products of 1-64 rows
+    on oneDNN's kernel with a packed copy of the weight (repacked when the weight changes in place) and every other
+    product as before (prefills bit for bit, bf16 autocast), PEFT wraps them with the LoRA kept on its own path, and on
+    the analyst's real request, base model and adapter, decoded with grammar drafts and prompt lookup (passes over
+    several tokens) and one token a step, the replies are those of the MKL backend. And the
     backend has SDPA read the key/value heads as groups under a mask (``TRANSFORMERS_SDPA_FORCE_GQA``): the logits of
     a padded batch are bit for bit those of transformers' repeated heads."""
     import torch
@@ -830,6 +832,12 @@ def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
             assert (b.text, b.completion_tokens, b.finish_reason) == (a.text, a.completion_tokens, a.finish_reason)
             assert passes["onednn"] - before["onednn"] < b.completion_tokens  # passes over several tokens were run
             alone.append(a.text)
+        for req in reqs:  # free text, one token a step (min_tokens turns drafts off): one-row products on oneDNN
+            step = dataclasses.replace(req, json_schema=None, min_tokens=1, max_tokens=24)
+            before = dict(passes)
+            a, b = mkl.generate([step])[0], onednn.generate([step])[0]
+            assert (b.text, b.completion_tokens) == (a.text, a.completion_tokens)
+            assert passes["onednn"] - before["onednn"] >= b.completion_tokens > 8
         count = onednn.batch_count
         assert [r.text for r in onednn.generate(reqs)] == alone  # a two-row batch: every decoding step on oneDNN
         assert _batches_since(onednn, count) == [2]
@@ -856,12 +864,21 @@ def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
                 want = torch.nn.functional.linear(x, layer.weight, layer.bias)
                 got = layer(x)
                 assert got.shape == want.shape
-                if rows == 1 or rows > MAX_ROWS:  # MKL's product itself
+                if rows > MAX_ROWS:  # MKL's product itself
                     assert torch.equal(got, want)
-                else:  # oneDNN's: the same sums, perhaps in another order
+                else:  # oneDNN's, on the packed weight: the same sums, perhaps in another order
                     assert torch.allclose(got, want, atol=1e-4)
-            assert on_onednn == [2, 11, MAX_ROWS]
-            monkeypatch.setattr(few_rows, "onednn_product", onednn_product)
+            assert on_onednn == [1, 2, 11, MAX_ROWS]
+            assert layer.packed is not None and layer.packed.is_mkldnn and layer.packed is not layer.weight
+        x = torch.randn(3, layer.in_features)
+        kept = layer.weight.detach().clone()
+        with torch.no_grad():  # a weight changed in place: the packed copy follows it, and back
+            layer.weight.add_(0.5)
+            assert torch.allclose(layer(x), torch.nn.functional.linear(x, kept + 0.5, layer.bias), atol=1e-4)
+            layer.weight.copy_(kept)
+            assert torch.allclose(layer(x), torch.nn.functional.linear(x, kept, layer.bias), atol=1e-4)
+        monkeypatch.setattr(few_rows, "onednn_product", onednn_product)
+        with torch.inference_mode():
             with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 prefill is autocast's, untouched
                 assert layer(torch.randn(4, layer.in_features)).dtype == torch.bfloat16
             assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "1"

@@ -1,20 +1,26 @@
-"""oneDNN's float32 kernel for linear products of a few rows (``backend.few_rows_onednn``, on in ``rolora.yaml``).
+"""oneDNN's float32 kernel, on weights packed once, for linear products of a few rows (``backend.few_rows_onednn``, on
+in ``rolora.yaml``).
 
-A forward pass over 2 to 64 token rows — a pass verifying drafts (``backend.prompt_lookup``,
-``backend.grammar_drafts``: up to ~11 rows), a decoding step of a small batch — multiplies every weight matrix by a
-short, wide activation. torch's x86 builds run that product in MKL, whose small-M path on these 2-core machines took
-about twice the one-row product's time (SmolLM2-135M, ~700 tokens in the cache, 2026-12-04, 2-core AMD EPYC): a
-whole pass took 56 ms for 1 row, 96 ms for 2, 124 ms for 11 and 115 ms for 16, though all read the same ~540 MB of
-weights. oneDNN's kernel (``torch.ops.mkldnn._linear_pointwise``, what Inductor emits for float32 linear layers)
-took 55, 71 and 79 ms for 2, 11 and 16 rows (0.57-0.69x; 0.59-0.77x on a worker thread, where the backend runs). A
-one-row product stays on MKL: there oneDNN was as fast on the main thread and slower on a worker thread
-(``bench/decoding.py``'s "fp32, oneDNN linear" row and the README), so plain greedy decoding computes exactly what it
-did. A prompt's prefill (more rows) stays on MKL too, and so does any product under bf16 autocast (the bf16 prefill).
+A decoding step multiplies every weight matrix by a short activation: one row for a plain step, 2 to ~11 for a pass
+verifying drafts (``backend.prompt_lookup``, ``backend.grammar_drafts``), up to the batch size for a step of a small
+batch. torch's x86 builds run these products in MKL, which on these 2-core machines read SmolLM2's weights far below
+the memory's bandwidth (2026-12-05, 2-core AMD EPYC, the 211 linear weights of SmolLM2-135M, 538 MB, in a loop of
+their own: ``bench/decoding.py``'s "linear products alone"): 45.8 ms for 1 row, 77.8 for 2, 77.6 for 11, while
+reading them once took 9.6 ms. oneDNN's kernel (``torch.ops.mkldnn._linear_pointwise``, what Inductor emits for
+float32 linear layers) on the plain weights took 30.4, 31.9 and 44.5 ms; on weights reordered once into its own
+blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, as Inductor does when it freezes a model) 25.3, 28.4 and
+27.9 ms — the reorder it otherwise redoes on every call is what made more rows cost more.
 
-The swap happens before PEFT wraps the layers (:func:`few_rows_onednn`), so LoRA adapters wrap
-:class:`FewRowsLinear` like any ``nn.Linear`` and stay on their own path. The two kernels add in different orders:
-logits of a verifying pass moved by ~5e-5, which can flip a near tie between two tokens (measured in the README:
-``bench/analyst_calls.py`` and ``bench/latency.py``, replies and answers compared with MKL's).
+So every float32 product of :data:`MIN_ROWS` to :data:`MAX_ROWS` rows runs on oneDNN with a packed copy of the weight,
+made when the layer is swapped in (:func:`few_rows_onednn`) and again whenever the weight is changed in place (its
+version counter moves). The copy is the memory this costs: as much again as the float32 linear weights (SmolLM2: +538
+MB). A prompt's prefill (more rows) and any product under bf16 autocast (the bf16 prefill) stay on ``F.linear`` and
+the plain weights, which every other reader (PEFT, the tied input embedding, a state dict) keeps seeing.
+
+The swap happens before PEFT wraps the layers, so LoRA adapters wrap :class:`FewRowsLinear` like any ``nn.Linear`` and
+their own small products stay on their path. The two kernels add in different orders: logits moved by ~5e-5, which
+can flip a near tie between two tokens (measured in the README: ``bench/analyst_calls.py`` and ``bench/latency.py``,
+replies and answers compared with MKL's; ``rolora eval`` fingerprints runs with the setting).
 """
 
 from __future__ import annotations
@@ -26,24 +32,53 @@ from torch import nn
 
 from .linear_swap import linear_shell, swap_linear
 
-__all__ = ["MAX_ROWS", "MIN_ROWS", "FewRowsLinear", "few_rows_onednn", "onednn_linear_available", "onednn_product"]
+__all__ = [
+    "MAX_ROWS",
+    "MIN_ROWS",
+    "FewRowsLinear",
+    "few_rows_onednn",
+    "onednn_linear_available",
+    "onednn_product",
+    "pack_weight",
+]
 
-MIN_ROWS, MAX_ROWS = 2, 64  # products of this many rows run on oneDNN
+MIN_ROWS, MAX_ROWS = 1, 64  # products of this many rows run on oneDNN
+# the row count oneDNN's layout is chosen for: 1-64 rows were measured as fast on it as on their own
+PACKED_FOR_ROWS = 16
 
 
 @functools.cache
 def onednn_linear_available() -> bool:
-    """Whether this torch build has oneDNN's float32 linear kernel (x86 and most ARM builds do)."""
-    return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    """Whether this torch build has oneDNN's float32 linear kernel and its weight packing (x86 builds do)."""
+    ops = torch.ops.mkldnn
+    return bool(
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_linear_pointwise")
+        and hasattr(ops, "_reorder_linear_weight")
+    )
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (out x in, float32) reordered once into oneDNN's layout for products of a few rows."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKED_FOR_ROWS)
 
 
 def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight.T + bias`` (``x`` 2-D, float32) on oneDNN's kernel."""
+    """``x @ weight.T + bias`` (``x`` 2-D, float32) on oneDNN's kernel; ``weight`` plain or from :func:`pack_weight`."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 class FewRowsLinear(nn.Linear):
-    """An ``nn.Linear`` whose float32 products of :data:`MIN_ROWS`-:data:`MAX_ROWS` rows run on oneDNN's kernel."""
+    """An ``nn.Linear`` whose float32 products of :data:`MIN_ROWS`-:data:`MAX_ROWS` rows run on oneDNN's kernel with
+    a packed copy of its weight (:func:`pack_weight`), repacked when the weight changes in place."""
+
+    packed: torch.Tensor | None = None
+    packed_version = -1
+
+    def repack(self) -> torch.Tensor:
+        self.packed = pack_weight(self.weight)
+        self.packed_version = self.weight._version
+        return self.packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(1, x.shape[-1])
@@ -54,15 +89,24 @@ class FewRowsLinear(nn.Linear):
             and not torch.is_autocast_enabled("cpu")
             and x.device.type == "cpu"
         ):
-            out = onednn_product(x.reshape(rows, x.shape[-1]).contiguous(), self.weight, self.bias)
+            packed = self.packed
+            if packed is None or self.packed_version != self.weight._version:
+                packed = self.repack()
+            out = onednn_product(x.reshape(rows, x.shape[-1]).contiguous(), packed, self.bias)
             return out.reshape(*x.shape[:-1], out.shape[-1])
         return nn.functional.linear(x, self.weight, self.bias)
 
 
 def few_rows_onednn(model: nn.Module) -> int:
-    """Swap every plain ``nn.Linear`` under ``model`` for :class:`FewRowsLinear` in place (the weights shared, ties
-    kept); returns how many, 0 where torch lacks the kernel. Layers already swapped by ``backend.quantize`` (int8,
-    bf16 weights) keep their own kernels."""
+    """Swap every plain ``nn.Linear`` under ``model`` for :class:`FewRowsLinear` in place (the weights shared,
+    ties kept) and pack each one's weight; returns how many, 0 where torch lacks the kernel. Layers already swapped by
+    ``backend.quantize`` (int8, bf16 weights) keep their own kernels."""
     if not onednn_linear_available():
         return 0
-    return swap_linear(model, lambda linear: linear_shell(FewRowsLinear, linear))
+
+    def swap(linear: nn.Linear) -> nn.Linear:
+        new = linear_shell(FewRowsLinear, linear)
+        new.repack()
+        return new
+
+    return swap_linear(model, swap)

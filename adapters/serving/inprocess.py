@@ -19,8 +19,8 @@ copied from its prompt (:mod:`.prompt_lookup`); ``grammar_drafts`` (``backend.gr
 (:mod:`.grammar_drafts`); both verify drafts with transformers' assisted generation, whose first pass is sliced after
 a reused prefix (:func:`.prompt_lookup.assisted_prefill_after`), and neither runs under int8 decoding
 (:func:`.quantize.drafts_allowed`). ``few_rows_onednn`` (``backend.few_rows_onednn``, on in ``rolora.yaml``, off
-in the class) runs the float32 linear products of 2-64 rows, such verifying passes and small batches' decoding
-steps, on oneDNN's kernel (:mod:`.few_rows`). All model work happens on one worker thread, so the backend is
+in the class) runs the float32 linear products of 1-64 rows, every decoding step's, on oneDNN's kernel with each
+weight packed once (:mod:`.few_rows`). All model work happens on one worker thread, so the backend is
 thread-safe.
 
 ``prefix_cache`` (``backend.prefix_cache``, on by default): a request generated alone reuses the key/value cache of
@@ -176,7 +176,7 @@ class InProcessBackend(BackendBase):
 
             bf16_linear_weights(self._model)  # likewise: LoRA stays fp32 around the bf16 ones
         self.few_rows_onednn = False
-        if few_rows_onednn:  # the fp32 layers left: products of 2-64 rows on oneDNN (.few_rows); LoRA wraps them
+        if few_rows_onednn:  # the fp32 layers left: products of 1-64 rows on oneDNN (.few_rows); LoRA wraps them
             from .few_rows import few_rows_onednn as swap_few_rows
 
             self.few_rows_onednn = swap_few_rows(self._model) > 0

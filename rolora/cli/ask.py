@@ -58,6 +58,9 @@ def ask_command(
     config: ConfigOpt = None,
 ) -> None:
     """Answer a question from the domain's corpus, with citations to exact source spans."""
+    from rolora.hardware import spin_openmp_between_ops
+
+    spin_openmp_between_ops()  # before torch loads: its threads keep spinning between a decoding step's products
     from rolora.agents import ADAPTERS_BASE, Agent, Answer
     from rolora.errors import UserError
 
