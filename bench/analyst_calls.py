@@ -50,18 +50,13 @@ def main() -> None:
     ap.add_argument("--adapter", default=None, help="the analyst adapter (default: the domain's promoted one)")
     ap.add_argument("--split", default="test", choices=["train", "validation", "test"])
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rolora-analyst-calls")
-    ap.add_argument("--openmp", default="ask", choices=["ask", "default"],
-                    help="ask: libgomp's threads spin between a step's products, as `rolora ask` sets before torch "
-                    "loads (rolora.hardware.spin_openmp_between_ops); default: libgomp's own waiting")  # fmt: skip
-    args = ap.parse_args()
-    if args.openmp == "ask":
-        from rolora.hardware import spin_openmp_between_ops
-
-        spin_openmp_between_ops()
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from latency import add_openmp_option, apply_openmp_option, questions_of  # latency.py loads no torch
+
+    add_openmp_option(ap)
+    args = ap.parse_args()
+    apply_openmp_option(args)
     from decoding import read_bandwidth_gbs, served_weight_bytes
-    from latency import questions_of
 
     from rolora.adapters.serving.inprocess import _Job
     from rolora.agents import Agent, make_backend

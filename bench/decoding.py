@@ -38,30 +38,24 @@ PROMPTS = [
 
 
 def onednn_linear(model: Any) -> int:
-    """Swap ``model``'s plain ``nn.Linear`` layers for ones whose float32 forward runs oneDNN's kernel
-    (``torch.ops.mkldnn._linear_pointwise``) on the plain weights, every row count; 0 where this torch build lacks it.
-    Not what the backend serves: without a packed copy of each weight oneDNN reorders it on every call
-    (2026-12-04: one-row decoding steps in the served path 0.90-0.96x MKL's, but 1.15-1.25x when torch had just run
-    on another thread, as ``ask`` embeds the question before the analyst's call). ``backend.few_rows_onednn`` packs
-    each weight once (``adapters/serving/few_rows.py``): the row "backend.few_rows_onednn", and the products alone in
-    :func:`products_ms`."""
-    import torch
-    from torch import nn
-
-    from rolora.adapters.serving.few_rows import onednn_linear_available, onednn_product
+    """Swap ``model``'s plain ``nn.Linear`` layers for the backend's :class:`FewRowsLinear` with one difference: the
+    "packed" weight is the plain one, so oneDNN's kernel (``torch.ops.mkldnn._linear_pointwise``) reorders it on every
+    call, as ``backend.few_rows_onednn`` did before it packed; 0 where this torch build lacks the kernel. Not what the
+    backend serves (2026-12-04: one-row decoding steps in the served path 0.90-0.96x MKL's, but 1.15-1.25x when torch
+    had just run on another thread, as ``ask`` embeds the question before the analyst's call); the row
+    "backend.few_rows_onednn" is, and :func:`products_ms` times the products alone."""
+    from rolora.adapters.serving.few_rows import FewRowsLinear, onednn_linear_available
     from rolora.adapters.serving.linear_swap import linear_shell, swap_linear
 
     if not onednn_linear_available():
         return 0
 
-    class OneDnnLinear(nn.Linear):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-                return nn.functional.linear(x, self.weight, self.bias)
-            out = onednn_product(x.reshape(-1, x.shape[-1]), self.weight, self.bias)
-            return out.reshape(*x.shape[:-1], out.shape[-1])
+    class PlainWeightLinear(FewRowsLinear):
+        def repack(self) -> Any:  # no packed copy: the kernel gets the plain weight
+            self.packed, self.packed_version = self.weight.detach(), self.weight._version
+            return self.packed
 
-    return swap_linear(model, lambda linear: linear_shell(OneDnnLinear, linear))
+    return swap_linear(model, lambda linear: linear_shell(PlainWeightLinear, linear))
 
 
 def read_bandwidth_gbs(mb: int = 512, rounds: int = 5) -> float:

@@ -98,6 +98,20 @@ def questions_of(qa_path: Path, split: str, limit: int | None) -> list[str]:
     return [r.question for r in rows][:limit]
 
 
+def add_openmp_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--openmp", default="ask", choices=["ask", "default"],
+                    help="ask: libgomp's threads spin between a step's products, as `rolora ask` sets before torch "
+                    "loads (rolora.hardware.spin_openmp_between_ops); default: libgomp's own waiting")  # fmt: skip
+
+
+def apply_openmp_option(args: argparse.Namespace) -> None:
+    """``--openmp ask``: what ``rolora ask`` sets, before anything loads torch (call it first)."""
+    if args.openmp == "ask":
+        from rolora.hardware import spin_openmp_between_ops
+
+        spin_openmp_between_ops()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=None, help="rolora.yaml (default: built-in, examples corpus)")
@@ -107,14 +121,9 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["train", "validation", "test"])
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rolora-latency")
-    ap.add_argument("--openmp", default="ask", choices=["ask", "default"],
-                    help="ask: libgomp's threads spin between a step's products, as `rolora ask` sets before torch "
-                    "loads (rolora.hardware.spin_openmp_between_ops); default: libgomp's own waiting")  # fmt: skip
+    add_openmp_option(ap)
     args = ap.parse_args()
-    if args.openmp == "ask":
-        from rolora.hardware import spin_openmp_between_ops
-
-        spin_openmp_between_ops()
+    apply_openmp_option(args)
 
     from rolora.agents import Agent, make_backend
     from rolora.config import load_config
