@@ -12,7 +12,10 @@ median and total seconds a call, decoded tokens, the median of the per-call time
 how many replies are identical to the first mode's. A mode with ``+drafts`` (``bf16+drafts``) also decodes with
 grammar-forced drafts (``backend.grammar_drafts``; the others without), and its drafts and accepted tokens are printed;
 one with ``+blas`` runs every float32 linear product on MKL (``backend.few_rows_onednn: false``; the others run
-products of 1-64 rows on oneDNN, weights packed once).
+products of 1-64 rows on oneDNN, weights packed once); one with ``+unmerged`` applies the adapter's LoRA beside each
+product in decoding steps (``backend.merged_adapters: 0``; the others, on oneDNN, decode on the weights with the LoRA
+merged in, as ``rolora.yaml`` does, here from the first call: the steady state of a backend that has decoded
+``merged_lora.MERGE_AFTER_TOKENS``).
 ``bench/latency.py`` measures the whole graph; this isolates the model call, where ``backend.quantize`` acts.
 ``--openmp`` as in ``bench/latency.py`` (``ask``, the default: what ``rolora ask`` sets before torch loads).
 
@@ -64,9 +67,10 @@ def main() -> None:
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     parts = {m: m.split("+") for m in modes}
-    if len(modes) < 2 or any(p[0] not in QUANTIZE_CHOICES or set(p[1:]) - {"drafts", "blas"} for p in parts.values()):
-        raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)} (each optionally +drafts, +blas), "
-                         "comma-separated")  # fmt: skip
+    flags = {"drafts", "blas", "unmerged"}
+    if len(modes) < 2 or any(p[0] not in QUANTIZE_CHOICES or set(p[1:]) - flags for p in parts.values()):
+        raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)} (each optionally +drafts, +blas, "
+                         "+unmerged), comma-separated")  # fmt: skip
     cfg = load_config(args.config)
     qa_path = cfg.domain(args.domain).qa
     if qa_path is None:
@@ -81,6 +85,7 @@ def main() -> None:
                             "quantize": parts[m][0],
                             "grammar_drafts": "drafts" in parts[m],
                             "few_rows_onednn": "blas" not in parts[m],
+                            "merged_adapters": 0 if "unmerged" in parts[m] else cfg.backend.merged_adapters,
                             "prefix_cache": False,
                             "prompt_lookup": args.lookup,
                         }
@@ -90,6 +95,9 @@ def main() -> None:
         )
         for m in modes
     }
+    for b in backends.values():
+        if b._merged is not None:
+            b._merged.after_tokens = 0  # the steady state: merged from the first call, not after MERGE_AFTER_TOKENS
     first = backends[modes[0]]
     requests: list[Any] = []
     submit = first.submit
@@ -105,6 +113,9 @@ def main() -> None:
         for q in questions:
             agent.ask(q, args.domain)
         first.submit = submit
+        for b in backends.values():  # every mode starts from what the recording run's replies taught the first one
+            b.forced_drafts.memory = type(first.forced_drafts.memory)(first.forced_drafts.memory)
+            b.forced_drafts.drafts = b.forced_drafts.tokens = b.forced_drafts.accepted = 0
         print(f"{len(questions)} questions ({args.split} split): {len(requests)} analyst calls, each on {len(modes)} "
               "backends, twice")  # fmt: skip
         seconds: dict[str, list[float]] = {m: [] for m in modes}
@@ -159,7 +170,11 @@ def main() -> None:
         # the best of every read (before, between the calls, after): the shorter bound, the stricter ratio
         reads.append(read_bandwidth_gbs())
         bandwidth = max(reads)
-        weight_bytes = {m: served_weight_bytes(backends[m]._model) for m in modes}
+        # a backend that decoded on merged weights reads no LoRA beside them
+        weight_bytes = {
+            m: served_weight_bytes(backends[m]._model, lora=not (backends[m]._merged and backends[m]._merged.held()))
+            for m in modes
+        }
     finally:
         for backend in backends.values():
             backend.close()

@@ -129,18 +129,21 @@ def weight_bytes_per_token(model: Any, linear_bytes: int = 4) -> int:
     return int(linear * linear_bytes + norms * 4 + emb.embedding_dim * 4)
 
 
-def served_weight_bytes(model: Any) -> int:
+def served_weight_bytes(model: Any, lora: bool = True) -> int:
     """Bytes of weights a decoding step of a served model reads (``model``: the backend's causal LM, with the LoRA
     layers PEFT put in it): every linear layer at the bytes its forward multiplies by (an ``Int8Linear`` 1 per weight,
-    a ``Bf16Linear`` 2, any other ``nn.Linear`` 4: the base layers in fp32 and the adapters' A and B), the norms, and
-    one row of the input embedding. The tied output layer is a linear layer here too: it reads the whole matrix."""
+    a ``Bf16Linear`` 2, any other ``nn.Linear`` 4: the base layers in fp32 and, unless ``lora`` is false (an adapter
+    merged into the weights, ``backend.merged_adapters``), the adapters' A and B), the norms, and one row of the input
+    embedding. The tied output layer is a linear layer here too: it reads the whole matrix."""
     import torch
 
     from rolora.adapters.serving.bf16_weights import Bf16Linear
     from rolora.adapters.serving.int8 import Int8Linear
 
     total = 0
-    for m in model.modules():
+    for name, m in model.named_modules():
+        if not lora and (".lora_A." in name or ".lora_B." in name):
+            continue
         if isinstance(m, Int8Linear):
             total += m.in_features * m.out_features
         elif isinstance(m, Bf16Linear):

@@ -292,6 +292,12 @@ def _plan(
                 **({"grammar_drafts": True} if drafts else {}),
                 # oneDNN's kernel for products of a few rows: its sums add in another order than MKL's
                 **({"few_rows_onednn": True} if kind == "inprocess" and cfg.backend.few_rows_onednn else {}),
+                # an adapter's LoRA merged into the packed weights of its decoding steps: again another order of sums
+                **(
+                    {"merged_adapters": cfg.backend.merged_adapters}
+                    if kind == "inprocess" and cfg.backend.few_rows_onednn and cfg.backend.merged_adapters
+                    else {}
+                ),
                 "agent": agent,
                 "judge": judge.get(domain, "off") if suite.judge.enabled else "off",
             }

@@ -144,6 +144,17 @@ class BackendConfig(_Strict):
         "weights (+538 MB for SmolLM2); its sums add in another order, so a near tie can flip; measured in the "
         "README (bench/analyst_calls.py +blas, bench/latency.py few_rows=off)",
     )
+    merged_adapters: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="inprocess, with few_rows_onednn: for up to this many adapters, once one has decoded ~300 tokens "
+        "(what merging costs; later one that decoded far more takes a place), keep each LoRA layer's weight with the "
+        "adapter merged in, packed once, and decode a batch of that adapter alone on it (LoRA not applied beside "
+        "each product): the analyst's replies ~0.83x the time a token on 2 cores, for a copy of every weight the "
+        "adapter adapts (+425 MB an adapter on SmolLM2's seven projections) and ~1 s to make it; its sums add in "
+        "another order, so a near tie can flip; 0 = off; measured in the README (bench/analyst_calls.py +unmerged)",
+    )
     timeout_s: float = Field(120.0, gt=0, description="vllm: seconds one HTTP call may take (a long generation)")
     max_retries: int = Field(3, ge=0, description="vllm: extra tries on connection errors, timeouts, 408/409/429/5xx")
     api_key_env: str | None = Field(None, description="vllm: environment variable holding the servers' --api-key")
@@ -378,6 +389,7 @@ backend:
   prompt_lookup: 10         # inprocess: drafts of N tokens copied from the prompt, verified by the model (0 = off)
   grammar_drafts: true      # inprocess: drafts of the tokens a JSON grammar forces (keys, quotes), model-verified
   few_rows_onednn: true     # inprocess: linear products of 1-64 rows (decoding steps) on oneDNN, weights packed once
+  merged_adapters: 1        # inprocess: adapters decoded on weights with their LoRA merged in (+425 MB each; 0 = off)
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)
   max_retries: 3            # vllm: extra tries on connection errors, timeouts, 408/409/429/5xx
   api_key_env: null         # vllm: env variable with the servers' API key (needed for runtime adapter loading)

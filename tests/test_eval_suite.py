@@ -256,6 +256,15 @@ def test_newer_configuration_fields_are_runs_of_their_own_and_leave_older_finger
     # oneDNN's kernel for products of a few rows (batched decoding steps under the eval's concurrency): its own runs
     on_onednn = Config.model_validate({**plain, "backend": {**decoding_before, "few_rows_onednn": True}})
     assert _plan(suite, on_onednn, None, "base", ["contracts"], {}).fingerprints["contracts"] != stored
+    # an adapter merged into the packed weights of its decoding steps: its sums add in yet another order
+    unmerged = Config.model_validate(
+        {**plain, "backend": {**decoding_before, "few_rows_onednn": True, "merged_adapters": 0}}
+    )
+    assert (
+        _plan(suite, unmerged, None, "base", ["contracts"], {}).fingerprints["contracts"]
+        != _plan(suite, on_onednn, None, "base", ["contracts"], {}).fingerprints["contracts"]
+        != stored
+    )
     assert fp["base"] != stored  # decoded with drafts (the defaults): not the stored runs' decoding
     # backend.quantize: auto (the default) is fingerprinted as what it runs on this CPU: bf16 runs are runs of their own
     from rolora.adapters.serving.quantize import resolve_quantize

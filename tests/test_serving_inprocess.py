@@ -894,3 +894,130 @@ def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
             h.remove()
         onednn.close()
         mkl.close()
+
+
+def test_one_adapters_decoding_steps_run_on_weights_with_its_lora_merged_in(
+    generator_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``merged_adapters`` (``backend.merged_adapters``): a batch whose rows all use one adapter decodes on packed
+    weights with that adapter's LoRA merged in (its products of a few rows; the LoRA beside them skipped), and the
+    analyst's real requests, decoded with drafts (passes over several tokens) and one token a step, get the replies
+    of the backend that applies the LoRA beside each product. A prefill keeps the LoRA path bit for bit; a mixed batch
+    and the base model never see a merged weight; the slots go to the first adapters, and to another only when it has
+    decoded far more; an adapter is merged only once it has decoded what merging costs (``MERGE_AFTER_TOKENS``, the
+    default); a copy follows a replaced A or B, and goes with its eviction."""
+    import torch
+
+    from rolora.adapters.serving import few_rows
+    from rolora.adapters.serving.inprocess import InProcessBackend
+    from rolora.adapters.serving.merged_lora import MERGE_AFTER_TOKENS, SWAP_TOKENS
+
+    if not few_rows.onednn_linear_available():
+        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
+        pytest.skip("this torch build lacks oneDNN's linear kernel")
+    roots = DirectoryAdapters(TEST_HOME / "test-adapters")
+    common = {"few_rows_onednn": True, "prefix_cache": False, "prompt_lookup": 10, "grammar_drafts": True}
+    common |= {"batch_window_ms": 50}  # generate(two requests): one batch of two rows
+    merged = InProcessBackend(generator_dir, roots, merged_adapters=1, merge_after_tokens=0, max_loaded=2, **common)
+    beside = InProcessBackend(generator_dir, roots, **common)
+    on_weights: list[tuple[int, bool]] = []  # (rows, whether the weight was a merged copy) of every oneDNN product
+    onednn_product = few_rows.onednn_product
+
+    def counted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        on_weights.append((x.shape[0], any(weight is w for w in copies())))
+        return onednn_product(x, weight, bias)
+
+    def copies() -> list[torch.Tensor]:
+        return [w for held in merged._merged._held.values() for w, _ in held.values()]
+
+    monkeypatch.setattr(few_rows, "onednn_product", counted)
+    try:
+        assert merged._merged is not None and beside._merged is None  # the class's default: 0, off
+        reqs = _analyst_requests(48)  # the base model's, then alpha@1's
+        for req in reqs:
+            on_weights.clear()
+            a, b = beside.generate([req])[0], merged.generate([req])[0]
+            alone_text = a.text
+            assert (b.text, b.completion_tokens, b.finish_reason) == (a.text, a.completion_tokens, a.finish_reason)
+            used = {on for _, on in on_weights}
+            assert used == ({False, True} if req.adapter else {False})  # the base model: never a merged weight
+        assert merged._merged.held() == ["alpha@1"] and merged.merged_batches == 1 and merged._merged.merges == 1
+        assert any(rows > 1 for rows, on in on_weights if on)  # passes verifying drafts on the merged weights
+        step = dataclasses.replace(reqs[1], json_schema=None, min_tokens=1, max_tokens=24)  # one token a step
+        on_weights.clear()
+        a, b = beside.generate([step])[0], merged.generate([step])[0]
+        assert (b.text, b.completion_tokens) == (a.text, a.completion_tokens)
+        one_row_steps = sum(1 for rows, on in on_weights if on and rows == 1)
+        assert one_row_steps >= 2 * len(merged._model.model.layers) * (b.completion_tokens - 1)
+        assert merged._merged.merges == 1  # the copy made once is reused
+
+        # one LoRA layer: a few rows on the merged copy, a prefill on the plain weight and the LoRA beside it; inside,
+        # the model holds the base layer in the LoRA layer's place (PEFT's wrapper and the hook skipped)
+        attention = merged._peft.base_model.model.model.layers[0].self_attn
+        q_proj = attention.q_proj  # the test adapters: q_proj, v_proj
+        fused = merged._fused
+        weights = merged._merged.weights("alpha@1", fused.lora_layers())
+        assert weights is not None and id(q_proj) in weights and len(weights) == 2 * len(merged._model.model.layers)
+        torch.manual_seed(0)
+        with torch.inference_mode():
+            for rows in (1, 11, few_rows.MAX_ROWS + 1, 300):
+                x = torch.randn(1, rows, q_proj.in_features)
+                with fused.rows(["alpha@1"]):
+                    want = q_proj(x)  # the LoRA beside the base product
+                on_weights.clear()
+                with fused.rows(["alpha@1"], weights):
+                    assert attention.q_proj is q_proj.base_layer and attention.k_proj is not None
+                    got = attention.q_proj(x)
+                if rows > few_rows.MAX_ROWS:
+                    assert torch.equal(got, want) and not on_weights
+                else:
+                    assert torch.allclose(got, want, atol=1e-4) and on_weights == [(rows, True)]
+            assert attention.q_proj is q_proj and q_proj.base_layer.substitute is None  # only inside the context
+            assert q_proj.base_layer.beside is None
+        kept = q_proj.lora_B["alpha@1"].weight
+        with torch.inference_mode():  # the adapter's B replaced: the copy is made again from the new one
+            q_proj.lora_B["alpha@1"].weight = torch.nn.Parameter(kept * 2.0, requires_grad=False)
+            again = merged._merged.weights("alpha@1", fused.lora_layers())
+            assert again is not None and merged._merged.merges == 2 and again[id(q_proj)] is not weights[id(q_proj)]
+            x = torch.randn(2, q_proj.in_features)
+            lora_a, lora_b, scaling = q_proj.lora_A["alpha@1"], q_proj.lora_B["alpha@1"], q_proj.scaling["alpha@1"]
+            want = q_proj.base_layer(x) + lora_b(lora_a(x)) * scaling
+            with fused.rows(["alpha@1"], again):
+                assert torch.allclose(attention.q_proj(x), want, atol=1e-4)
+            assert not torch.allclose(want, q_proj.base_layer(x), atol=1e-3)  # the LoRA does change the product
+            q_proj.lora_B["alpha@1"].weight = kept
+
+        # the one slot: beta@1 decodes beside its LoRA until it has decoded far more than alpha@1
+        count = merged.merged_batches
+        beta = dataclasses.replace(reqs[1], adapter="beta@1")
+        a, b = beside.generate([beta])[0], merged.generate([beta])[0]
+        assert b.text == a.text and merged.merged_batches == count and merged._merged.held() == ["alpha@1"]
+        merged._merged.count("beta@1", 2 * merged._merged.decoded["alpha@1"] + SWAP_TOKENS + 1)
+        a, b = beside.generate([beta])[0], merged.generate([beta])[0]
+        assert b.text == a.text and merged.merged_batches == count + 1 and merged._merged.held() == ["beta@1"]
+        mixed = [reqs[1], beta]  # a batch of two adapters: the fused LoRA beside the products, no merged weight
+        on_weights.clear()
+        batches = merged.batch_count
+        assert [r.text for r in merged.generate(mixed)] == [r.text for r in beside.generate(mixed)]
+        assert _batches_since(merged, batches) == [2]
+        assert merged.merged_batches == count + 1 and on_weights and not any(on for _, on in on_weights)
+        merged.generate([dataclasses.replace(reqs[1], max_tokens=4)])  # alpha@1 the latest used, beta@1 the oldest
+        merged.generate([dataclasses.replace(reqs[1], adapter="gamma@1", max_tokens=4)])  # max_loaded=2: evicts beta@1
+        assert sorted(merged.loaded_adapters) == ["alpha@1", "gamma@1"] and "beta@1" not in merged._merged.decoded
+        assert merged._merged.held() == ["gamma@1"]  # the slot freed with beta@1, taken by the next adapter served
+
+        # the default: an adapter decodes beside its LoRA until it has decoded MERGE_AFTER_TOKENS, then is merged
+        later = InProcessBackend(generator_dir, roots, merged_adapters=1, **common)
+        try:
+            assert later._merged.after_tokens == MERGE_AFTER_TOKENS > 0
+            first = later.generate([reqs[1]])[0]
+            assert first.text == alone_text and later.merged_batches == 0 and later._merged.held() == []
+            later._merged.count("alpha@1", MERGE_AFTER_TOKENS - first.completion_tokens)
+            assert later.generate([reqs[1]])[0].text == alone_text
+            assert later.merged_batches == 1 and later._merged.held() == ["alpha@1"]
+        finally:
+            later.close()
+    finally:
+        monkeypatch.setattr(few_rows, "onednn_product", onednn_product)
+        merged.close()
+        beside.close()

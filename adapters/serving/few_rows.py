@@ -26,6 +26,7 @@ replies and answers compared with MKL's; ``rolora eval`` fingerprints runs with 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_ROWS",
     "MIN_ROWS",
     "FewRowsLinear",
+    "few_rows",
     "few_rows_onednn",
     "onednn_linear_available",
     "onednn_product",
@@ -68,12 +70,31 @@ def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def few_rows(x: torch.Tensor, weight: torch.Tensor) -> int:
+    """The rows of ``x`` when ``x @ weight.T`` is a product :class:`FewRowsLinear` runs on its packed weight (float32,
+    :data:`MIN_ROWS`-:data:`MAX_ROWS` rows, on CPU, not under autocast); else 0."""
+    rows = x.numel() // max(1, x.shape[-1])
+    if (
+        MIN_ROWS <= rows <= MAX_ROWS
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and x.device.type == "cpu"
+    ):
+        return rows
+    return 0
+
+
 class FewRowsLinear(nn.Linear):
     """An ``nn.Linear`` whose float32 products of :data:`MIN_ROWS`-:data:`MAX_ROWS` rows run on oneDNN's kernel with
     a packed copy of its weight (:func:`pack_weight`), repacked when the weight changes in place."""
 
     packed: torch.Tensor | None = None
     packed_version = -1
+    # while set (.fused_lora's rows with a merged adapter, .merged_lora): a packed weight used instead of ``packed``,
+    # the weight with a LoRA merged in; and what adds that LoRA to a product not run on it (a prefill)
+    substitute: torch.Tensor | None = None
+    beside: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def repack(self) -> torch.Tensor:
         self.packed = pack_weight(self.weight)
@@ -81,20 +102,15 @@ class FewRowsLinear(nn.Linear):
         return self.packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // max(1, x.shape[-1])
-        if (
-            MIN_ROWS <= rows <= MAX_ROWS
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-            and x.device.type == "cpu"
-        ):
-            packed = self.packed
-            if packed is None or self.packed_version != self.weight._version:
+        rows = few_rows(x, self.weight)
+        if rows:
+            packed = self.substitute if self.substitute is not None else self.packed
+            if packed is None or (packed is self.packed and self.packed_version != self.weight._version):
                 packed = self.repack()
             out = onednn_product(x.reshape(rows, x.shape[-1]).contiguous(), packed, self.bias)
             return out.reshape(*x.shape[:-1], out.shape[-1])
-        return nn.functional.linear(x, self.weight, self.bias)
+        out = nn.functional.linear(x, self.weight, self.bias)
+        return out if self.beside is None else self.beside(x, out)
 
 
 def few_rows_onednn(model: nn.Module) -> int:

@@ -20,7 +20,9 @@ copied from its prompt (:mod:`.prompt_lookup`); ``grammar_drafts`` (``backend.gr
 a reused prefix (:func:`.prompt_lookup.assisted_prefill_after`), and neither runs under int8 decoding
 (:func:`.quantize.drafts_allowed`). ``few_rows_onednn`` (``backend.few_rows_onednn``, on in ``rolora.yaml``, off
 in the class) runs the float32 linear products of 1-64 rows, every decoding step's, on oneDNN's kernel with each
-weight packed once (:mod:`.few_rows`). All model work happens on one worker thread, so the backend is
+weight packed once (:mod:`.few_rows`); with it, ``merged_adapters`` (``backend.merged_adapters``, 1 in ``rolora.yaml``,
+0 = off in the class) decodes a batch of one adapter, once that adapter has decoded ``merge_after_tokens``, on packed
+weights with its LoRA merged in (:mod:`.merged_lora`). All model work happens on one worker thread, so the backend is
 thread-safe.
 
 ``prefix_cache`` (``backend.prefix_cache``, on by default): a request generated alone reuses the key/value cache of
@@ -137,6 +139,8 @@ class InProcessBackend(BackendBase):
         prompt_lookup: int = 0,
         grammar_drafts: bool = False,
         few_rows_onednn: bool = False,
+        merged_adapters: int = 0,
+        merge_after_tokens: int | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -145,6 +149,8 @@ class InProcessBackend(BackendBase):
 
         if max_loaded < 1:
             raise UserError(f"max_loaded must be >= 1, got {max_loaded}")
+        if merged_adapters < 0:
+            raise UserError(f"backend.merged_adapters must be >= 0 (0 = off), got {merged_adapters}")
         if prompt_lookup < 0:
             raise UserError(f"backend.prompt_lookup must be >= 0 (0 = off), got {prompt_lookup}")
         if quantize not in QUANTIZE_CHOICES:
@@ -186,7 +192,14 @@ class InProcessBackend(BackendBase):
         self._peft: Any = None
         self._fused: Any = None  # FusedLoRA over self._peft (mixed batches in one pass per layer)
         self.fused_lora = fused_lora
+        self._merged: Any = None  # MergedLoRA: packed weights with an adapter merged in (few rows, one adapter)
+        if merged_adapters and self.few_rows_onednn and fused_lora:
+            from .merged_lora import MERGE_AFTER_TOKENS, MergedLoRA
+
+            after = MERGE_AFTER_TOKENS if merge_after_tokens is None else merge_after_tokens
+            self._merged = MergedLoRA(merged_adapters, after)
         self.fused_batches = 0  # generate calls served by the fused path (tests, benchmarks)
+        self.merged_batches = 0  # generate calls decoded on merged weights (tests, benchmarks)
         self.prefix_cache = prefix_cache
         # (adapter or BASE, prompt token ids) -> key/value cache of those ids, least recently used first
         self._prefixes: OrderedDict[tuple[str, tuple[int, ...]], Any] = OrderedDict()
@@ -226,6 +239,7 @@ class InProcessBackend(BackendBase):
             prompt_lookup=config.backend.prompt_lookup,
             grammar_drafts=config.backend.grammar_drafts,
             few_rows_onednn=config.backend.few_rows_onednn,
+            merged_adapters=config.backend.merged_adapters,
             **kwargs,
         )
 
@@ -363,6 +377,8 @@ class InProcessBackend(BackendBase):
                     warnings.simplefilter("ignore", UserWarning)
                     self._peft.delete_adapter(victim)
                 del self._loaded[victim]
+                if self._merged is not None:
+                    self._merged.forget(victim)
                 for key in [k for k in self._prefixes if k[0] == victim]:
                     del self._prefixes[key]
                 if self._fused is not None:
@@ -378,6 +394,8 @@ class InProcessBackend(BackendBase):
                 raise RoloraRuntimeError(f"adapter '{name}' at {folder} could not be loaded: {e}") from e
             self._peft.eval()
             self._loaded[name] = folder
+            if self._merged is not None:
+                self._merged.forget(name)
             if self.fused_lora:
                 from .fused_lora import FusedLoRA
 
@@ -532,7 +550,12 @@ class InProcessBackend(BackendBase):
             model = self._peft
             names = [j.adapter or BASE for j in jobs]
             if self._fused is not None and self._fused.supports(names):
-                rows = self._fused.rows(names)  # every row's adapter in one pass per layer (fused_lora.py)
+                merged = None
+                if self._merged is not None and len(set(names)) == 1 and names[0] != BASE:
+                    # one adapter for every row: its decoding steps on weights with it merged in (merged_lora.py)
+                    merged = self._merged.weights(names[0], self._fused.lora_layers())
+                    self.merged_batches += merged is not None
+                rows = self._fused.rows(names, merged)  # every row's adapter in one pass per layer (fused_lora.py)
                 self.fused_batches += 1
             else:
                 kwargs["adapter_names"] = names  # PEFT's mixed batch: a sub-batch per adapter per layer
@@ -593,6 +616,8 @@ class InProcessBackend(BackendBase):
                 if len(text) > sent[i]:
                     streams[i](text[sent[i] :])
                 streams[i](None)
+            if self._merged is not None and job.adapter is not None:
+                self._merged.count(job.adapter, int(count))  # which adapters hold merged weights
             job.future.set_result(
                 GenerationResult(
                     text=text,
