@@ -1,7 +1,7 @@
 """The analyst's model calls of ``rolora ask``, replayed on backends that differ only in how they compute, side by side.
 
     .venv/bin/python bench/analyst_calls.py --modes none,bf16,bf16-weights [--lookup 0] [--adapter contracts-analyst]
-        [--split test] [--out DIR]
+        [--split test] [--limit N] [--out DIR]
 
 The default graph is run once over the domain's annotated questions of ``--split`` (``doc_split``, seed 0; the example
 corpus's test split by default) with the first mode's backend, and every request it sends the analyst is recorded
@@ -15,7 +15,8 @@ one with ``+blas`` runs every float32 linear product on MKL (``backend.few_rows_
 products of 1-64 rows on oneDNN, weights packed once); one with ``+unmerged`` applies the adapter's LoRA beside each
 product in decoding steps (``backend.merged_adapters: 0``; the others, on oneDNN, decode on the weights with the LoRA
 merged in, as ``rolora.yaml`` does, here from the first call: the steady state of a backend that has decoded
-``merged_lora.MERGE_AFTER_TOKENS``).
+``merged_lora.MERGE_AFTER_TOKENS``); one with ``+lookupN`` drafts up to N tokens from the prompt (``--lookup`` for
+the others).
 ``bench/latency.py`` measures the whole graph; this isolates the model call, where ``backend.quantize`` acts.
 ``--openmp`` as in ``bench/latency.py`` (``ask``, the default: what ``rolora ask`` sets before torch loads).
 
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--domain", default="contracts")
     ap.add_argument("--modes", default="none,bf16,bf16-weights", help="backend.quantize values, the first is the base")
     ap.add_argument("--lookup", type=int, default=0, help="backend.prompt_lookup of every side")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N questions of --split")
     ap.add_argument("--adapter", default=None, help="the analyst adapter (default: the domain's promoted one)")
     ap.add_argument("--split", default="test", choices=["train", "validation", "test"])
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rolora-analyst-calls")
@@ -68,14 +70,21 @@ def main() -> None:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     parts = {m: m.split("+") for m in modes}
     flags = {"drafts", "blas", "unmerged"}
-    if len(modes) < 2 or any(p[0] not in QUANTIZE_CHOICES or set(p[1:]) - flags for p in parts.values()):
+
+    def lookup_of(mode: str) -> int:  # +lookupN: this mode's backend.prompt_lookup (else --lookup)
+        given = [int(p[6:]) for p in parts[mode][1:] if p.startswith("lookup") and p[6:].isdigit()]
+        return given[-1] if given else args.lookup
+
+    if len(modes) < 2 or any(
+        p[0] not in QUANTIZE_CHOICES or {f for f in p[1:] if not f.startswith("lookup")} - flags for p in parts.values()
+    ):
         raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)} (each optionally +drafts, +blas, "
-                         "+unmerged), comma-separated")  # fmt: skip
+                         "+unmerged, +lookupN), comma-separated")  # fmt: skip
     cfg = load_config(args.config)
     qa_path = cfg.domain(args.domain).qa
     if qa_path is None:
         raise SystemExit(f"domain {args.domain} has no qa file (domains.{args.domain}.qa)")
-    questions = questions_of(Path(qa_path), args.split, None)
+    questions = questions_of(Path(qa_path), args.split, args.limit)
     backends = {
         m: make_backend(
             cfg.model_copy(
@@ -87,7 +96,7 @@ def main() -> None:
                             "few_rows_onednn": "blas" not in parts[m],
                             "merged_adapters": 0 if "unmerged" in parts[m] else cfg.backend.merged_adapters,
                             "prefix_cache": False,
-                            "prompt_lookup": args.lookup,
+                            "prompt_lookup": lookup_of(m),
                         }
                     )
                 }
@@ -234,7 +243,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "analyst_calls.json").write_text(
         json.dumps(
-            {"modes": modes, "lookup": args.lookup, "openmp": args.openmp, "summary": summary, "seconds": seconds},
+            {
+                "modes": modes,
+                "lookup": args.lookup,
+                "split": args.split,
+                "limit": args.limit,
+                "openmp": args.openmp,
+                "summary": summary,
+                "seconds": seconds,
+            },
             indent=1,
         ),
         encoding="utf-8",

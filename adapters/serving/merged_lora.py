@@ -9,11 +9,12 @@ product adds in another order), the greedy tokens were the same.
 
 So for up to ``slots`` adapters the backend keeps, per LoRA layer, a packed copy of the merged weight
 (:func:`.few_rows.pack_weight`), and while a batch whose rows all use one of them is generated
-(:meth:`.fused_lora.FusedLoRA.rows` with ``merged=``), each layer's products of a few rows (:func:`.few_rows.few_rows`:
-decoding steps, passes verifying drafts) run on that copy with the LoRA path skipped; a prefill (more rows, or under
-bf16 autocast) runs the plain weight and the LoRA beside it as before. The cost is memory: a copy of every weight the
-adapter has a LoRA on (+425 MB for an adapter on SmolLM2's seven projections), and ~1 s to merge and pack on the
-adapter's first request.
+(:meth:`.fused_lora.FusedLoRA.rows` with ``merged=``), each LoRA layer is taken out of the model, its base layer in
+its place (PEFT's wrapper and the hook skipped: another ~5 ms a pass), whose products of a few rows
+(:func:`.few_rows.few_rows`: decoding steps, passes verifying drafts) run on that copy; a prefill (more rows, or under
+bf16 autocast) runs the plain weight and the LoRA beside it as before, bit for bit. The cost is memory: a copy of
+every weight the adapter has a LoRA on (+425 MB for an adapter on SmolLM2's seven projections), and ~1 s to merge and
+pack.
 
 When: an adapter is merged once it has decoded :data:`MERGE_AFTER_TOKENS` tokens beside its LoRA, about what the
 merge costs (rent or buy: at most twice the time of the better choice made in hindsight). Merging on the first
@@ -35,7 +36,7 @@ from typing import Any
 __all__ = ["MERGE_AFTER_TOKENS", "SWAP_TOKENS", "MergedLoRA"]
 
 # tokens an adapter decodes beside its LoRA before it is merged: ~1 s of merging and packing on 2 cores (SmolLM2, seven
-# projections) over the ~3 ms a token it saves the analyst (bench/analyst_calls.py +unmerged: 18.1 vs 14.9 ms a token)
+# projections) over the ~3-5 ms a token it saves the analyst (bench/analyst_calls.py +unmerged: 19.0 vs 14.1 ms a token)
 MERGE_AFTER_TOKENS = 300
 SWAP_TOKENS = 256  # a holder is replaced only by an adapter that decoded 2x its tokens plus this many
 
