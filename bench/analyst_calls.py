@@ -15,7 +15,9 @@ one with ``+blas`` runs every float32 linear product on MKL (``backend.few_rows_
 products of 1-64 rows on oneDNN, weights packed once); one with ``+unmerged`` applies the adapter's LoRA beside each
 product in decoding steps (``backend.merged_adapters: 0``; the others, on oneDNN, decode on the weights with the LoRA
 merged in, as ``rolora.yaml`` does, here from the first call: the steady state of a backend that has decoded
-``merged_lora.MERGE_AFTER_TOKENS``); one with ``+lookupN`` drafts up to N tokens from the prompt (``--lookup`` for
+``merged_lora.MERGE_AFTER_TOKENS``); one with ``+separate`` runs each of the layers that share an input (q, k and v;
+gate and up) as its own product (the others, on oneDNN, run each group as one: ``few_rows.share_inputs``); one with
+``+lookupN`` drafts up to N tokens from the prompt (``--lookup`` for
 the others).
 ``bench/latency.py`` measures the whole graph; this isolates the model call, where ``backend.quantize`` acts.
 ``--openmp`` as in ``bench/latency.py`` (``ask``, the default: what ``rolora ask`` sets before torch loads).
@@ -69,7 +71,7 @@ def main() -> None:
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     parts = {m: m.split("+") for m in modes}
-    flags = {"drafts", "blas", "unmerged"}
+    flags = {"drafts", "blas", "unmerged", "separate"}
 
     def lookup_of(mode: str) -> int:  # +lookupN: this mode's backend.prompt_lookup (else --lookup)
         given = [int(p[6:]) for p in parts[mode][1:] if p.startswith("lookup") and p[6:].isdigit()]
@@ -79,7 +81,7 @@ def main() -> None:
         p[0] not in QUANTIZE_CHOICES or {f for f in p[1:] if not f.startswith("lookup")} - flags for p in parts.values()
     ):
         raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)} (each optionally +drafts, +blas, "
-                         "+unmerged, +lookupN), comma-separated")  # fmt: skip
+                         "+unmerged, +separate, +lookupN), comma-separated")  # fmt: skip
     cfg = load_config(args.config)
     qa_path = cfg.domain(args.domain).qa
     if qa_path is None:
@@ -104,9 +106,13 @@ def main() -> None:
         )
         for m in modes
     }
-    for b in backends.values():
+    for m, b in backends.items():
         if b._merged is not None:
             b._merged.after_tokens = 0  # the steady state: merged from the first call, not after MERGE_AFTER_TOKENS
+        if "separate" in parts[m]:
+            from rolora.adapters.serving.few_rows import separate_inputs
+
+            separate_inputs(b._model)  # each of q, k, v (gate, up) its own product again
     first = backends[modes[0]]
     requests: list[Any] = []
     submit = first.submit

@@ -869,7 +869,8 @@ def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
                 else:  # oneDNN's, on the packed weight: the same sums, perhaps in another order
                     assert torch.allclose(got, want, atol=1e-4)
             assert on_onednn == [1, 2, 11, MAX_ROWS]
-            assert layer.packed is not None and layer.packed.is_mkldnn and layer.packed is not layer.weight
+            group = layer.group  # q, k and v: one product over their weights stacked and packed
+            assert group is not None and group.packed is not None and group.packed.is_mkldnn and layer.packed is None
         x = torch.randn(3, layer.in_features)
         kept = layer.weight.detach().clone()
         with torch.no_grad():  # a weight changed in place: the packed copy follows it, and back
@@ -894,6 +895,63 @@ def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
             h.remove()
         onednn.close()
         mkl.close()
+
+
+def test_layers_sharing_an_input_run_one_product_with_the_same_logits(
+    generator_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``few_rows_onednn`` groups the siblings that multiply the same input (q, k, v; gate, up: ``SHARED_INPUT``) into
+    one product over their weights stacked: on the real SmolLM2, a decoding step and a pass over 11 drafted tokens run
+    4 products a layer instead of 7 (and the output head's), with the logits of the separate products bit for bit; a
+    member called with another input, or twice, runs the product again; a weight changed in place is repacked."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rolora.adapters.serving import few_rows
+
+    if not few_rows.onednn_linear_available():
+        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
+        pytest.skip("this torch build lacks oneDNN's linear kernel")
+    grouped = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
+    separate = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
+    assert few_rows.few_rows_onednn(grouped) == few_rows.few_rows_onednn(separate) == 211
+    assert few_rows.separate_inputs(separate) == 5 * len(separate.model.layers)  # each its own product again
+    layers = len(grouped.model.layers)
+    attention, mlp = grouped.model.layers[0].self_attn, grouped.model.layers[0].mlp
+    assert attention.q_proj.group is attention.k_proj.group is attention.v_proj.group is not None
+    assert mlp.gate_proj.group is mlp.up_proj.group is not None and mlp.down_proj.group is None
+    assert separate.model.layers[0].self_attn.q_proj.group is None
+    products: list[int] = []
+    onednn_product = few_rows.onednn_product
+
+    def counted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        products.append(x.shape[0])
+        return onednn_product(x, weight, bias)
+
+    monkeypatch.setattr(few_rows, "onednn_product", counted)
+    torch.manual_seed(0)
+    prompt = torch.randint(100, 20000, (1, 80))
+    with torch.inference_mode():
+        caches = [model(prompt, use_cache=True).past_key_values for model in (grouped, separate)]
+        for rows in (1, 11):  # a decoding step; a pass verifying drafts
+            new = torch.randint(100, 20000, (1, rows))
+            logits, counts = [], []
+            for model, cache in zip((grouped, separate), caches, strict=True):
+                products.clear()
+                logits.append(model(new, past_key_values=cache, use_cache=True).logits)
+                assert products == [rows] * len(products)
+                counts.append(len(products))
+            assert torch.equal(logits[0], logits[1])  # bit for bit
+            assert counts == [4 * layers + 1, 7 * layers + 1]
+        x = torch.randn(3, attention.k_proj.in_features)
+        products.clear()
+        k = attention.k_proj(x), attention.k_proj(x)  # alone, then again: a product each time
+        assert len(products) == 2 and torch.equal(k[0], k[1])
+        assert torch.allclose(k[0], torch.nn.functional.linear(x, attention.k_proj.weight), atol=1e-4)
+    with torch.no_grad():  # a member's weight changed in place: the stacked weight follows it
+        attention.v_proj.weight.mul_(2.0)
+        want = torch.nn.functional.linear(x, attention.v_proj.weight)
+        assert torch.allclose(attention.v_proj(x), want, atol=1e-4)
 
 
 def test_one_adapters_decoding_steps_run_on_weights_with_its_lora_merged_in(
@@ -948,7 +1006,8 @@ def test_one_adapters_decoding_steps_run_on_weights_with_its_lora_merged_in(
         a, b = beside.generate([step])[0], merged.generate([step])[0]
         assert (b.text, b.completion_tokens) == (a.text, a.completion_tokens)
         one_row_steps = sum(1 for rows, on in on_weights if on and rows == 1)
-        assert one_row_steps >= 2 * len(merged._model.model.layers) * (b.completion_tokens - 1)
+        # a layer's q, k and v: one product a step, on the stacked weight with the LoRA merged into q and v
+        assert one_row_steps >= len(merged._model.model.layers) * (b.completion_tokens - 1)
         assert merged._merged.merges == 1  # the copy made once is reused
 
         # one LoRA layer: a few rows on the merged copy, a prefill on the plain weight and the LoRA beside it; inside,
@@ -957,28 +1016,31 @@ def test_one_adapters_decoding_steps_run_on_weights_with_its_lora_merged_in(
         q_proj = attention.q_proj  # the test adapters: q_proj, v_proj
         fused = merged._fused
         weights = merged._merged.weights("alpha@1", fused.lora_layers())
-        assert weights is not None and id(q_proj) in weights and len(weights) == 2 * len(merged._model.model.layers)
+        group = q_proj.base_layer.group  # q, k and v share an input: one stacked weight, LoRA merged into q and v
+        assert group is not None and attention.v_proj.base_layer.group is group
+        assert weights is not None and id(group) in weights and len(weights) == len(merged._model.model.layers)
         torch.manual_seed(0)
         with torch.inference_mode():
             for rows in (1, 11, few_rows.MAX_ROWS + 1, 300):
                 x = torch.randn(1, rows, q_proj.in_features)
                 with fused.rows(["alpha@1"]):
-                    want = q_proj(x)  # the LoRA beside the base product
+                    want = q_proj(x), attention.v_proj(x)  # the LoRA beside the base product
                 on_weights.clear()
                 with fused.rows(["alpha@1"], weights):
                     assert attention.q_proj is q_proj.base_layer and attention.k_proj is not None
-                    got = attention.q_proj(x)
+                    got = attention.q_proj(x), attention.v_proj(x)  # v: its columns of q's product, none of its own
                 if rows > few_rows.MAX_ROWS:
-                    assert torch.equal(got, want) and not on_weights
+                    assert all(map(torch.equal, got, want)) and not on_weights
                 else:
-                    assert torch.allclose(got, want, atol=1e-4) and on_weights == [(rows, True)]
-            assert attention.q_proj is q_proj and q_proj.base_layer.substitute is None  # only inside the context
+                    assert all(torch.allclose(g, w, atol=1e-4) for g, w in zip(got, want, strict=True))
+                    assert on_weights == [(rows, True)]
+            assert attention.q_proj is q_proj and group.substitute is None  # only inside the context
             assert q_proj.base_layer.beside is None
         kept = q_proj.lora_B["alpha@1"].weight
         with torch.inference_mode():  # the adapter's B replaced: the copy is made again from the new one
             q_proj.lora_B["alpha@1"].weight = torch.nn.Parameter(kept * 2.0, requires_grad=False)
             again = merged._merged.weights("alpha@1", fused.lora_layers())
-            assert again is not None and merged._merged.merges == 2 and again[id(q_proj)] is not weights[id(q_proj)]
+            assert again is not None and merged._merged.merges == 2 and again[id(group)] is not weights[id(group)]
             x = torch.randn(2, q_proj.in_features)
             lora_a, lora_b, scaling = q_proj.lora_A["alpha@1"], q_proj.lora_B["alpha@1"], q_proj.scaling["alpha@1"]
             want = q_proj.base_layer(x) + lora_b(lora_a(x)) * scaling

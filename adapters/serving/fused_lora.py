@@ -62,7 +62,7 @@ class FusedLoRA:
         self._place_list: list[tuple[Any, str, Any]] | None = None
         self._plain: dict[str, bool] = {}  # adapter -> plain LoRA on nn.Linear only (fusable)
         self._one_thread: Any = None  # MKL's per-thread count setter (blas_threads.py) while serving, if any
-        self._merged: Mapping[int, Any] = {}  # layer id -> packed merged weight while serving (merged_lora.py)
+        self._merged: set[int] = set()  # ids of the LoRA layers taken out for merged weights while serving
 
     # -- which batches ---------------------------------------------------------------------------------------
     def _layers(self) -> list[Any]:
@@ -108,8 +108,9 @@ class FusedLoRA:
     @contextlib.contextmanager
     def rows(self, names: Sequence[str], merged: Mapping[int, Any] | None = None) -> Iterator[None]:
         """Inside: the model's forward applies each row's adapter (``names[i]`` for row ``i``) through the fused
-        layers, with PEFT's own LoRA path switched off. ``merged`` (layer id -> a packed weight with the rows' one
-        adapter merged in, :mod:`.merged_lora`): each of those layers is taken out of the model for the duration, its
+        layers, with PEFT's own LoRA path switched off. ``merged`` (from :meth:`.merged_lora.MergedLoRA.weights`: layer
+        id, or the id of a layer's group of siblings sharing an input, -> a packed weight with the rows' one adapter
+        merged in): each of those layers is taken out of the model for the duration, its
         base layer (a :class:`.few_rows.FewRowsLinear`) in its place, which runs products of a few rows on the merged
         weight and adds the fused LoRA to any other product itself (PEFT's wrapper and the hook cost a decoding step
         ~5 ms on 2 cores, measured 2026-12-05)."""
@@ -132,14 +133,22 @@ class FusedLoRA:
         before = [m._disable_adapters for m in layers]
         for m in layers:
             m._disable_adapters = True  # the layer computes base_layer(x) only; the hook adds the fused LoRA
-        swapped = [(parent, attr, m) for parent, attr, m in self._places() if merged and id(m) in merged]
-        for parent, attr, m in swapped:
+        swapped = []
+        for parent, attr, m in self._places() if merged else ():
             base = m.base_layer
-            base.substitute = merged[id(m)]  # type: ignore[index]
+            group = getattr(base, "group", None)  # siblings sharing an input: one stacked weight (few_rows.py)
+            weight = merged.get(id(group) if group is not None else id(m))  # type: ignore[union-attr]
+            if weight is None:
+                continue
+            if group is not None:
+                group.substitute = weight
+            else:
+                base.substitute = weight
             base.beside = functools.partial(self._beside, m)  # the LoRA of a product not run on the merged weight
             setattr(parent, attr, base)
+            swapped.append((parent, attr, m))
         self._active = active
-        self._merged = merged or {}
+        self._merged = {id(m) for _, _, m in swapped}
         from .blas_threads import mkl_thread_local
 
         self._one_thread = mkl_thread_local()
@@ -147,11 +156,13 @@ class FusedLoRA:
             yield
         finally:
             self._active = None
-            self._merged = {}
+            self._merged = set()
             self._one_thread = None
             for parent, attr, m in swapped:
                 setattr(parent, attr, m)
                 m.base_layer.substitute = m.base_layer.beside = None
+                if getattr(m.base_layer, "group", None) is not None:
+                    m.base_layer.group.substitute = None
             for m, was in zip(layers, before, strict=True):
                 m._disable_adapters = was
 

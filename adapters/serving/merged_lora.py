@@ -45,7 +45,31 @@ def _stamp(layer: Any, name: str) -> tuple[Any, ...]:
     """What a merged copy was made from: the base weight, A and B (each tensor, and its version counter where it has
     one: an adapter loaded under inference mode has none), and the scaling."""
     tensors = (layer.base_layer.weight, layer.lora_A[name].weight, layer.lora_B[name].weight)
-    return (*((id(t), -1 if t.is_inference() else t._version) for t in tensors), layer.scaling[name])
+    return (*(_tensor_stamp(t) for t in tensors), layer.scaling[name])
+
+
+def _tensor_stamp(t: Any) -> tuple[int, int]:
+    return id(t), -1 if t.is_inference() else t._version
+
+
+def _key(layer: Any) -> int:
+    """Where a LoRA layer's merged weight is kept: its base layer's group of siblings sharing an input
+    (:class:`.few_rows.SharedInputProducts`: one stacked weight for the group), else the layer itself."""
+    group = getattr(layer.base_layer, "group", None)
+    return id(group) if group is not None else id(layer)
+
+
+def _stamps(name: str, layers: Sequence[Any]) -> dict[int, tuple[Any, ...]]:
+    """Key (:func:`_key`) -> what its merged copy is made from: the stamps of its LoRA layers that have ``name``, and
+    for a group, every member's weight."""
+    out: dict[int, tuple[Any, ...]] = {}
+    for m in layers:
+        key = _key(m)
+        if key not in out:
+            group = getattr(m.base_layer, "group", None)
+            out[key] = tuple(_tensor_stamp(b.weight) for b in group.members) if group is not None else ()
+        out[key] += (_stamp(m, name),)
+    return out
 
 
 class MergedLoRA:
@@ -85,7 +109,7 @@ class MergedLoRA:
             return None
         mine = [m for m in layers if name in m.lora_A]
         held = self._held.get(name)
-        if held is not None and all(id(m) in held and held[id(m)][1] == _stamp(m, name) for m in mine):
+        if held is not None and {key: stamp for key, (_, stamp) in held.items()} == _stamps(name, mine):
             self._held.move_to_end(name)
             return {key: packed for key, (packed, _) in held.items()}
         if held is None and self.decoded[name] < self.after_tokens:
@@ -114,9 +138,18 @@ class MergedLoRA:
             not isinstance(m.base_layer, FewRowsLinear) or m.base_layer.weight.dtype != torch.float32 for m in layers
         ):
             return None  # only layers whose few-row products run on packed weights (backend.few_rows_onednn)
+        stamps = _stamps(name, layers)
+        parts: dict[int, list[Any]] = {}  # key -> its LoRA layers
+        for m in layers:
+            parts.setdefault(_key(m), []).append(m)
         out: dict[int, tuple[Any, tuple[Any, ...]]] = {}
         with torch.no_grad():
-            for m in layers:
-                delta = m.get_delta_weight(name).to(torch.float32)
-                out[id(m)] = (pack_weight(m.base_layer.weight + delta), _stamp(m, name))
+            for key, ms in parts.items():
+                merged = {id(m.base_layer): m.base_layer.weight + m.get_delta_weight(name).float() for m in ms}
+                group = ms[0].base_layer.group
+                if group is None:
+                    packed = pack_weight(merged[id(ms[0].base_layer)])
+                else:  # the group's stacked weight, with the LoRA merged into the members that have one
+                    packed = group.stacked_weight([merged.get(id(b), b.weight.detach()) for b in group.members])
+                out[key] = (packed, stamps[key])
         return out
