@@ -8,13 +8,14 @@ packed once for oneDNN; a pass verifying 11 drafted tokens 90.4 vs 68.0 ms. The 
 product adds in another order), the greedy tokens were the same.
 
 So for up to ``slots`` adapters the backend keeps, per LoRA layer, a packed copy of the merged weight
-(:func:`.few_rows.pack_weight`), and while a batch whose rows all use one of them is generated
-(:meth:`.fused_lora.FusedLoRA.rows` with ``merged=``), each LoRA layer is taken out of the model, its base layer in
-its place (PEFT's wrapper and the hook skipped: another ~5 ms a pass), whose products of a few rows
-(:func:`.few_rows.few_rows`: decoding steps, passes verifying drafts) run on that copy; a prefill (more rows, or under
-bf16 autocast) runs the plain weight and the LoRA beside it as before, bit for bit. The cost is memory: a copy of
-every weight the adapter has a LoRA on (+425 MB for an adapter on SmolLM2's seven projections), and ~1 s to merge and
-pack.
+(:func:`.few_rows.pack_weight`; for layers whose base layers run one product over their stacked weights,
+:class:`.few_rows.SharedInputProducts`, one stacked copy per group, the LoRA merged into its members), and while a batch
+whose rows all use one of them is generated (:meth:`.fused_lora.FusedLoRA.rows` with ``merged=``), each LoRA layer is
+taken out of the model, its base layer in its place (PEFT's wrapper and the hook skipped: another ~5 ms a pass), whose
+products of a few rows (:func:`.few_rows.few_rows`: decoding steps, passes verifying drafts) run on that copy; a prefill
+(more rows, or under bf16 autocast) runs the plain weight and the LoRA beside it as before, bit for bit. The cost is
+memory: a copy of every weight the adapter has a LoRA on (+425 MB for an adapter on SmolLM2's seven projections), and ~1
+s to merge and pack.
 
 When: an adapter is merged once it has decoded :data:`MERGE_AFTER_TOKENS` tokens beside its LoRA, about what the
 merge costs (rent or buy: at most twice the time of the better choice made in hindsight). Merging on the first
@@ -76,7 +77,7 @@ class MergedLoRA:
     """The packed merged weights of up to ``slots`` adapters (see the module docstring).
 
     >>> merged = MergedLoRA(slots=1, after_tokens=0)  # doctest: +SKIP
-    >>> weights = merged.weights("contracts-analyst@1", lora_layers)  # layer id -> packed W + scale * B @ A
+    >>> weights = merged.weights("contracts-analyst@1", lora_layers)  # layer (or group) id -> packed W + scale * B @ A
     >>> with fused.rows(["contracts-analyst@1"], merged=weights): ...  # doctest: +SKIP
     """
 
@@ -102,9 +103,9 @@ class MergedLoRA:
         self.decoded.pop(name, None)
 
     def weights(self, name: str, layers: Sequence[Any]) -> dict[int, Any] | None:
-        """Layer id -> packed merged weight for every LoRA layer (of ``layers``) that has ``name``; made now when
-        ``name`` may hold a copy (it has decoded ``after_tokens``, and a slot is free or it outdecoded a holder) and has
-        none, or a stale one; None when it holds none."""
+        """Layer id (or its group's, :func:`_key`) -> packed merged weight for every LoRA layer (of ``layers``) that has
+        ``name``; made now when ``name`` may hold a copy (it has decoded ``after_tokens``, and a slot is free or it
+        outdecoded a holder) and has none, or a stale one; None when it holds none."""
         if self.slots < 1 or name in self._unmergeable:
             return None
         mine = [m for m in layers if name in m.lora_A]
