@@ -43,6 +43,17 @@ class _Stack:
         self.a, self.b, self.slots = a, b, slots
 
 
+def _rows_view(output: Any) -> Any:
+    """``output`` as a 2-D view of its rows (the same memory) when it has one, else None: contiguous, or a view of a
+    wider product's columns (a layer of :class:`.few_rows.SharedInputProducts`), whose rows BLAS writes in place."""
+    if output.stride(-1) != 1:
+        return None
+    try:
+        return output.view(-1, output.shape[-1])
+    except RuntimeError:  # rows not evenly strided: no view of them
+        return None
+
+
 class FusedLoRA:
     """Fused mixed-adapter forward for the LoRA layers of one ``PeftModel`` (see the module docstring).
 
@@ -246,9 +257,10 @@ class FusedLoRA:
                 x = x.to(stack.a.dtype)
             h = x @ stack.a.T  # [b, seq, R]
             h.mul_(mask if h.dim() == 3 else mask.squeeze(1))  # each row keeps its own adapter's rank columns
-            if output.dtype == h.dtype == stack.b.dtype and output.is_contiguous():  # not under bf16 autocast
+            rows_view = _rows_view(output) if output.dtype == h.dtype == stack.b.dtype else None  # not under bf16
+            if rows_view is not None:
                 # out += h @ B_all.T in one kernel, in place (inference only: nothing keeps the base output)
-                output.view(-1, output.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), stack.b.T)
+                rows_view.addmm_(h.reshape(-1, h.shape[-1]), stack.b.T)
                 return output
             return output + (h @ stack.b.T).to(output.dtype)
         finally:
