@@ -17,8 +17,7 @@ product in decoding steps (``backend.merged_adapters: 0``; the others, on oneDNN
 merged in, as ``rolora.yaml`` does, here from the first call: the steady state of a backend that has decoded
 ``merged_lora.MERGE_AFTER_TOKENS``); one with ``+separate`` runs each of the layers that share an input (q, k and v;
 gate and up) as its own product (the others, on oneDNN, run each group as one: ``few_rows.share_inputs``); one with
-``+lookupN`` drafts up to N tokens from the prompt (``--lookup`` for
-the others).
+``+lookupN`` drafts up to N tokens from the prompt (``--lookup`` for the others).
 ``bench/latency.py`` measures the whole graph; this isolates the model call, where ``backend.quantize`` acts.
 ``--openmp`` as in ``bench/latency.py`` (``ask``, the default: what ``rolora ask`` sets before torch loads).
 
