@@ -17,7 +17,9 @@ product in decoding steps (``backend.merged_adapters: 0``; the others, on oneDNN
 merged in, as ``rolora.yaml`` does, here from the first call: the steady state of a backend that has decoded
 ``merged_lora.MERGE_AFTER_TOKENS``); one with ``+separate`` runs each of the layers that share an input (q, k and v;
 gate and up) as its own product (the others, on oneDNN, run each group as one: ``few_rows.share_inputs``); one with
-``+lookupN`` drafts up to N tokens from the prompt (``--lookup`` for the others).
+``+unpadded`` runs products of two rows as they are (the others, on oneDNN, on three rows where the sums come out the
+same: ``few_rows.padded_product``); one with ``+lookupN`` drafts up to N tokens from the prompt (``--lookup`` for the
+others).
 ``bench/latency.py`` measures the whole graph; this isolates the model call, where ``backend.quantize`` acts.
 ``--openmp`` as in ``bench/latency.py`` (``ask``, the default: what ``rolora ask`` sets before torch loads).
 
@@ -64,13 +66,14 @@ def main() -> None:
     apply_openmp_option(args)
     from decoding import read_bandwidth_gbs, served_weight_bytes
 
+    from rolora.adapters.serving import few_rows
     from rolora.adapters.serving.inprocess import _Job
     from rolora.agents import Agent, make_backend
     from rolora.config import QUANTIZE_CHOICES, load_config
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     parts = {m: m.split("+") for m in modes}
-    flags = {"drafts", "blas", "unmerged", "separate"}
+    flags = {"drafts", "blas", "unmerged", "separate", "unpadded"}
 
     def lookup_of(mode: str) -> int:  # +lookupN: this mode's backend.prompt_lookup (else --lookup)
         given = [int(p[6:]) for p in parts[mode][1:] if p.startswith("lookup") and p[6:].isdigit()]
@@ -80,7 +83,7 @@ def main() -> None:
         p[0] not in QUANTIZE_CHOICES or {f for f in p[1:] if not f.startswith("lookup")} - flags for p in parts.values()
     ):
         raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)} (each optionally +drafts, +blas, "
-                         "+unmerged, +separate, +lookupN), comma-separated")  # fmt: skip
+                         "+unmerged, +separate, +unpadded, +lookupN), comma-separated")  # fmt: skip
     cfg = load_config(args.config)
     qa_path = cfg.domain(args.domain).qa
     if qa_path is None:
@@ -155,7 +158,11 @@ def main() -> None:
         hooks += [b._model.register_forward_hook(time_pass) for b in backends.values()]
         reads = [read_bandwidth_gbs()]  # and before every request's turn: the best read is the bound's bandwidth
 
-        def run(backend: Any, request: Any) -> tuple[float, int, Any]:
+        padded_rows = few_rows.PADDED_ROWS
+
+        def run(mode: str, request: Any) -> tuple[float, int, Any]:
+            backend = backends[mode]
+            few_rows.PADDED_ROWS = frozenset() if "unpadded" in parts[mode] else padded_rows
             job = _Job(request, concurrent.futures.Future(), time.perf_counter())
             backend._resolve(job)  # the request's adapter (the analyst's), as the backend's own worker does
             backend._ensure_adapters([job])
@@ -169,8 +176,8 @@ def main() -> None:
             for request in requests:
                 reads.append(read_bandwidth_gbs())
                 for m in modes if rep == 0 else modes[::-1]:
-                    prefill_s, prefill_passes, _ = run(backends[m], dataclasses.replace(request, max_tokens=1))
-                    elapsed, n_passes, result = run(backends[m], request)
+                    prefill_s, prefill_passes, _ = run(m, dataclasses.replace(request, max_tokens=1))
+                    elapsed, n_passes, result = run(m, request)
                     seconds[m].append(elapsed)
                     tokens[m] += result.completion_tokens
                     decode_s[m] += elapsed - prefill_s

@@ -857,6 +857,7 @@ def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
 
         onednn_product = few_rows.onednn_product
         monkeypatch.setattr(few_rows, "onednn_product", counted)
+        monkeypatch.setattr(few_rows, "_PADS_EXACTLY", {})  # two-row products: compared with their padded ones anew
         torch.manual_seed(0)
         with torch.inference_mode():
             for rows in (1, 2, 11, MAX_ROWS, MAX_ROWS + 1, 300):
@@ -868,7 +869,7 @@ def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
                     assert torch.equal(got, want)
                 else:  # oneDNN's, on the packed weight: the same sums, perhaps in another order
                     assert torch.allclose(got, want, atol=1e-4)
-            assert on_onednn == [1, 2, 11, MAX_ROWS]
+            assert on_onednn == [1, 3, 2, 11, MAX_ROWS]  # two rows: padded to three, and as they are once (compared)
             group = layer.group  # q, k and v: one product over their weights stacked and packed
             assert group is not None and group.packed is not None and group.packed.is_mkldnn and layer.packed is None
         x = torch.randn(3, layer.in_features)
@@ -952,6 +953,64 @@ def test_layers_sharing_an_input_run_one_product_with_the_same_logits(
         attention.v_proj.weight.mul_(2.0)
         want = torch.nn.functional.linear(x, attention.v_proj.weight)
         assert torch.allclose(attention.v_proj(x), want, atol=1e-4)
+
+
+def test_two_row_products_run_on_three_rows_where_the_sums_are_the_same(
+    generator_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``few_rows.padded_product``: a product of two rows (``PADDED_ROWS``) runs on three, a row of zeros added, where
+    oneDNN's sums come out the same: on the real SmolLM2 a two-row pass gives the logits of unpadded products bit for
+    bit, its products run on three rows after each shape's first, compared, product; a shape whose padded product
+    differs (a kernel that adds in another order, stood in for here beside the real one) keeps its two rows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rolora.adapters.serving import few_rows
+
+    if not few_rows.onednn_linear_available():
+        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
+        pytest.skip("this torch build lacks oneDNN's linear kernel")
+    model = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
+    assert few_rows.few_rows_onednn(model) == 211 and sorted(few_rows.PADDED_ROWS) == [2]
+    products: list[int] = []
+    onednn_product = few_rows.onednn_product
+
+    def counted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        products.append(x.shape[0])
+        return onednn_product(x, weight, bias)
+
+    monkeypatch.setattr(few_rows, "onednn_product", counted)
+    monkeypatch.setattr(few_rows, "_PADS_EXACTLY", {})
+    torch.manual_seed(0)
+    prompt, new = torch.randint(100, 20000, (1, 80)), torch.randint(100, 20000, (1, 2))
+    logits, rows = [], []
+    with torch.inference_mode():
+        for padded in (frozenset(), frozenset({2}), frozenset({2})):  # unpadded; padded (shapes compared); padded
+            monkeypatch.setattr(few_rows, "PADDED_ROWS", padded)
+            cache = model(prompt, use_cache=True).past_key_values
+            products.clear()
+            logits.append(model(new, past_key_values=cache, use_cache=True).logits)
+            rows.append(list(products))
+    products_a_pass = 4 * len(model.model.layers) + 1
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])  # bit for bit
+    assert rows[0] == [2] * products_a_pass
+    exact = few_rows._PADS_EXACTLY
+    assert len(exact) == 5 and all(exact.values())  # q-k-v, o, gate-up, down, head: each compared once, the same
+    assert rows[1].count(3) == products_a_pass and rows[1].count(2) == 5
+    assert rows[2] == [3] * products_a_pass
+
+    def another_order(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        out = onednn_product(x, weight, bias)
+        return out + 1e-6 if x.shape[0] == 3 else out  # as a kernel summing in another order would
+
+    monkeypatch.setattr(few_rows, "onednn_product", another_order)
+    monkeypatch.setattr(few_rows, "_PADS_EXACTLY", {})
+    weight = torch.randn(64, 32)
+    packed, x = few_rows.pack_weight(weight), torch.randn(2, 32)
+    for _ in range(2):  # compared, found to differ: the two rows' own product, then without padding at all
+        got = few_rows.padded_product(x, packed, None)
+        assert torch.equal(got, onednn_product(x, packed, None))
+    assert list(few_rows._PADS_EXACTLY.values()) == [False]
 
 
 def test_one_adapters_decoding_steps_run_on_weights_with_its_lora_merged_in(

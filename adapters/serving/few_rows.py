@@ -43,6 +43,7 @@ from .linear_swap import linear_shell, swap_linear
 __all__ = [
     "MAX_ROWS",
     "MIN_ROWS",
+    "PADDED_ROWS",
     "SHARED_INPUT",
     "FewRowsLinear",
     "SharedInputProducts",
@@ -51,6 +52,7 @@ __all__ = [
     "onednn_linear_available",
     "onednn_product",
     "pack_weight",
+    "padded_product",
     "separate_inputs",
     "share_inputs",
 ]
@@ -58,6 +60,9 @@ __all__ = [
 MIN_ROWS, MAX_ROWS = 1, 64  # products of this many rows run on oneDNN
 # the row count oneDNN's layout is chosen for: 1-64 rows were measured as fast on it as on their own
 PACKED_FOR_ROWS = 16
+# products of these row counts run on one row more (zeros, its output dropped) where that gives the same sums
+# (:func:`padded_product`): oneDNN's kernel for two rows reads the packed weights slower than its three-row one
+PADDED_ROWS: frozenset[int] = frozenset({2})
 # sibling layers that multiply the same input, by their attribute names (Llama, Mistral, Qwen, Gemma...): their few-row
 # products run as one product over their weights stacked (vLLM's QKVParallelLinear and MergedColumnParallelLinear)
 SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -82,6 +87,37 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
 def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ weight.T + bias`` (``x`` 2-D, float32) on oneDNN's kernel; ``weight`` plain or from :func:`pack_weight`."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+# (rows, out, in, bias, threads) -> whether that product's rows equal its padded product's bit for bit
+_PADS_EXACTLY: dict[tuple[int, int, int, bool, int], bool] = {}
+
+
+def padded_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`onednn_product` of ``x`` (2-D, contiguous) on a packed ``weight``; a product of :data:`PADDED_ROWS`
+    rows runs on one row more (of zeros, its output dropped) when the padded product's rows are bit for bit the plain
+    one's.
+
+    Why (2-core AMD EPYC, 2026-12-05): SmolLM2's 121 products of a step, stacked as served, took 23.7 ms for 1 row,
+    25.7 for 2, 21.3 for 3 and 20.6-21.0 for 4-6 (best of 7; oneDNN picks its kernel by the row count); in the served
+    analyst's passes (40 train-split questions) a two-row pass took 3-4 ms longer than a four-row one, 1-2 ms once its
+    products were padded. One-row products are not padded: in whole passes that was slower. Whether a padded product
+    adds in the same order depends on the shape, so the first product of each shape and row count runs both ways and
+    compares them on its real input; the answer is kept for the process (oneDNN chooses by shape and thread count)."""
+    rows = x.shape[0]
+    if rows not in PADDED_ROWS:
+        return onednn_product(x, weight, bias)
+    key = (rows, weight.shape[0], weight.shape[1], bias is not None, torch.get_num_threads())
+    exact = _PADS_EXACTLY.get(key)
+    if exact is False:
+        return onednn_product(x, weight, bias)
+    out = onednn_product(torch.cat([x, x.new_zeros(1, x.shape[1])]), weight, bias)[:rows]
+    if exact is None:
+        plain = onednn_product(x, weight, bias)
+        _PADS_EXACTLY[key] = exact = torch.equal(out, plain)
+        if not exact:
+            return plain
+    return out
 
 
 def few_rows(x: torch.Tensor, weight: torch.Tensor) -> int:
@@ -125,7 +161,7 @@ class FewRowsLinear(nn.Linear):
             packed = self.substitute if self.substitute is not None else self.packed
             if packed is None or (packed is self.packed and self.packed_version != self.weight._version):
                 packed = self.repack()
-            out = onednn_product(x.reshape(rows, x.shape[-1]).contiguous(), packed, self.bias)
+            out = padded_product(x.reshape(rows, x.shape[-1]).contiguous(), packed, self.bias)
             return out.reshape(*x.shape[:-1], out.shape[-1])
         out = nn.functional.linear(x, self.weight, self.bias)
         return out if self.beside is None else self.beside(x, out)
@@ -184,7 +220,7 @@ class SharedInputProducts:
         i = self.index[id(member)]
         weight = self._weight()
         if x is not self._input or weight is not self._product_weight or i not in self._left:
-            out = onednn_product(x.reshape(rows, x.shape[-1]).contiguous(), weight, self.bias)
+            out = padded_product(x.reshape(rows, x.shape[-1]).contiguous(), weight, self.bias)
             self._input, self._parts, self._left = x, out.split(self.widths, dim=-1), set(range(len(self.members)))
             self._product_weight = weight
         part = self._parts[i]
