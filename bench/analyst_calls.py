@@ -18,8 +18,9 @@ merged in, as ``rolora.yaml`` does, here from the first call: the steady state o
 ``merged_lora.MERGE_AFTER_TOKENS``); one with ``+separate`` runs each of the layers that share an input (q, k and v;
 gate and up) as its own product (the others, on oneDNN, run each group as one: ``few_rows.share_inputs``); one with
 ``+unpadded`` runs products of two rows as they are (the others, on oneDNN, on three rows where the sums come out the
-same: ``few_rows.padded_product``); one with ``+lookupN`` drafts up to N tokens from the prompt (``--lookup`` for the
-others).
+same: ``few_rows.padded_product``); one with ``+stock`` runs transformers' own Llama decoder layer forward (the others,
+on oneDNN, pass over a few rows in fewer operations: ``llama_step.FewRowLlamaLayer``); one with ``+lookupN`` drafts
+up to N tokens from the prompt (``--lookup`` for the others).
 ``bench/latency.py`` measures the whole graph; this isolates the model call, where ``backend.quantize`` acts.
 ``--openmp`` as in ``bench/latency.py`` (``ask``, the default: what ``rolora ask`` sets before torch loads).
 
@@ -73,7 +74,7 @@ def main() -> None:
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     parts = {m: m.split("+") for m in modes}
-    flags = {"drafts", "blas", "unmerged", "separate", "unpadded"}
+    flags = {"drafts", "blas", "unmerged", "separate", "unpadded", "stock"}
 
     def lookup_of(mode: str) -> int:  # +lookupN: this mode's backend.prompt_lookup (else --lookup)
         given = [int(p[6:]) for p in parts[mode][1:] if p.startswith("lookup") and p[6:].isdigit()]
@@ -83,7 +84,7 @@ def main() -> None:
         p[0] not in QUANTIZE_CHOICES or {f for f in p[1:] if not f.startswith("lookup")} - flags for p in parts.values()
     ):
         raise SystemExit(f"--modes: two or more of {', '.join(QUANTIZE_CHOICES)} (each optionally +drafts, +blas, "
-                         "+unmerged, +separate, +unpadded, +lookupN), comma-separated")  # fmt: skip
+                         "+unmerged, +separate, +unpadded, +stock, +lookupN), comma-separated")  # fmt: skip
     cfg = load_config(args.config)
     qa_path = cfg.domain(args.domain).qa
     if qa_path is None:
@@ -115,6 +116,10 @@ def main() -> None:
             from rolora.adapters.serving.few_rows import separate_inputs
 
             separate_inputs(b._model)  # each of q, k, v (gate, up) its own product again
+        if "stock" in parts[m]:
+            from rolora.adapters.serving.llama_step import stock_llama_layers
+
+            stock_llama_layers(b._model)  # transformers' own decoder layer forward
     first = backends[modes[0]]
     requests: list[Any] = []
     submit = first.submit

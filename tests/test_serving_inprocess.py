@@ -838,9 +838,11 @@ def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
             a, b = mkl.generate([step])[0], onednn.generate([step])[0]
             assert (b.text, b.completion_tokens) == (a.text, a.completion_tokens)
             assert passes["onednn"] - before["onednn"] >= b.completion_tokens > 8
-        count = onednn.batch_count
+        count, layer_passes = onednn.batch_count, onednn._model.model.layers[0].few_row_passes
         assert [r.text for r in onednn.generate(reqs)] == alone  # a two-row batch: every decoding step on oneDNN
         assert _batches_since(onednn, count) == [2]
+        # the base model and alpha@1 in one batch: llama_step's passes, the fused LoRA added to q's and v's columns
+        assert onednn._model.model.layers[0].few_row_passes > layer_passes
         q_proj = onednn._peft.base_model.model.model.layers[0].self_attn.q_proj  # the test adapters: q_proj, v_proj
         layer = q_proj.base_layer
         assert type(layer) is FewRowsLinear and type(q_proj.lora_A["alpha@1"]) is torch.nn.Linear
@@ -1013,6 +1015,63 @@ def test_two_row_products_run_on_three_rows_where_the_sums_are_the_same(
     assert list(few_rows._PADS_EXACTLY.values()) == [False]
 
 
+def test_a_llama_layers_few_row_passes_run_in_fewer_operations_with_the_same_logits(generator_dir: Path) -> None:
+    """``llama_step.few_row_llama_layers`` (with ``backend.few_rows_onednn``): on the real SmolLM2, a one-row step and
+    passes over 2 and 11 rows run the few-row path with the logits of transformers' own layers bit for bit; a
+    prefill, bf16 autocast, a forward hook on a projection it would skip, and layers whose q, k and v are not one
+    group run the stock forward; ``stock_llama_layers`` undoes the swap."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from rolora.adapters.serving import few_rows
+    from rolora.adapters.serving.llama_step import few_row_llama_layers, stock_llama_layers
+
+    if not few_rows.onednn_linear_available():
+        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
+        pytest.skip("this torch build lacks oneDNN's linear kernel")
+    fewer = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
+    stock = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
+    assert few_rows.few_rows_onednn(fewer) == few_rows.few_rows_onednn(stock) == 211
+    layers = len(fewer.model.layers)
+    assert few_row_llama_layers(fewer) == layers and few_row_llama_layers(torch.nn.Linear(2, 2)) == 0
+    first = fewer.model.layers[0]
+    assert isinstance(first, LlamaDecoderLayer) and type(stock.model.layers[0]) is LlamaDecoderLayer
+
+    def passes() -> list[int]:
+        return [layer.few_row_passes for layer in fewer.model.layers]
+
+    def both(new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # each model's logits, on its own cache
+        pairs = zip((fewer, stock), caches, strict=True)
+        got, want = (m(new, past_key_values=c, use_cache=True).logits for m, c in pairs)
+        return got, want
+
+    torch.manual_seed(0)
+    prompt = torch.randint(100, 20000, (1, 80))
+    with torch.inference_mode():
+        caches = [model(prompt, use_cache=True).past_key_values for model in (fewer, stock)]
+        assert passes() == [0] * layers  # a prefill: the stock forward
+        for count, rows in enumerate((1, 2, 11), start=1):  # a decoding step; passes verifying drafts
+            got, want = both(torch.randint(100, 20000, (1, rows)))
+            assert torch.equal(got, want) and passes() == [count] * layers  # bit for bit
+        new = torch.randint(100, 20000, (1, 3))
+        calls: list[int] = []
+        hook = first.self_attn.k_proj.register_forward_hook(lambda m, a, out: calls.append(out.shape[1]))
+        try:  # a hook on k_proj: that layer runs the stock forward (and k_proj with it), the others their own
+            got, want = both(new)
+        finally:
+            hook.remove()
+        assert torch.equal(got, want) and calls == [3] and passes() == [3] + [4] * (layers - 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 prefill's autocast: the stock forward
+            fewer(torch.randint(100, 20000, (1, 2)), past_key_values=caches[0], use_cache=True)
+        caches[0].crop(-2)
+        assert passes() == [3] + [4] * (layers - 1)
+        few_rows.separate_inputs(fewer)  # q, k and v not one group any more: the stock forward
+        got, want = both(new)
+        assert torch.equal(got, want) and passes() == [3] + [4] * (layers - 1)
+    assert stock_llama_layers(fewer) == layers and type(first) is LlamaDecoderLayer
+
+
 def test_one_adapters_decoding_steps_run_on_weights_with_its_lora_merged_in(
     generator_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1060,6 +1119,7 @@ def test_one_adapters_decoding_steps_run_on_weights_with_its_lora_merged_in(
             assert used == ({False, True} if req.adapter else {False})  # the base model: never a merged weight
         assert merged._merged.held() == ["alpha@1"] and merged.merged_batches == 1 and merged._merged.merges == 1
         assert any(rows > 1 for rows, on in on_weights if on)  # passes verifying drafts on the merged weights
+        assert merged._model.model.layers[0].few_row_passes > 0  # llama_step's passes, on the merged weights
         step = dataclasses.replace(reqs[1], json_schema=None, min_tokens=1, max_tokens=24)  # one token a step
         on_weights.clear()
         a, b = beside.generate([step])[0], merged.generate([step])[0]

@@ -144,7 +144,8 @@ class FewRowsLinear(nn.Linear):
     # set when this layer and its siblings (SHARED_INPUT) run their few-row products as one: the group's stacked weight
     group: SharedInputProducts | None = None
     # while set (.fused_lora's rows with a merged adapter, .merged_lora): a packed weight used instead of ``packed``,
-    # the weight with a LoRA merged in; and what adds that LoRA to a product not run on it (a prefill)
+    # the weight with a LoRA merged in; and, while .fused_lora's rows have this layer in its LoRA layer's place, what
+    # adds the rows' LoRA to its products (to a product on the merged weight: nothing)
     substitute: torch.Tensor | None = None
     beside: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
@@ -162,7 +163,8 @@ class FewRowsLinear(nn.Linear):
             if packed is None or (packed is self.packed and self.packed_version != self.weight._version):
                 packed = self.repack()
             out = padded_product(x.reshape(rows, x.shape[-1]).contiguous(), packed, self.bias)
-            return out.reshape(*x.shape[:-1], out.shape[-1])
+            out = out.reshape(*x.shape[:-1], out.shape[-1])
+            return out if self.beside is None else self.beside(x, out)
         out = nn.functional.linear(x, self.weight, self.bias)
         return out if self.beside is None else self.beside(x, out)
 
@@ -210,7 +212,9 @@ class SharedInputProducts:
                 [m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features) for m in self.members]
             )
 
-    def _weight(self) -> torch.Tensor:
+    def weight(self) -> torch.Tensor:
+        """The packed weight the group's products run on now: ``substitute`` while set, else the members' stacked
+        weight (repacked first when a member's weight or bias changed in place)."""
         if self.packed is None or self._versions() != self.versions:
             self.repack()  # a member's weight or bias changed in place
         return self.substitute if self.substitute is not None else self.packed  # type: ignore[return-value]
@@ -218,7 +222,7 @@ class SharedInputProducts:
     def product(self, member: FewRowsLinear, x: torch.Tensor, rows: int) -> torch.Tensor:
         """``member``'s product of ``x`` (``rows`` rows), from the group's product of ``x``."""
         i = self.index[id(member)]
-        weight = self._weight()
+        weight = self.weight()
         if x is not self._input or weight is not self._product_weight or i not in self._left:
             out = padded_product(x.reshape(rows, x.shape[-1]).contiguous(), weight, self.bias)
             self._input, self._parts, self._left = x, out.split(self.widths, dim=-1), set(range(len(self.members)))
@@ -227,7 +231,8 @@ class SharedInputProducts:
         self._left.discard(i)
         if not self._left:  # every member has its columns: let the input and the product go
             self._input, self._parts, self._product_weight = None, (), None
-        return part.reshape(*x.shape[:-1], part.shape[-1])
+        part = part.reshape(*x.shape[:-1], part.shape[-1])
+        return part if member.beside is None else member.beside(x, part)
 
 
 def share_inputs(model: nn.Module) -> int:

@@ -73,7 +73,8 @@ class FusedLoRA:
         self._place_list: list[tuple[Any, str, Any]] | None = None
         self._plain: dict[str, bool] = {}  # adapter -> plain LoRA on nn.Linear only (fusable)
         self._one_thread: Any = None  # MKL's per-thread count setter (blas_threads.py) while serving, if any
-        self._merged: set[int] = set()  # ids of the LoRA layers taken out for merged weights while serving
+        self._merged: set[int] = set()  # ids of the LoRA layers whose base layers run on merged weights while serving
+        self._swapped: set[int] = set()  # ids of the LoRA layers taken out (their base layers in place) while serving
 
     # -- which batches ---------------------------------------------------------------------------------------
     def _layers(self) -> list[Any]:
@@ -119,12 +120,14 @@ class FusedLoRA:
     @contextlib.contextmanager
     def rows(self, names: Sequence[str], merged: Mapping[int, Any] | None = None) -> Iterator[None]:
         """Inside: the model's forward applies each row's adapter (``names[i]`` for row ``i``) through the fused
-        layers, with PEFT's own LoRA path switched off. ``merged`` (from :meth:`.merged_lora.MergedLoRA.weights`: layer
-        id, or the id of a layer's group of siblings sharing an input, -> a packed weight with the rows' one adapter
-        merged in): each of those layers is taken out of the model for the duration, its
-        base layer (a :class:`.few_rows.FewRowsLinear`) in its place, which runs products of a few rows on the merged
-        weight and adds the fused LoRA to any other product itself (PEFT's wrapper and the hook cost a decoding step
-        ~5 ms on 2 cores, measured 2026-12-05)."""
+        layers, with PEFT's own LoRA path switched off. Each LoRA layer whose base layer is a
+        :class:`.few_rows.FewRowsLinear` (``backend.few_rows_onednn``) is taken out of the model for the duration, its
+        base layer in its place, which adds the rows' fused LoRA to its products itself (``beside``; PEFT's wrapper
+        and the hook cost a decoding step ~5 ms on 2 cores, measured 2026-12-05), so the model's layers are plain
+        again (:mod:`.llama_step` runs them in fewer operations). ``merged`` (from
+        :meth:`.merged_lora.MergedLoRA.weights`: layer id, or the id of a layer's group of siblings sharing an input,
+        -> a packed weight with the rows' one adapter merged in): those base layers run their products of a few rows
+        on the merged weight, with nothing added, and add the LoRA to any other product (a prefill)."""
         import torch
 
         slots = tuple(sorted({n for n in names if n != "__base__"}))
@@ -144,22 +147,28 @@ class FusedLoRA:
         before = [m._disable_adapters for m in layers]
         for m in layers:
             m._disable_adapters = True  # the layer computes base_layer(x) only; the hook adds the fused LoRA
-        swapped = []
-        for parent, attr, m in self._places() if merged else ():
+        from .few_rows import FewRowsLinear
+
+        swapped, merged_ids = [], set()
+        for parent, attr, m in self._places():
             base = m.base_layer
-            group = getattr(base, "group", None)  # siblings sharing an input: one stacked weight (few_rows.py)
-            weight = merged.get(id(group) if group is not None else id(m))  # type: ignore[union-attr]
-            if weight is None:
-                continue
-            if group is not None:
-                group.substitute = weight
-            else:
-                base.substitute = weight
-            base.beside = functools.partial(self._beside, m)  # the LoRA of a product not run on the merged weight
+            if not isinstance(base, FewRowsLinear):
+                continue  # backend.few_rows_onednn off: PEFT's layer stays, the hook adds the LoRA
+            group = base.group  # siblings sharing an input: one stacked weight (few_rows.py)
+            weight = merged.get(id(group) if group is not None else id(m)) if merged else None
+            if weight is not None:
+                if group is not None:
+                    group.substitute = weight
+                else:
+                    base.substitute = weight
+                merged_ids.add(id(m))
+            if weight is not None or id(m) in active:  # the rows' LoRA, added to the base layer's products
+                base.beside = functools.partial(self._beside, m)
             setattr(parent, attr, base)
             swapped.append((parent, attr, m))
         self._active = active
-        self._merged = {id(m) for _, _, m in swapped}
+        self._merged = merged_ids
+        self._swapped = {id(m) for _, _, m in swapped}
         from .blas_threads import mkl_thread_local
 
         self._one_thread = mkl_thread_local()
@@ -168,6 +177,7 @@ class FusedLoRA:
         finally:
             self._active = None
             self._merged = set()
+            self._swapped = set()
             self._one_thread = None
             for parent, attr, m in swapped:
                 setattr(parent, attr, m)
@@ -192,7 +202,7 @@ class FusedLoRA:
 
     def _beside(self, layer: Any, x: Any, output: Any) -> Any:
         """``output`` (the base product of ``x``) with ``layer``'s fused LoRA added, as the hook adds it."""
-        added = self._forward_hook(layer, (x,), output)
+        added = self._add_lora(layer, x, output)
         return output if added is None else added
 
     def _stacks_for(self, slots: tuple[str, ...]) -> dict[int, _Stack | None]:
@@ -235,6 +245,13 @@ class FusedLoRA:
         layer.register_forward_hook(self._forward_hook)
 
     def _forward_hook(self, layer: Any, args: tuple[Any, ...], output: Any) -> Any:
+        if id(layer) in self._swapped:
+            return None  # taken out of the model: its base layer adds the LoRA (``beside``), not this call
+        return self._add_lora(layer, args[0], output)
+
+    def _add_lora(self, layer: Any, x: Any, output: Any) -> Any:
+        """``output`` (``layer``'s base product of ``x``) with the rows' fused LoRA of ``layer`` added (in place where
+        it can), or None where there is none to add."""
         active = self._active
         if active is None:
             return None  # PEFT's own path ran: leave its output as it is
@@ -244,7 +261,6 @@ class FusedLoRA:
         import torch
 
         stack, mask = entry
-        x = args[0]
         if id(layer) in self._merged:
             from .few_rows import few_rows
 

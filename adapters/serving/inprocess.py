@@ -186,6 +186,10 @@ class InProcessBackend(BackendBase):
             from .few_rows import few_rows_onednn as swap_few_rows
 
             self.few_rows_onednn = swap_few_rows(self._model) > 0
+            if self.few_rows_onednn:  # a Llama layer's few-row passes in fewer operations, the same sums
+                from .llama_step import few_row_llama_layers
+
+                few_row_llama_layers(self._model)
         if quantize in BF16_PREFILL and not cpu_has_bf16_units():
             log.warning("backend.quantize: %s on a CPU without bf16 units (amx_bf16/avx512_bf16): it is likely "
                         "slower than fp32 here; set backend.quantize: none or auto", quantize)  # fmt: skip
