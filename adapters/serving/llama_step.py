@@ -40,7 +40,7 @@ from .few_rows import MAX_ROWS, MIN_ROWS, FewRowsLinear, SharedInputProducts, pa
 __all__ = ["FewRowLlamaLayer", "few_row_llama_layers", "stock_llama_layers"]
 
 
-def _layer_classes() -> tuple[type, type, type, type]:
+def _layer_classes() -> tuple[Any, Any, Any, Any]:
     from transformers.models.llama import modeling_llama as llama
 
     return llama.LlamaDecoderLayer, llama.LlamaAttention, llama.LlamaMLP, llama.LlamaRMSNorm
@@ -134,7 +134,7 @@ class FewRowLlamaLayer(torch.nn.Module):
     """Stands in for transformers' ``LlamaDecoderLayer`` as the class of a layer (:func:`few_row_llama_layers`): its
     passes over a few rows run :func:`_fewer_ops_forward`, everything else the stock forward."""
 
-    stock: type  # the layer's own class
+    stock: Any  # the layer's own class
     heads: int
     kv_heads: int
     few_row_passes: int  # passes that ran the few-row path (tests, benchmarks)
@@ -153,7 +153,7 @@ class FewRowLlamaLayer(torch.nn.Module):
             out = _fewer_ops_forward(self, hidden_states, attention_mask, cache, position_embeddings)
             if out is not None:
                 return out
-        return self.stock.forward(  # type: ignore[no-any-return]
+        return self.stock.forward(
             self,
             hidden_states,
             attention_mask=attention_mask,
@@ -171,6 +171,7 @@ def few_row_llama_layers(model: torch.nn.Module) -> int:
     returns how many layers. Undone by :func:`stock_llama_layers`."""
     decoder, attention, mlp, norm = _layer_classes()
     swapped = 0
+    layer: Any
     for layer in model.modules():
         if type(layer) is not decoder:
             continue
