@@ -900,13 +900,9 @@ def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
         mkl.close()
 
 
-def test_layers_sharing_an_input_run_one_product_with_the_same_logits(
-    generator_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``few_rows_onednn`` groups the siblings that multiply the same input (q, k, v; gate, up: ``SHARED_INPUT``) into
-    one product over their weights stacked: on the real SmolLM2, a decoding step and a pass over 11 drafted tokens run
-    4 products a layer instead of 7 (and the output head's), with the logits of the separate products bit for bit; a
-    member called with another input, or twice, runs the product again; a weight changed in place is repacked."""
+def _few_rows_models(generator_dir: Path, count: int) -> list[Any]:
+    """``count`` copies of the real SmolLM2 in float32, each with its linear layers on oneDNN's few-row products
+    (``few_rows.few_rows_onednn``: 211 layers, q-k-v and gate-up grouped); skipped where torch lacks the kernel."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -915,23 +911,46 @@ def test_layers_sharing_an_input_run_one_product_with_the_same_logits(
     if not few_rows.onednn_linear_available():
         assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
         pytest.skip("this torch build lacks oneDNN's linear kernel")
-    grouped = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
-    separate = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
-    assert few_rows.few_rows_onednn(grouped) == few_rows.few_rows_onednn(separate) == 211
+    models = [AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval() for _ in range(count)]
+    assert [few_rows.few_rows_onednn(m) for m in models] == [211] * count
+    return models
+
+
+def _counted_onednn_products(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], Any]:
+    """From now on, the rows of every product on oneDNN's kernel (``few_rows.onednn_product`` counted); and the
+    kernel itself, uncounted."""
+    from rolora.adapters.serving import few_rows
+
+    onednn_product = few_rows.onednn_product
+    products: list[int] = []
+
+    def counted(x: Any, weight: Any, bias: Any) -> Any:
+        products.append(x.shape[0])
+        return onednn_product(x, weight, bias)
+
+    monkeypatch.setattr(few_rows, "onednn_product", counted)
+    return products, onednn_product
+
+
+def test_layers_sharing_an_input_run_one_product_with_the_same_logits(
+    generator_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``few_rows_onednn`` groups the siblings that multiply the same input (q, k, v; gate, up: ``SHARED_INPUT``) into
+    one product over their weights stacked: on the real SmolLM2, a decoding step and a pass over 11 drafted tokens run
+    4 products a layer instead of 7 (and the output head's), with the logits of the separate products bit for bit; a
+    member called with another input, or twice, runs the product again; a weight changed in place is repacked."""
+    import torch
+
+    from rolora.adapters.serving import few_rows
+
+    grouped, separate = _few_rows_models(generator_dir, 2)
     assert few_rows.separate_inputs(separate) == 5 * len(separate.model.layers)  # each its own product again
     layers = len(grouped.model.layers)
     attention, mlp = grouped.model.layers[0].self_attn, grouped.model.layers[0].mlp
     assert attention.q_proj.group is attention.k_proj.group is attention.v_proj.group is not None
     assert mlp.gate_proj.group is mlp.up_proj.group is not None and mlp.down_proj.group is None
     assert separate.model.layers[0].self_attn.q_proj.group is None
-    products: list[int] = []
-    onednn_product = few_rows.onednn_product
-
-    def counted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        products.append(x.shape[0])
-        return onednn_product(x, weight, bias)
-
-    monkeypatch.setattr(few_rows, "onednn_product", counted)
+    products, _ = _counted_onednn_products(monkeypatch)
     torch.manual_seed(0)
     prompt = torch.randint(100, 20000, (1, 80))
     with torch.inference_mode():
@@ -965,23 +984,12 @@ def test_two_row_products_run_on_three_rows_where_the_sums_are_the_same(
     bit, its products run on three rows after each shape's first, compared, product; a shape whose padded product
     differs (a kernel that adds in another order, stood in for here beside the real one) keeps its two rows."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from rolora.adapters.serving import few_rows
 
-    if not few_rows.onednn_linear_available():
-        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
-        pytest.skip("this torch build lacks oneDNN's linear kernel")
-    model = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
-    assert few_rows.few_rows_onednn(model) == 211 and sorted(few_rows.PADDED_ROWS) == [2]
-    products: list[int] = []
-    onednn_product = few_rows.onednn_product
-
-    def counted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        products.append(x.shape[0])
-        return onednn_product(x, weight, bias)
-
-    monkeypatch.setattr(few_rows, "onednn_product", counted)
+    (model,) = _few_rows_models(generator_dir, 1)
+    assert sorted(few_rows.PADDED_ROWS) == [2]
+    products, onednn_product = _counted_onednn_products(monkeypatch)
     monkeypatch.setattr(few_rows, "_PADS_EXACTLY", {})
     torch.manual_seed(0)
     prompt, new = torch.randint(100, 20000, (1, 80)), torch.randint(100, 20000, (1, 2))
@@ -1021,18 +1029,12 @@ def test_a_llama_layers_few_row_passes_run_in_fewer_operations_with_the_same_log
     prefill, bf16 autocast, a forward hook on a projection it would skip, and layers whose q, k and v are not one
     group run the stock forward; ``stock_llama_layers`` undoes the swap."""
     import torch
-    from transformers import AutoModelForCausalLM
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     from rolora.adapters.serving import few_rows
     from rolora.adapters.serving.llama_step import few_row_llama_layers, stock_llama_layers
 
-    if not few_rows.onednn_linear_available():
-        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
-        pytest.skip("this torch build lacks oneDNN's linear kernel")
-    fewer = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
-    stock = AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval()
-    assert few_rows.few_rows_onednn(fewer) == few_rows.few_rows_onednn(stock) == 211
+    fewer, stock = _few_rows_models(generator_dir, 2)
     layers = len(fewer.model.layers)
     assert few_row_llama_layers(fewer) == layers and few_row_llama_layers(torch.nn.Linear(2, 2)) == 0
     first = fewer.model.layers[0]
