@@ -164,8 +164,8 @@ class FewRowsLinear(nn.Linear):
                 packed = self.repack()
             out = padded_product(x.reshape(rows, x.shape[-1]).contiguous(), packed, self.bias)
             out = out.reshape(*x.shape[:-1], out.shape[-1])
-            return out if self.beside is None else self.beside(x, out)
-        out = nn.functional.linear(x, self.weight, self.bias)
+        else:
+            out = nn.functional.linear(x, self.weight, self.bias)
         return out if self.beside is None else self.beside(x, out)
 
 

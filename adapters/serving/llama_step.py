@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .few_rows import MAX_ROWS, MIN_ROWS, FewRowsLinear, SharedInputProducts, padded_product
+from .few_rows import FewRowsLinear, SharedInputProducts, few_rows, padded_product
 
 __all__ = ["FewRowLlamaLayer", "few_row_llama_layers", "stock_llama_layers"]
 
@@ -58,14 +58,11 @@ def _group(layers: tuple[Any, ...]) -> SharedInputProducts | None:
 def _lora_beside(group: SharedInputProducts, x: torch.Tensor, product: torch.Tensor) -> None:
     """Add to each member's columns of ``product`` (the group's product of ``x``) what its ``beside`` adds to its own
     product (.fused_lora's rows: a LoRA of the batch's adapters, nothing on a merged weight), in place."""
-    start = 0
-    for member, width in zip(group.members, group.widths, strict=True):
+    for member, columns in zip(group.members, product.split(group.widths, dim=-1), strict=True):
         if member.beside is not None:
-            columns = product[..., start : start + width]
             added = member.beside(x, columns)
             if added is not columns:
                 columns.copy_(added)
-        start += width
 
 
 def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
@@ -84,20 +81,14 @@ def _hooked(modules: tuple[Any, ...]) -> bool:
 def _fewer_ops_forward(layer: Any, x: torch.Tensor, attention_mask: Any, cache: Any, cos_sin: Any) -> Any:
     """The layer's output for ``x`` on the few-row path, or None where it does not apply (the stock forward runs)."""
     attn, mlp = layer.self_attn, layer.mlp
-    rows = x.numel() // max(1, x.shape[-1])
-    if not (
-        MIN_ROWS <= rows <= MAX_ROWS
-        and x.dtype == torch.float32
-        and x.dim() == 3
-        and cos_sin is not None
-        and not layer.training
-        and not torch.is_autocast_enabled("cpu")
-        and attn.config._attn_implementation == "sdpa"
-    ):
+    if x.dim() != 3 or cos_sin is None or layer.training or attn.config._attn_implementation != "sdpa":
         return None
     qkv_group = _group((attn.q_proj, attn.k_proj, attn.v_proj))
     mlp_group = _group((mlp.gate_proj, mlp.up_proj))
     if qkv_group is None or mlp_group is None:
+        return None
+    rows = few_rows(x, attn.q_proj.weight)  # the products FewRowsLinear runs on oneDNN: float32, 1-64 rows, no autocast
+    if not rows:
         return None
     norms = (layer.input_layernorm, layer.post_attention_layernorm)
     if _hooked((attn, mlp, *norms, *qkv_group.members, *mlp_group.members, mlp.act_fn)):
@@ -105,7 +96,8 @@ def _fewer_ops_forward(layer: Any, x: torch.Tensor, attention_mask: Any, cache: 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, length, width = x.shape
-    heads, kv_heads, head_dim = layer.heads, layer.kv_heads, attn.head_dim
+    head_dim = attn.head_dim
+    heads, kv_heads = qkv_group.widths[0] // head_dim, qkv_group.widths[1] // head_dim
     h = _norm(layer.input_layernorm, x)
     qkv = padded_product(h.reshape(rows, width), qkv_group.weight(), qkv_group.bias).view(batch, length, -1)
     _lora_beside(qkv_group, h, qkv)
@@ -135,8 +127,6 @@ class FewRowLlamaLayer(torch.nn.Module):
     passes over a few rows run :func:`_fewer_ops_forward`, everything else the stock forward."""
 
     stock: Any  # the layer's own class
-    heads: int
-    kv_heads: int
     few_row_passes: int  # passes that ran the few-row path (tests, benchmarks)
 
     def forward(
@@ -178,9 +168,7 @@ def few_row_llama_layers(model: torch.nn.Module) -> int:
         parts = (layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm)
         if tuple(map(type, parts)) != (attention, mlp, norm, norm):
             continue
-        config = layer.self_attn.config
         layer.__class__ = _few_row_class(decoder)
-        layer.heads, layer.kv_heads = config.num_attention_heads, config.num_key_value_heads
         layer.few_row_passes = 0
         swapped += 1
     return swapped
