@@ -1,6 +1,6 @@
 """Serving benchmark: 16 concurrent requests x 64 new tokens, greedy, ratios from one run.
 
-    .venv/bin/python bench/serving.py [--requests 16] [--tokens 64] [--no-vllm] [--quantize auto]
+    .venv/bin/python bench/serving.py [--requests 16] [--tokens 64] [--no-vllm] [--quantize auto] [--targets qv]
 
 Rows: in-process base-only, in-process mixed (3 adapters + base; fused LoRA, the default), the same mixed batch on
 PEFT's own per-adapter path (``fused_lora=False``), in-process without micro-batching (sequential), and, unless
@@ -15,6 +15,8 @@ run ``--quantize`` (``backend.quantize``; default ``auto``, what ``rolora.yaml``
 AVX2-only one, the header says which) and ``backend.few_rows_onednn`` as ``rolora.yaml`` does (on: a decoding step's
 products of 1-64 rows on oneDNN's kernel, weights packed once); the row "in-process mixed (MKL)" is the fused mixed
 batch with it off, interleaved with the others, and its ratio is printed. vLLM-CPU runs float32 whatever it is.
+The adapters are random rank-8 LoRA on the q and v projections (the test suite's); ``--targets all`` puts them on
+all seven linear layers of a block, as ``rolora train`` does (5.3 times the LoRA weights a mixed step reads).
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ def main() -> None:
     ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved runs of the in-process rows (best kept)")
     ap.add_argument("--quantize", default="auto", choices=QUANTIZE_CHOICES, help="backend.quantize, in-process rows")
+    ap.add_argument(
+        "--targets",
+        default="qv",
+        choices=("qv", "all"),
+        help="the adapters' LoRA layers: q and v (the test adapters) or all seven of a block (what rolora train makes)",
+    )
     args = ap.parse_args()
 
     from rolora.adapters.serving import DirectoryAdapters
@@ -79,13 +87,14 @@ def main() -> None:
     from rolora.config import Config
     from rolora.models import prepare_generator
 
-    from conftest import TEST_HOME, make_lora_adapter
+    from conftest import ALL_TARGETS, TEST_HOME, make_lora_adapter
 
     base_dir = prepare_generator("smollm2-135m-instruct", TEST_HOME)
-    root = TEST_HOME / "test-adapters"
+    targets = ALL_TARGETS if args.targets == "all" else ("q_proj", "v_proj")
+    root = TEST_HOME / ("test-adapters" if args.targets == "qv" else "bench-adapters-all-layers")
     root.mkdir(parents=True, exist_ok=True)
     for seed, name in enumerate(["alpha@1", "beta@1", "gamma@1"], start=1):
-        make_lora_adapter(base_dir, root / name, seed)
+        make_lora_adapter(base_dir, root / name, seed, targets=targets)
     quantize = resolve_quantize(args.quantize)
     rows: dict[str, float] = {}
     n, tok = args.requests, args.tokens
@@ -147,7 +156,7 @@ def main() -> None:
             server.stop()
     setting = quantize if quantize == args.quantize else f"{quantize} ({args.quantize} on this CPU)"
     print(f"== {n} concurrent requests x {tok} new tokens, greedy; in-process backend.quantize {setting}, "
-          f"few_rows_onednn {few_rows}; vLLM float32")  # fmt: skip
+          f"few_rows_onednn {few_rows}; vLLM float32; adapters on {', '.join(targets)}")  # fmt: skip
     for name, v in rows.items():
         print(f"  {name:<24} {v:8.1f} tok/s")
     print(

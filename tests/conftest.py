@@ -192,7 +192,13 @@ def generator_dir() -> Path:
 
 
 # -- adapters --------------------------------------------------------------------------------------------------------
-def _write_lora_adapter(base_dir: Path, out: Path, seed: int, zero: bool, rank: int) -> None:
+# the layers ``rolora train`` puts LoRA on (every linear layer of a Llama block); test adapters take q and v only
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _write_lora_adapter(
+    base_dir: Path, out: Path, seed: int, zero: bool, rank: int, targets: tuple[str, ...] = ("q_proj", "v_proj")
+) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -202,7 +208,7 @@ def _write_lora_adapter(base_dir: Path, out: Path, seed: int, zero: bool, rank: 
     cfg = LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
-        target_modules=["q_proj", "v_proj"],
+        target_modules=list(targets),
         init_lora_weights=zero is True,
         lora_dropout=0.0,
     )
@@ -215,12 +221,21 @@ def _write_lora_adapter(base_dir: Path, out: Path, seed: int, zero: bool, rank: 
     model.save_pretrained(str(out), safe_serialization=True)
 
 
-def make_lora_adapter(base_dir: Path, out: Path, seed: int, zero: bool = False, rank: int = 8) -> Path:
-    """A real PEFT LoRA adapter on ``base_dir`` with random non-zero weights (or B = 0 when ``zero``)."""
-    key = artefact_key(
-        base_dir, {"seed": seed, "zero": zero, "rank": rank}, _write_lora_adapter, library_versions("torch", "peft")
-    )
-    return cached(out, key, lambda d: _write_lora_adapter(base_dir, d, seed, zero, rank))
+def make_lora_adapter(
+    base_dir: Path,
+    out: Path,
+    seed: int,
+    zero: bool = False,
+    rank: int = 8,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+) -> Path:
+    """A real PEFT LoRA adapter on ``base_dir`` with random non-zero weights (or B = 0 when ``zero``) on the layers
+    named ``targets`` (q and v; :data:`ALL_TARGETS` for what ``rolora train`` makes)."""
+    spec: dict[str, Any] = {"seed": seed, "zero": zero, "rank": rank}
+    if targets != ("q_proj", "v_proj"):
+        spec["targets"] = list(targets)
+    key = artefact_key(base_dir, spec, _write_lora_adapter, library_versions("torch", "peft"))
+    return cached(out, key, lambda d: _write_lora_adapter(base_dir, d, seed, zero, rank, targets))
 
 
 @pytest.fixture(scope="session")

@@ -182,6 +182,59 @@ def test_fused_mixed_batch_equals_pefts_own_mixed_batch(
         plain.close()
 
 
+@pytest.mark.slow
+def test_fused_mixed_batch_of_adapters_on_every_layer_equals_pefts_on_few_row_products(generator_dir: Path) -> None:
+    """Adapters with LoRA on all seven linear layers of a block (what ``rolora train`` makes), three kinds of rows
+    and the base model in one batch, on ``few_rows_onednn``'s path: the fused LoRA is added by the base layers
+    themselves (q, k, v and gate, up on their group's product in :mod:`.llama_step`'s pass; o and down in their own
+    ``FewRowsLinear``), and the logits and greedy replies are those of PEFT's per-adapter path on the same oneDNN
+    base products."""
+    import torch
+
+    from rolora.adapters.serving.few_rows import FewRowsLinear, onednn_linear_available
+    from rolora.adapters.serving.inprocess import InProcessBackend
+
+    from conftest import ALL_TARGETS, make_lora_adapter
+
+    if not onednn_linear_available():
+        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
+        pytest.skip("this torch build lacks oneDNN's linear kernel")
+    root = TEST_HOME / "test-adapters-every-layer"
+    root.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(["every@1", "layer@1"], start=11):
+        make_lora_adapter(generator_dir, root / name, seed, targets=ALL_TARGETS)
+    common = {"batch_window_ms": 50, "few_rows_onednn": True, "prefix_cache": False}
+    fused = InProcessBackend(generator_dir, DirectoryAdapters(root), **common)
+    plain = InProcessBackend(generator_dir, DirectoryAdapters(root), **common, fused_lora=False)
+    try:
+        reqs = [_req(p, adapter=a, max_tokens=16) for p in PROMPTS[2:] for a in (None, "every@1", "layer@1")]
+        layer = fused._model.model.layers[3]
+        before = (fused.fused_batches, layer.few_row_passes)
+        got = fused.generate(reqs)
+        assert fused.fused_batches > before[0] and layer.few_row_passes > before[1]  # fused, on llama_step's pass
+        want = plain.generate(reqs)
+        assert plain.fused_batches == 0
+        assert [(r.adapter, r.text, r.completion_tokens) for r in got] == [
+            (r.adapter, r.text, r.completion_tokens) for r in want
+        ]
+        assert any(len({r.text for r in got[i : i + 3]}) > 1 for i in (0, 3)), "the adapters changed nothing"
+        # one pass of a few rows per request (a decoding step after a one-token prompt each), fused vs PEFT's
+        names = ["__base__", "every@1", "layer@1", "every@1"]
+        peft_model, fused_lora = fused._peft, fused._fused
+        ids = torch.tensor([[1000 + i] for i in range(len(names))])
+        with torch.inference_mode():
+            want_logits = peft_model(input_ids=ids, adapter_names=names).logits
+            with fused_lora.rows(names):
+                attn = peft_model.base_model.model.model.layers[0].self_attn
+                assert type(attn.o_proj) is FewRowsLinear and attn.o_proj.beside is not None  # LoRA wrapper out
+                got_logits = peft_model(input_ids=ids).logits
+        assert torch.allclose(got_logits, want_logits, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(want_logits[0], want_logits[1], atol=1e-3)
+    finally:
+        fused.close()
+        plain.close()
+
+
 def test_mkl_thread_count_is_set_for_the_calling_thread_only() -> None:
     """``mkl_thread_local`` changes MKL's thread count on the thread that calls it, returns that thread's previous
     setting, and leaves the other threads (here the main one) on the process-wide count; without MKL it is None."""
