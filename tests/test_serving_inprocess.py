@@ -184,8 +184,8 @@ def test_fused_mixed_batch_equals_pefts_own_mixed_batch(
 
 @pytest.mark.slow
 def test_fused_mixed_batch_of_adapters_on_every_layer_equals_pefts_on_few_row_products(generator_dir: Path) -> None:
-    """Adapters with LoRA on all seven linear layers of a block (what ``rolora train`` makes), three kinds of rows
-    and the base model in one batch, on ``few_rows_onednn``'s path: the fused LoRA is added by the base layers
+    """Adapters with LoRA on all seven linear layers of a block (what ``rolora train`` makes), two of them and the
+    base model in one batch, on ``few_rows_onednn``'s path: the fused LoRA is added by the base layers
     themselves (q, k, v and gate, up on their group's product in :mod:`.llama_step`'s pass; o and down in their own
     ``FewRowsLinear``), and the logits and greedy replies are those of PEFT's per-adapter path on the same oneDNN
     base products."""
