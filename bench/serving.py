@@ -87,10 +87,10 @@ def main() -> None:
     from rolora.config import Config
     from rolora.models import prepare_generator
 
-    from conftest import ALL_TARGETS, TEST_HOME, make_lora_adapter
+    from conftest import ALL_TARGETS, QV_TARGETS, TEST_HOME, make_lora_adapter
 
     base_dir = prepare_generator("smollm2-135m-instruct", TEST_HOME)
-    targets = ALL_TARGETS if args.targets == "all" else ("q_proj", "v_proj")
+    targets = ALL_TARGETS if args.targets == "all" else QV_TARGETS
     root = TEST_HOME / ("test-adapters" if args.targets == "qv" else "bench-adapters-all-layers")
     root.mkdir(parents=True, exist_ok=True)
     for seed, name in enumerate(["alpha@1", "beta@1", "gamma@1"], start=1):

@@ -192,13 +192,12 @@ def generator_dir() -> Path:
 
 
 # -- adapters --------------------------------------------------------------------------------------------------------
-# the layers ``rolora train`` puts LoRA on (every linear layer of a Llama block); test adapters take q and v only
+# the layers test adapters put LoRA on, and those ``rolora train`` does (every linear layer of a Llama block)
+QV_TARGETS = ("q_proj", "v_proj")
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _write_lora_adapter(
-    base_dir: Path, out: Path, seed: int, zero: bool, rank: int, targets: tuple[str, ...] = ("q_proj", "v_proj")
-) -> None:
+def _write_lora_adapter(base_dir: Path, out: Path, seed: int, zero: bool, rank: int, targets: tuple[str, ...]) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -227,12 +226,12 @@ def make_lora_adapter(
     seed: int,
     zero: bool = False,
     rank: int = 8,
-    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    targets: tuple[str, ...] = QV_TARGETS,
 ) -> Path:
     """A real PEFT LoRA adapter on ``base_dir`` with random non-zero weights (or B = 0 when ``zero``) on the layers
     named ``targets`` (q and v; :data:`ALL_TARGETS` for what ``rolora train`` makes)."""
     spec: dict[str, Any] = {"seed": seed, "zero": zero, "rank": rank}
-    if targets != ("q_proj", "v_proj"):
+    if targets != QV_TARGETS:
         spec["targets"] = list(targets)
     key = artefact_key(base_dir, spec, _write_lora_adapter, library_versions("torch", "peft"))
     return cached(out, key, lambda d: _write_lora_adapter(base_dir, d, seed, zero, rank, targets))

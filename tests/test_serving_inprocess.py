@@ -23,6 +23,15 @@ def _req(content: str, **kw: Any) -> GenerationRequest:
     return GenerationRequest([{"role": "user", "content": content}], **kw)
 
 
+def _require_onednn() -> None:
+    """Skip where torch lacks oneDNN's linear kernel (``few_rows_onednn``); under CI that is a failure."""
+    from rolora.adapters.serving.few_rows import onednn_linear_available
+
+    if not onednn_linear_available():
+        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
+        pytest.skip("this torch build lacks oneDNN's linear kernel")
+
+
 @pytest.mark.slow
 def test_mixed_batch_equals_each_request_alone(inprocess_backend: Any) -> None:
     reqs = [_req(p, adapter=a, max_tokens=24) for p in PROMPTS for a in (None, "alpha@1", "beta@1", "gamma@1")]
@@ -191,14 +200,12 @@ def test_fused_mixed_batch_of_adapters_on_every_layer_equals_pefts_on_few_row_pr
     base products."""
     import torch
 
-    from rolora.adapters.serving.few_rows import FewRowsLinear, onednn_linear_available
+    from rolora.adapters.serving.few_rows import FewRowsLinear
     from rolora.adapters.serving.inprocess import InProcessBackend
 
     from conftest import ALL_TARGETS, make_lora_adapter
 
-    if not onednn_linear_available():
-        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
-        pytest.skip("this torch build lacks oneDNN's linear kernel")
+    _require_onednn()
     root = TEST_HOME / "test-adapters-every-layer"
     root.mkdir(parents=True, exist_ok=True)
     for seed, name in enumerate(["every@1", "layer@1"], start=11):
@@ -864,12 +871,10 @@ def test_few_row_products_run_on_onednn_with_the_same_greedy_replies(
     a padded batch are bit for bit those of transformers' repeated heads."""
     import torch
 
-    from rolora.adapters.serving.few_rows import MAX_ROWS, FewRowsLinear, onednn_linear_available
+    from rolora.adapters.serving.few_rows import MAX_ROWS, FewRowsLinear
     from rolora.adapters.serving.inprocess import InProcessBackend
 
-    if not onednn_linear_available():
-        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
-        pytest.skip("this torch build lacks oneDNN's linear kernel")
+    _require_onednn()
     roots = DirectoryAdapters(TEST_HOME / "test-adapters")
     drafts = {"prefix_cache": False, "prompt_lookup": 10, "grammar_drafts": True}
     onednn = InProcessBackend(generator_dir, roots, batch_window_ms=50, few_rows_onednn=True, **drafts)
@@ -961,9 +966,7 @@ def _few_rows_models(generator_dir: Path, count: int) -> list[Any]:
 
     from rolora.adapters.serving import few_rows
 
-    if not few_rows.onednn_linear_available():
-        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
-        pytest.skip("this torch build lacks oneDNN's linear kernel")
+    _require_onednn()
     models = [AutoModelForCausalLM.from_pretrained(generator_dir, dtype=torch.float32).eval() for _ in range(count)]
     assert [few_rows.few_rows_onednn(m) for m in models] == [211] * count
     return models
@@ -1143,9 +1146,7 @@ def test_one_adapters_decoding_steps_run_on_weights_with_its_lora_merged_in(
     from rolora.adapters.serving.inprocess import InProcessBackend
     from rolora.adapters.serving.merged_lora import MERGE_AFTER_TOKENS, SWAP_TOKENS
 
-    if not few_rows.onednn_linear_available():
-        assert not os.environ.get("CI"), "this torch build lacks oneDNN's linear kernel"
-        pytest.skip("this torch build lacks oneDNN's linear kernel")
+    _require_onednn()
     roots = DirectoryAdapters(TEST_HOME / "test-adapters")
     common = {"few_rows_onednn": True, "prefix_cache": False, "prompt_lookup": 10, "grammar_drafts": True}
     common |= {"batch_window_ms": 50}  # generate(two requests): one batch of two rows

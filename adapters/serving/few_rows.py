@@ -219,12 +219,18 @@ class SharedInputProducts:
             self.repack()  # a member's weight or bias changed in place
         return self.substitute if self.substitute is not None else self.packed  # type: ignore[return-value]
 
+    def stacked_product(self, x: torch.Tensor, rows: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The group's product of ``x`` (``rows`` rows): every member's columns side by side, ``rows x sum(widths)``,
+        on ``weight`` (default: :meth:`weight`)."""
+        weight = self.weight() if weight is None else weight
+        return padded_product(x.reshape(rows, x.shape[-1]).contiguous(), weight, self.bias)
+
     def product(self, member: FewRowsLinear, x: torch.Tensor, rows: int) -> torch.Tensor:
         """``member``'s product of ``x`` (``rows`` rows), from the group's product of ``x``."""
         i = self.index[id(member)]
         weight = self.weight()
         if x is not self._input or weight is not self._product_weight or i not in self._left:
-            out = padded_product(x.reshape(rows, x.shape[-1]).contiguous(), weight, self.bias)
+            out = self.stacked_product(x, rows, weight)
             self._input, self._parts, self._left = x, out.split(self.widths, dim=-1), set(range(len(self.members)))
             self._product_weight = weight
         part = self._parts[i]

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .few_rows import FewRowsLinear, SharedInputProducts, few_rows, padded_product
+from .few_rows import FewRowsLinear, SharedInputProducts, few_rows
 
 __all__ = ["FewRowLlamaLayer", "few_row_llama_layers", "stock_llama_layers"]
 
@@ -95,11 +95,11 @@ def _fewer_ops_forward(layer: Any, x: torch.Tensor, attention_mask: Any, cache: 
         return None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    batch, length, width = x.shape
+    batch, length = x.shape[:2]
     head_dim = attn.head_dim
     heads, kv_heads = qkv_group.widths[0] // head_dim, qkv_group.widths[1] // head_dim
     h = _norm(layer.input_layernorm, x)
-    qkv = padded_product(h.reshape(rows, width), qkv_group.weight(), qkv_group.bias).view(batch, length, -1)
+    qkv = qkv_group.stacked_product(h, rows).view(batch, length, -1)
     _lora_beside(qkv_group, h, qkv)
     qkv = qkv.view(batch, length, heads + 2 * kv_heads, head_dim)
     cos, sin = cos_sin
@@ -114,7 +114,7 @@ def _fewer_ops_forward(layer: Any, x: torch.Tensor, attention_mask: Any, cache: 
     out, _ = sdpa_attention_forward(attn, query, key, value, attention_mask, dropout=0.0, scaling=attn.scaling)
     x = x + attn.o_proj(out.reshape(batch, length, -1).contiguous())
     h = _norm(layer.post_attention_layernorm, x)
-    gate_up = padded_product(h.reshape(rows, width), mlp_group.weight(), mlp_group.bias).view(batch, length, -1)
+    gate_up = mlp_group.stacked_product(h, rows).view(batch, length, -1)
     _lora_beside(mlp_group, h, gate_up)
     inner = mlp_group.widths[0]
     product = mlp.act_fn(gate_up[..., :inner]) * gate_up[..., inner:]
