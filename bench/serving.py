@@ -3,21 +3,21 @@
     .venv/bin/python bench/serving.py [--requests 16] [--tokens 64] [--no-vllm] [--quantize auto] [--targets qv]
 
 Rows: in-process base-only, in-process mixed (3 adapters + base; fused LoRA, the default), the same mixed batch on
-PEFT's own per-adapter path (``fused_lora=False``), in-process without micro-batching (sequential), and, unless
---no-vllm, vLLM-CPU base-only and mixed (the server is started by the benchmark with the same adapters). Throughput
-is completion tokens / wall time, every request held to exactly ``--tokens`` tokens (``min_tokens``: without it the
-test adapters' replies end sooner than the base model's, and the mixed batch did fewer tokens in the same number of
-decoding steps, which read as 0.85x); the in-process rows run ``--repeats`` times interleaved (best of each
-printed), and the mixed / base-only ratio is also printed per repeat (the two ran back to back, alternating which
-first) with its median: on a VM whose speed moves by a third within minutes, single runs say little. Goals:
-in-process mixed >= 3x vLLM-CPU mixed; mixed >= 0.9x base-only; micro-batched >= 4x sequential. The in-process rows
-run ``--quantize`` (``backend.quantize``; default ``auto``, what ``rolora.yaml`` runs on this CPU: int8 on an
-AVX2-only one, the header says which) and ``backend.few_rows_onednn`` as ``rolora.yaml`` does (on: a decoding step's
-products of 1-64 rows on oneDNN's kernel, weights packed once); the row "in-process mixed (MKL)" is the fused mixed
-batch with it off, interleaved with the others, and its ratio is printed. vLLM-CPU runs float32 whatever it is.
-The adapters are random rank-8 LoRA on the q and v projections (the test suite's); ``--targets all`` puts them on
-all seven linear layers of a block, as ``rolora train`` does (5.3 times the LoRA weights a mixed step reads).
-"""
+PEFT's own per-adapter path (``fused_lora=False``), the fused mixed batch with its LoRA on torch's products instead of
+the compiled kernel (``lora_kernel=False``; :mod:`rolora.adapters.serving.lora_rows`), in-process without micro-batching
+(sequential), and, unless --no-vllm, vLLM-CPU base-only and mixed (the server is started by the benchmark with the same
+adapters). Throughput is completion tokens / wall time, every request held to exactly ``--tokens`` tokens
+(``min_tokens``: without it the test adapters' replies end sooner than the base model's, and the mixed batch did fewer
+tokens in the same number of decoding steps, which read as 0.85x); the in-process rows run ``--repeats`` times
+interleaved (best of each printed), and the mixed / base-only ratio is also printed per repeat (the two ran back to
+back, alternating which first) with its median: on a VM whose speed moves by a third within minutes, single runs say
+little. Goals: in-process mixed >= 3x vLLM-CPU mixed; mixed >= 0.9x base-only; micro-batched >= 4x sequential. The
+in-process rows run ``--quantize`` (``backend.quantize``; default ``auto``, what ``rolora.yaml`` runs on this CPU: int8
+on an AVX2-only one, the header says which) and ``backend.few_rows_onednn`` as ``rolora.yaml`` does (on: a decoding
+step's products of 1-64 rows on oneDNN's kernel, weights packed once); the row "in-process mixed (MKL)" is the fused
+mixed batch with it off, interleaved with the others, and its ratio is printed. vLLM-CPU runs float32 whatever it is.
+The adapters are random rank-8 LoRA on the q and v projections (the test suite's); ``--targets all`` puts them on all
+seven linear layers of a block, as ``rolora train`` does (5.3 times the LoRA weights a mixed step reads)."""
 
 from __future__ import annotations
 
@@ -103,14 +103,16 @@ def main() -> None:
     backend = InProcessBackend(base_dir, DirectoryAdapters(root), **common)
     peft = InProcessBackend(base_dir, DirectoryAdapters(root), **common, fused_lora=False)
     mkl = InProcessBackend(base_dir, DirectoryAdapters(root), **{**common, "few_rows_onednn": False})
+    no_kernel = InProcessBackend(base_dir, DirectoryAdapters(root), **common, lora_kernel=False)
     # interleaved repeats, best of each (a noisy machine slows single runs, not the ratio of the best ones)
     runs: dict[str, list[float]] = {
         "in-process base": [],
         "in-process mixed": [],
         "in-process mixed (PEFT)": [],
         "in-process mixed (MKL)": [],
+        "in-process mixed (torch LoRA)": [],
     }
-    for b in (backend, peft, mkl):  # warm-up: the adapters are loaded, base rows then run through PEFT
+    for b in (backend, peft, mkl, no_kernel):  # warm-up: the adapters are loaded, base rows then run through PEFT
         run(b, requests(n, 4, mixed=True))
     for i in range(args.repeats):
         order = [("in-process base", backend, False), ("in-process mixed", backend, True)]
@@ -118,11 +120,13 @@ def main() -> None:
             runs[name].append(run(b, requests(n, tok, mixed=mixed))[0])
         runs["in-process mixed (PEFT)"].append(run(peft, requests(n, tok, mixed=True))[0])
         runs["in-process mixed (MKL)"].append(run(mkl, requests(n, tok, mixed=True))[0])
+        runs["in-process mixed (torch LoRA)"].append(run(no_kernel, requests(n, tok, mixed=True))[0])
     rows.update({name: max(values) for name, values in runs.items()})
     # each repeat's mixed and base-only ran back to back: their ratio is what machine noise moves least
     paired = sorted(m / b for m, b in zip(runs["in-process mixed"], runs["in-process base"], strict=True))
     assert backend.fused_batches > 0 and peft.fused_batches == 0
-    for b in (backend, peft, mkl):
+    kernel = "built" if backend._fused is not None and backend._fused.kernel is not None else "NOT built (no cc?)"
+    for b in (backend, peft, mkl, no_kernel):
         b.close()
     seq = InProcessBackend(
         base_dir, DirectoryAdapters(root), micro_batching=False, quantize=quantize, few_rows_onednn=few_rows
@@ -156,9 +160,10 @@ def main() -> None:
             server.stop()
     setting = quantize if quantize == args.quantize else f"{quantize} ({args.quantize} on this CPU)"
     print(f"== {n} concurrent requests x {tok} new tokens, greedy; in-process backend.quantize {setting}, "
-          f"few_rows_onednn {few_rows}; vLLM float32; adapters on {', '.join(targets)}")  # fmt: skip
+          f"few_rows_onednn {few_rows}; vLLM float32; adapters on {', '.join(targets)}; "
+          f"LoRA kernel {kernel}")  # fmt: skip
     for name, v in rows.items():
-        print(f"  {name:<24} {v:8.1f} tok/s")
+        print(f"  {name:<29} {v:8.1f} tok/s")
     print(
         f"  mixed / base-only (in-process)      {rows['in-process mixed'] / rows['in-process base']:.2f}x  goal >= 0.9"
         " (best of each)"
@@ -171,6 +176,8 @@ def main() -> None:
     print(f"  PEFT's mixed batch / base-only      {ratio_peft:.2f}x  (the path fused_lora replaces)")
     print(f"  fused / PEFT mixed                  {rows['in-process mixed'] / rows['in-process mixed (PEFT)']:.2f}x")
     print(f"  mixed / mixed on MKL (few rows)     {rows['in-process mixed'] / rows['in-process mixed (MKL)']:.2f}x")
+    ratio_kernel = rows["in-process mixed"] / rows["in-process mixed (torch LoRA)"]
+    print(f"  kernel / torch products (LoRA)      {ratio_kernel:.2f}x  (lora_kernel: the rows' LoRA in one C call)")
     ratio = rows["in-process mixed"] / rows["in-process sequential"]
     print(f"  micro-batched / sequential (mixed)  {ratio:.2f}x  goal >= 4")
     if "vLLM-CPU mixed" in rows:

@@ -155,6 +155,12 @@ class BackendConfig(_Strict):
         "adapter adapts (+425 MB an adapter on SmolLM2's seven projections) and ~1 s to make it; its sums add in "
         "another order, so a near tie can flip; 0 = off; measured in the README (bench/analyst_calls.py +unmerged)",
     )
+    lora_kernel: bool = Field(
+        True,
+        description="inprocess: a mixed batch's decoding steps add every row's LoRA with a small C kernel "
+        "(adapters/serving/lora_rows.c, built once per machine with the system's C compiler into $ROLORA_HOME/kernels; "
+        "without a compiler, torch's products: the same results, slower); measured in the README (bench/serving.py)",
+    )
     timeout_s: float = Field(120.0, gt=0, description="vllm: seconds one HTTP call may take (a long generation)")
     max_retries: int = Field(3, ge=0, description="vllm: extra tries on connection errors, timeouts, 408/409/429/5xx")
     api_key_env: str | None = Field(None, description="vllm: environment variable holding the servers' --api-key")
@@ -390,6 +396,7 @@ backend:
   grammar_drafts: true      # inprocess: drafts of the tokens a JSON grammar forces (keys, quotes), model-verified
   few_rows_onednn: true     # inprocess: linear products of 1-64 rows (decoding steps) on oneDNN, weights packed once
   merged_adapters: 1        # inprocess: adapters decoded on weights with their LoRA merged in (+425 MB each; 0 = off)
+  lora_kernel: true         # inprocess: mixed batches' LoRA in decoding steps by a C kernel built once (needs cc)
   timeout_s: 120            # vllm: seconds one HTTP call may take (raise it for long generations)
   max_retries: 3            # vllm: extra tries on connection errors, timeouts, 408/409/429/5xx
   api_key_env: null         # vllm: env variable with the servers' API key (needed for runtime adapter loading)

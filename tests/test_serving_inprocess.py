@@ -14,7 +14,7 @@ import pytest
 from rolora.adapters.serving import DirectoryAdapters, GenerationRequest
 from rolora.errors import UserError
 
-from conftest import TEST_HOME
+from conftest import TEST_HOME, missing_real_part
 
 PROMPTS = ["What is the capital of France?", "Name a fruit.", "Explain what a lease is.", "Write a haiku about law."]
 
@@ -197,7 +197,8 @@ def test_fused_mixed_batch_of_adapters_on_every_layer_equals_pefts_on_few_row_pr
     base model in one batch, on ``few_rows_onednn``'s path: the fused LoRA is added by the base layers
     themselves (q, k, v and gate, up on their group's product in :mod:`.llama_step`'s pass; o and down in their own
     ``FewRowsLinear``), and the logits and greedy replies are those of PEFT's per-adapter path on the same oneDNN
-    base products."""
+    base products. A third adapter of rank 4 is padded to the compiled kernel's width of 8; a decoding step's LoRA is
+    added by the kernel in every LoRA layer, with the logits of torch's products."""
     import torch
 
     from rolora.adapters.serving.few_rows import FewRowsLinear
@@ -210,11 +211,13 @@ def test_fused_mixed_batch_of_adapters_on_every_layer_equals_pefts_on_few_row_pr
     root.mkdir(parents=True, exist_ok=True)
     for seed, name in enumerate(["every@1", "layer@1"], start=11):
         make_lora_adapter(generator_dir, root / name, seed, targets=ALL_TARGETS)
+    make_lora_adapter(generator_dir, root / "small@1", 13, rank=4, targets=ALL_TARGETS)
     common = {"batch_window_ms": 50, "few_rows_onednn": True, "prefix_cache": False}
     fused = InProcessBackend(generator_dir, DirectoryAdapters(root), **common)
     plain = InProcessBackend(generator_dir, DirectoryAdapters(root), **common, fused_lora=False)
     try:
-        reqs = [_req(p, adapter=a, max_tokens=16) for p in PROMPTS[2:] for a in (None, "every@1", "layer@1")]
+        adapters = (None, "every@1", "layer@1", "small@1")
+        reqs = [_req(p, adapter=a, max_tokens=16) for p in PROMPTS[2:] for a in adapters]
         layer = fused._model.model.layers[3]
         before = (fused.fused_batches, layer.few_row_passes)
         got = fused.generate(reqs)
@@ -224,19 +227,37 @@ def test_fused_mixed_batch_of_adapters_on_every_layer_equals_pefts_on_few_row_pr
         assert [(r.adapter, r.text, r.completion_tokens) for r in got] == [
             (r.adapter, r.text, r.completion_tokens) for r in want
         ]
-        assert any(len({r.text for r in got[i : i + 3]}) > 1 for i in (0, 3)), "the adapters changed nothing"
+        assert any(len({r.text for r in got[i : i + 4]}) > 1 for i in (0, 4)), "the adapters changed nothing"
         # one pass of a few rows per request (a decoding step after a one-token prompt each), fused vs PEFT's
-        names = ["__base__", "every@1", "layer@1", "every@1"]
+        names = ["__base__", "every@1", "layer@1", "every@1", "small@1"]
         peft_model, fused_lora = fused._peft, fused._fused
+        kernel = fused_lora.kernel
+        if kernel is None:
+            missing_real_part("lora_rows.c was not built (no C compiler, see the log)", "install gcc")
+        calls: list[int] = []
+        add = kernel.add
+        kernel.add = lambda layer, x, out, groups: calls.append(x.shape[0]) or add(layer, x, out, groups)
         ids = torch.tensor([[1000 + i] for i in range(len(names))])
-        with torch.inference_mode():
-            want_logits = peft_model(input_ids=ids, adapter_names=names).logits
-            with fused_lora.rows(names):
-                attn = peft_model.base_model.model.model.layers[0].self_attn
-                assert type(attn.o_proj) is FewRowsLinear and attn.o_proj.beside is not None  # LoRA wrapper out
-                got_logits = peft_model(input_ids=ids).logits
+        try:
+            with torch.inference_mode():
+                want_logits = peft_model(input_ids=ids, adapter_names=names).logits
+                with fused_lora.rows(names):
+                    attn = peft_model.base_model.model.model.layers[0].self_attn
+                    assert type(attn.o_proj) is FewRowsLinear and attn.o_proj.beside is not None  # LoRA wrapper out
+                    got_logits = peft_model(input_ids=ids).logits
+                fused_lora.kernel = None  # torch's products, the stacks made again without the kernel's
+                fused_lora.clear()
+                with fused_lora.rows(names):
+                    torch_logits = peft_model(input_ids=ids).logits
+        finally:
+            del kernel.add
+            fused_lora.kernel = kernel
+            fused_lora.clear()
+        assert calls == [len(names)] * len(fused_lora.lora_layers())  # every LoRA layer, every row, on the kernel
         assert torch.allclose(got_logits, want_logits, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(got_logits, torch_logits, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(want_logits[0], want_logits[1], atol=1e-3)
+        assert not torch.allclose(want_logits[0], want_logits[4], atol=1e-3)
     finally:
         fused.close()
         plain.close()
@@ -286,8 +307,9 @@ def test_mkl_thread_count_is_set_for_the_calling_thread_only() -> None:
 def test_fused_lora_runs_decoding_step_products_on_one_mkl_thread(
     inprocess_backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In a decoding step of several rows the fused LoRA products run on one MKL thread (the count MKL sees inside is
-    1, and the thread's own setting is back after every layer); a one-row step and a prefill keep every thread."""
+    """Without the compiled kernel (``backend.lora_kernel`` off, or no C compiler), in a decoding step of several rows
+    the fused LoRA products run on one MKL thread (the count MKL sees inside is 1, and the thread's own setting is back
+    after every layer); a one-row step and a prefill keep every thread."""
     import torch
 
     from rolora.adapters.serving import blas_threads
@@ -311,6 +333,8 @@ def test_fused_lora_runs_decoding_step_products_on_one_mkl_thread(
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     names = ["alpha@1", "beta@1", "__base__", "gamma@1"] * 4
+    kernel, fused.kernel = fused.kernel, None  # torch's products (the stacks are made again without the kernel's)
+    fused.clear()
     try:
         with torch.inference_mode():
             for rows, seq, per_layer in ((16, 1, 2), (1, 1, 0), (16, 8, 0)):  # 16 one-token rows; one row; a prefill
@@ -325,6 +349,8 @@ def test_fused_lora_runs_decoding_step_products_on_one_mkl_thread(
         assert blas_threads.mkl_max_threads() == 2
     finally:
         torch.set_num_threads(saved)
+        fused.kernel = kernel
+        fused.clear()
 
 
 @pytest.mark.parametrize("quantize", ["int8", "bf16-weights"])

@@ -141,6 +141,7 @@ class InProcessBackend(BackendBase):
         few_rows_onednn: bool = False,
         merged_adapters: int = 0,
         merge_after_tokens: int | None = None,
+        lora_kernel: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -196,6 +197,8 @@ class InProcessBackend(BackendBase):
         self._peft: Any = None
         self._fused: Any = None  # FusedLoRA over self._peft (mixed batches in one pass per layer)
         self.fused_lora = fused_lora
+        self.lora_kernel = lora_kernel  # fused mixed decoding steps on .lora_rows' compiled kernel (where it builds)
+        self._home = home
         self._merged: Any = None  # MergedLoRA: packed weights with an adapter merged in (few rows, one adapter)
         if merged_adapters and self.few_rows_onednn and fused_lora:
             from .merged_lora import MERGE_AFTER_TOKENS, MergedLoRA
@@ -244,6 +247,7 @@ class InProcessBackend(BackendBase):
             grammar_drafts=config.backend.grammar_drafts,
             few_rows_onednn=config.backend.few_rows_onednn,
             merged_adapters=config.backend.merged_adapters,
+            lora_kernel=config.backend.lora_kernel,
             **kwargs,
         )
 
@@ -404,7 +408,14 @@ class InProcessBackend(BackendBase):
                 from .fused_lora import FusedLoRA
 
                 if self._fused is None:
-                    self._fused = FusedLoRA(self._peft)
+                    kernel = None
+                    if self.lora_kernel:
+                        from rolora.models import default_home
+
+                        from .lora_rows import load_kernel
+
+                        kernel = load_kernel((self._home or default_home()) / "kernels")
+                    self._fused = FusedLoRA(self._peft, kernel=kernel)
                 self._fused.clear()
             if _adapter_is_noop(folder):
                 self.noop_adapters.add(name)

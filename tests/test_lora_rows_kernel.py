@@ -1,0 +1,77 @@
+"""The fused LoRA's compiled kernel (adapters/serving/lora_rows.c): built once per machine, each row's own adapter
+added in place exactly where torch's masked products add it, and a clear fallback where it cannot be built."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import missing_real_part
+
+
+def _kernel(cache: Path) -> Any:
+    from rolora.adapters.serving.lora_rows import load_kernel
+
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        missing_real_part("no C compiler (cc, gcc or clang) on PATH to build lora_rows.c", "install gcc")
+    kernel = load_kernel(cache)
+    assert kernel is not None, "lora_rows.c did not build or disagreed with torch (see the log)"
+    return kernel
+
+
+def test_kernel_adds_each_rows_own_adapter_where_torchs_masked_products_add_it(tmp_path: Path) -> None:
+    """SmolLM2's layer widths (576 -> 1536, 1536 -> 576, 576 -> 192), 15 rows of three adapters of ranks 8, 16 and 8
+    and base rows, into a view of a wider product's columns: the rows' sums equal ``((x @ A) * mask) @ B`` added to
+    the base product, base rows and the product's other columns are untouched, bit for bit."""
+    import torch
+
+    from rolora.adapters.serving.lora_rows import RowGroups, load_kernel
+
+    kernel = _kernel(tmp_path / "kernels")
+    assert sorted(p.name[:10] for p in (tmp_path / "kernels").iterdir()) == ["lora_rows-"]  # one file, no temp left
+    gen = torch.Generator().manual_seed(7)
+    ranges = {0: (0, 8), 1: (8, 16), 2: (24, 8)}
+    row_slot = [1, -1, 0, 2, 1, 1, -1, 0, 2, 2, 1, 0, 0, 1, 1]
+    mask = torch.zeros(len(row_slot), 32)
+    for t, s in enumerate(row_slot):
+        if s >= 0:
+            mask[t, ranges[s][0] : sum(ranges[s])] = 1
+    groups = RowGroups(row_slot, ranges)
+    for n_in, n_out in ((576, 1536), (1536, 576), (576, 192)):
+        a_t = torch.randn(n_in, 32, generator=gen) * 0.05
+        b_t = torch.randn(32, n_out, generator=gen) * 0.05
+        x = torch.randn(len(row_slot), n_in, generator=gen)
+        wide = torch.randn(len(row_slot), n_out + 64, generator=gen)
+        before = wide.clone()
+        kernel.add(kernel.layer(a_t, b_t), x, wide[:, 32 : 32 + n_out], groups)
+        expected = before[:, 32 : 32 + n_out] + ((x @ a_t) * mask) @ b_t
+        assert torch.allclose(wide[:, 32 : 32 + n_out], expected, atol=1e-5, rtol=1e-4), (n_in, n_out)
+        assert torch.equal(wide[:, :32], before[:, :32]) and torch.equal(wide[:, 32 + n_out :], before[:, 32 + n_out :])
+        base_rows = [t for t, s in enumerate(row_slot) if s < 0]
+        assert torch.equal(wide[base_rows], before[base_rows])
+        assert not torch.allclose(wide, before), "nothing was added"
+    assert load_kernel(tmp_path / "kernels") is kernel  # built and checked once a process
+    with pytest.raises(ValueError, match="14 rows of input"):  # never a write past the rows it was planned for
+        kernel.add(kernel.layer(a_t, b_t), x[:14], wide[:14, 32 : 32 + n_out], groups)
+
+
+def test_a_compiler_that_fails_leaves_torchs_products_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``$CC`` that fails (or none on PATH): no kernel, a one-line warning naming the compiler, nothing left behind;
+    the fused path then runs torch's products (the in-process tests run both)."""
+    from rolora.adapters.serving.lora_rows import load_kernel
+
+    monkeypatch.setenv("CC", shutil.which("false") or "false")
+    with caplog.at_level(logging.WARNING, logger="rolora.serving"):
+        assert load_kernel(tmp_path / "failing") is None
+    assert "building lora_rows.c with" in caplog.text and "false" in caplog.text
+    assert not any((tmp_path / "failing").iterdir())  # the temp folder went with the failed build
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert load_kernel(tmp_path / "none") is None
+    assert not (tmp_path / "none").exists()
