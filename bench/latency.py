@@ -18,7 +18,8 @@ A configuration is ``role=adapter`` pairs (``base`` for the base model; naming t
 (``backend.prompt_lookup``, drafts of N tokens copied from the prompt, 0 = off; its own backend) / ``drafts=on|off``
 (``backend.grammar_drafts``, drafts of the tokens the JSON grammar forces; its own backend) / ``few_rows=on|off``
 (``backend.few_rows_onednn``, oneDNN's kernel for products of 1-64 rows; its own backend) / ``merged=N``
-(``backend.merged_adapters``, adapters decoded on weights with their LoRA merged in, 0 = off; its own backend).
+(``backend.merged_adapters``, adapters decoded on weights with their LoRA merged in, 0 = off; its own backend) /
+``kernel=on|off`` (``backend.lora_kernel``, the fused LoRA's decoding steps on the compiled kernel; its own backend).
 Printed too: how many answers (text and citations) the candidate gives identically to the baseline. Results also go
 to ``--out``/latency.json.
 ``--openmp ask`` (the default) first sets what ``rolora ask`` sets before torch loads (libgomp's threads spin between a
@@ -78,12 +79,14 @@ def parse_configuration(text: str) -> dict[str, Any]:
             out["few_rows_onednn"] = value == "on"
         elif key == "merged" and value.isdigit():
             out["merged_adapters"] = int(value)
+        elif key == "kernel" and value in ("on", "off"):
+            out["lora_kernel"] = value == "on"
         else:
             raise SystemExit(
                 f"--baseline/--candidate: cannot read {part!r} "
                 "(role=adapter, critic=on|off, rounds=N, k=N, format=F, quantize=none|int8|bf16|bf16-weights, "
                 "declined=cited|nearest, yes_no=on|off, short=on|off, typed=on|off, min_evidence=X, "
-                "prefix_cache=on|off, lookup=N, drafts=on|off, few_rows=on|off, merged=N)"
+                "prefix_cache=on|off, lookup=N, drafts=on|off, few_rows=on|off, merged=N, kernel=on|off)"
             )
     return out
 
@@ -140,9 +143,9 @@ def main() -> None:
     if not questions:
         raise SystemExit(f"no question of domain {args.domain} is in the {args.split} split")
     specs = {"baseline": parse_configuration(args.baseline), "candidate": parse_configuration(args.candidate)}
-    # (quantize, prefix_cache, prompt_lookup, grammar_drafts, few_rows_onednn, merged_adapters) -> backend: the same
-    # weights where configurations agree
-    backends: dict[tuple[str, bool, int, bool, bool, int], Any] = {}
+    # (quantize, prefix_cache, prompt_lookup, grammar_drafts, few_rows_onednn, merged_adapters, lora_kernel) ->
+    # backend: the same weights where configurations agree
+    backends: dict[tuple[str, bool, int, bool, bool, int, bool], Any] = {}
     agents: dict[str, Any] = {}
     for name, spec in specs.items():
         c = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=spec["settings"])}) if spec["settings"] else cfg
@@ -153,6 +156,7 @@ def main() -> None:
             "grammar_drafts": spec.get("grammar_drafts", cfg.backend.grammar_drafts),
             "few_rows_onednn": spec.get("few_rows_onednn", cfg.backend.few_rows_onednn),
             "merged_adapters": spec.get("merged_adapters", cfg.backend.merged_adapters),
+            "lora_kernel": spec.get("lora_kernel", cfg.backend.lora_kernel),
         }
         key = (
             serving["quantize"],
@@ -161,6 +165,7 @@ def main() -> None:
             serving["grammar_drafts"],
             serving["few_rows_onednn"],
             serving["merged_adapters"],
+            serving["lora_kernel"],
         )
         if key not in backends:
             backends[key] = make_backend(cfg.model_copy(update={"backend": cfg.backend.model_copy(update=serving)}))

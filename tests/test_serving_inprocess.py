@@ -665,10 +665,11 @@ def test_the_agents_backend_takes_every_backend_setting(generator_dir: Path) -> 
     from rolora.agents import make_backend
     from rolora.config import Config
 
-    settings = {"quantize": "int8", "prefix_cache": False, "prompt_lookup": 7}
+    settings = {"quantize": "int8", "prefix_cache": False, "prompt_lookup": 7, "lora_kernel": False}
     backend = make_backend(Config.model_validate({"home": str(TEST_HOME), "backend": settings}))
     try:
         assert backend.quantize == "int8" and backend.prefix_cache is False and backend.prompt_lookup == 7
+        assert backend.lora_kernel is False
         assert isinstance(backend._model.model.layers[0].self_attn.q_proj, Int8Linear)
         # no drafts under int8 decoding: its kernel quantizes a pass's activations with one scale, so a pass over
         # several tokens is not several one-token steps
@@ -684,6 +685,7 @@ def test_the_agents_backend_takes_every_backend_setting(generator_dir: Path) -> 
     try:  # quantize: auto, what this CPU runs fastest at answers within the eval's CI
         assert default.quantize == resolve_quantize("auto") != "auto" and default.prefix_cache is True
         assert default.prompt_lookup == Config().backend.prompt_lookup
+        assert default.lora_kernel is True  # backend.lora_kernel: on by default
         from rolora.adapters.serving.few_rows import onednn_linear_available
 
         assert default.few_rows_onednn is onednn_linear_available()  # backend.few_rows_onednn: on by default
