@@ -55,8 +55,15 @@ def test_kernel_adds_each_rows_own_adapter_where_torchs_masked_products_add_it(t
         assert torch.equal(wide[base_rows], before[base_rows])
         assert not torch.allclose(wide, before), "nothing was added"
     assert load_kernel(tmp_path / "kernels") is kernel  # built and checked once a process
-    with pytest.raises(ValueError, match="14 rows of input"):  # never a write past the rows it was planned for
+    # never a read or write past what the layer and the rows were planned for
+    with pytest.raises(ValueError, match="14 rows of input"):
         kernel.add(kernel.layer(a_t, b_t), x[:14], wide[:14, 32 : 32 + n_out], groups)
+    with pytest.raises(ValueError, match="for a float32 layer of 576 -> 192"):
+        kernel.add(kernel.layer(a_t, b_t), x, wide[:, :64], groups)
+    with pytest.raises(ValueError, match="float32"):
+        kernel.add(kernel.layer(a_t, b_t), x.double(), wide[:, 32 : 32 + n_out], groups)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        kernel.layer(a_t.T, b_t)
 
 
 def test_a_compiler_that_fails_leaves_torchs_products_with_one_warning(

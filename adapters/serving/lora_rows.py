@@ -67,10 +67,17 @@ class KernelLayer:
     """A layer's stacks described for the kernel (``a_t`` [in, R], ``b_t`` [R, out], float32, contiguous); keeps
     them alive. ``address``: where the kernel reads the description."""
 
-    __slots__ = ("_keep", "_struct", "address")
+    __slots__ = ("_keep", "_struct", "address", "dtype", "in_features", "out_features")
 
     def __init__(self, a_t: Any, b_t: Any) -> None:
+        import torch
+
+        if {a_t.dtype, b_t.dtype} != {torch.float32} or not (a_t.is_contiguous() and b_t.is_contiguous()):
+            raise ValueError("lora_rows: the stacks must be contiguous float32 tensors")
+        if a_t.shape[1] != b_t.shape[0]:
+            raise ValueError(f"lora_rows: A_t is {tuple(a_t.shape)}, B_t {tuple(b_t.shape)}: their ranks differ")
         self._keep = (a_t, b_t)
+        self.in_features, self.out_features, self.dtype = int(a_t.shape[0]), int(b_t.shape[1]), a_t.dtype
         self._struct = _Layer(a_t.data_ptr(), b_t.data_ptr(), a_t.shape[0], a_t.shape[1], b_t.shape[1])
         self.address = ctypes.addressof(self._struct)
 
@@ -130,6 +137,11 @@ class LoraRowsKernel:
         wider product's columns); row ``t`` starts ``stride(0)`` floats after row ``t - 1``."""
         if x.shape[0] != groups.rows or out.shape[0] != groups.rows:
             raise ValueError(f"lora_rows: {x.shape[0]} rows of input, {out.shape[0]} of output, {groups.rows} planned")
+        if x.shape[-1] != layer.in_features or out.shape[-1] != layer.out_features or x.dtype != layer.dtype:
+            raise ValueError(f"lora_rows: input {tuple(x.shape)} {x.dtype}, output {tuple(out.shape)} for a float32 "
+                             f"layer of {layer.in_features} -> {layer.out_features} features")  # fmt: skip
+        if out.dtype != layer.dtype or x.stride(-1) != 1 or out.stride(-1) != 1:
+            raise ValueError("lora_rows: input and output must be float32 with contiguous rows")
         self._add(layer.address, groups.address, x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0))
 
     def agrees_with_torch(self) -> bool:
