@@ -6,7 +6,7 @@ each far more than its arithmetic: with adapters on all seven linear layers of a
 ~45 us each took a 16-row step from 65 to ~79 ms (0.83x base-only; 2-core Intel Xeon, 2026-12-05). Punica and
 S-LoRA answer this on GPUs with a gathered kernel (BGMV: each row multiplied by its own adapter's A and B in one
 launch); torch ships none for CPUs, nor does vLLM's CPU backend (its LoRA ops are torch products). ``lora_rows.c`` is
-that kernel for CPUs, ~80 lines of C: the rows of each adapter taken four at a time, each 8-wide slice of A and B read
+that kernel for CPUs, ~90 lines of C: the rows of each adapter taken four at a time, each 8-wide slice of A and B read
 once for the four, only the row's own adapter's rank columns computed, the sum added in place into the base product's
 columns. In a loop of its own it takes 3-8 us a layer where the torch pair takes 13-24; inside a 16-row decoding
 step ~24 us (its stacks come back from L3 or memory) against ~45.
