@@ -14,10 +14,10 @@ from conftest import missing_real_part
 
 
 def _kernel(cache: Path) -> Any:
-    from rolora.adapters.serving.lora_rows import load_kernel
+    from rolora.adapters.serving.lora_rows import c_compiler, load_kernel
 
-    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
-        missing_real_part("no C compiler (cc, gcc or clang) on PATH to build lora_rows.c", "install gcc")
+    if c_compiler() is None:
+        missing_real_part("no C compiler ($CC, or cc, gcc or clang on PATH) to build lora_rows.c", "install gcc")
     kernel = load_kernel(cache)
     assert kernel is not None, "lora_rows.c did not build or disagreed with torch (see the log)"
     return kernel
@@ -64,6 +64,10 @@ def test_kernel_adds_each_rows_own_adapter_where_torchs_masked_products_add_it(t
         kernel.add(kernel.layer(a_t, b_t), x.double(), wide[:, 32 : 32 + n_out], groups)
     with pytest.raises(ValueError, match="contiguous float32"):
         kernel.layer(a_t.T, b_t)
+    two_positions = x.view(len(row_slot), 1, n_in).expand(-1, 2, -1)  # a prefill's rows: not the kernel's
+    with pytest.raises(ValueError, match="not one position a row"):
+        kernel.add(kernel.layer(a_t, b_t), two_positions, wide[:, 32 : 32 + n_out], groups)
+    assert not kernel.add_if_fits(kernel.layer(a_t, b_t), two_positions, wide[:, 32 : 32 + n_out], groups)
 
 
 def test_a_compiler_that_fails_leaves_torchs_products_with_one_warning(

@@ -235,8 +235,15 @@ def test_fused_mixed_batch_of_adapters_on_every_layer_equals_pefts_on_few_row_pr
         if kernel is None:
             missing_real_part("lora_rows.c was not built (no C compiler, see the log)", "install gcc")
         calls: list[int] = []
-        add = kernel.add
-        kernel.add = lambda layer, x, out, groups: calls.append(x.shape[0]) or add(layer, x, out, groups)
+        add = kernel.add_if_fits
+
+        def counted(layer: Any, x: Any, out: Any, groups: Any) -> bool:
+            added = add(layer, x, out, groups)
+            if added:
+                calls.append(x.shape[0])
+            return added
+
+        kernel.add_if_fits = counted
         ids = torch.tensor([[1000 + i] for i in range(len(names))])
         try:
             with torch.inference_mode():
@@ -250,7 +257,7 @@ def test_fused_mixed_batch_of_adapters_on_every_layer_equals_pefts_on_few_row_pr
                 with fused_lora.rows(names):
                     torch_logits = peft_model(input_ids=ids).logits
         finally:
-            del kernel.add
+            del kernel.add_if_fits
             fused_lora.kernel = kernel
             fused_lora.clear()
         assert calls == [len(names)] * len(fused_lora.lora_layers())  # every LoRA layer, every row, on the kernel

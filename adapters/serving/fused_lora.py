@@ -309,14 +309,10 @@ class FusedLoRA:
             kernel is not None
             and groups is not None
             and stack.layer is not None
-            and x.dim() == output.dim() == 3
-            and x.shape[1] == 1  # a decoding step: one position a row
-            and x.stride(-1) == output.stride(-1) == 1
-            and x.dtype == output.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
+            and kernel.add_if_fits(stack.layer, x, output, groups)  # a float32 decoding step: one position a row
         ):
-            kernel.add(stack.layer, x, output, groups)  # every row's LoRA added in place (.lora_rows)
-            return output
+            return output  # every row's LoRA added in place (.lora_rows)
         one_thread = self._one_thread if 2 <= x.numel() // x.shape[-1] <= ONE_THREAD_ROWS else None
         before = one_thread(1) if one_thread is not None else 0  # this thread's MKL calls on one core (see above)
         try:

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RANK_STEP", "KernelLayer", "LoraRowsKernel", "RowGroups", "load_kernel"]
+__all__ = ["RANK_STEP", "KernelLayer", "LoraRowsKernel", "RowGroups", "c_compiler", "load_kernel"]
 
 RANK_STEP = 8  # every adapter's rank columns are padded (zeros) to a multiple of this in the stacks: the kernel's width
 SOURCE = Path(__file__).with_name("lora_rows.c")
@@ -131,17 +131,35 @@ class LoraRowsKernel:
         """A layer's stacks (``a_t`` [in, R], ``b_t`` [R, out], float32, contiguous) described for :meth:`add`."""
         return KernelLayer(a_t, b_t)
 
-    def add(self, layer: KernelLayer, x: Any, out: Any, groups: RowGroups) -> None:
-        """``out[t] += x[t] @ A_t @ B_t`` with each row's own adapter's columns, in place. ``x`` [rows, ..., in] and
-        ``out`` [rows, ..., out] float32, one position a row, the last dimension contiguous (``out`` may be a view of a
-        wider product's columns); row ``t`` starts ``stride(0)`` floats after row ``t - 1``."""
+    @staticmethod
+    def misfit(layer: KernelLayer, x: Any, out: Any, groups: RowGroups) -> str | None:
+        """Why :meth:`add` cannot take these inputs (it would read or write past them, or add the wrong sums), or
+        None: ``x`` [rows, ..., in] and ``out`` [rows, ..., out] float32, one position a row, the last dimension
+        contiguous (``out`` may be a view of a wider product's columns)."""
         if x.shape[0] != groups.rows or out.shape[0] != groups.rows:
-            raise ValueError(f"lora_rows: {x.shape[0]} rows of input, {out.shape[0]} of output, {groups.rows} planned")
+            return f"{x.shape[0]} rows of input, {out.shape[0]} of output, {groups.rows} planned"
         if x.shape[-1] != layer.in_features or out.shape[-1] != layer.out_features or x.dtype != layer.dtype:
-            raise ValueError(f"lora_rows: input {tuple(x.shape)} {x.dtype}, output {tuple(out.shape)} for a float32 "
-                             f"layer of {layer.in_features} -> {layer.out_features} features")  # fmt: skip
+            return (f"input {tuple(x.shape)} {x.dtype}, output {tuple(out.shape)} for a float32 layer of "
+                    f"{layer.in_features} -> {layer.out_features} features")  # fmt: skip
+        if x.numel() != groups.rows * layer.in_features or out.numel() != groups.rows * layer.out_features:
+            return f"input {tuple(x.shape)}, output {tuple(out.shape)}: not one position a row"
         if out.dtype != layer.dtype or x.stride(-1) != 1 or out.stride(-1) != 1:
-            raise ValueError("lora_rows: input and output must be float32 with contiguous rows")
+            return "input and output must be float32 with contiguous rows"
+        return None
+
+    def add_if_fits(self, layer: KernelLayer, x: Any, out: Any, groups: RowGroups) -> bool:
+        """:meth:`add` where the inputs fit (:meth:`misfit`), and whether it did."""
+        if self.misfit(layer, x, out, groups) is not None:
+            return False
+        self._add(layer.address, groups.address, x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0))
+        return True
+
+    def add(self, layer: KernelLayer, x: Any, out: Any, groups: RowGroups) -> None:
+        """``out[t] += x[t] @ A_t @ B_t`` with each row's own adapter's columns, in place; row ``t`` starts
+        ``stride(0)`` floats after row ``t - 1``. ValueError where the inputs do not fit (:meth:`misfit`)."""
+        reason = self.misfit(layer, x, out, groups)
+        if reason is not None:
+            raise ValueError(f"lora_rows: {reason}")
         self._add(layer.address, groups.address, x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0))
 
     def agrees_with_torch(self) -> bool:
@@ -168,6 +186,11 @@ class LoraRowsKernel:
         return True
 
 
+def c_compiler() -> str | None:
+    """``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on PATH, or None."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
 def _cpu_features() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -181,7 +204,7 @@ def _cpu_features() -> str:
 @functools.cache
 def load_kernel(cache_dir: Path) -> LoraRowsKernel | None:
     """The kernel, built into ``cache_dir`` on first use on this machine (see the module docstring), or ``None``."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    cc = c_compiler()
     if not cc:
         log.info("fused LoRA: no C compiler (cc, gcc, clang or $CC) to build lora_rows.c; mixed batches use torch's "
                  "products (slower, the same results)")  # fmt: skip
