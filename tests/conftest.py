@@ -294,13 +294,13 @@ ANALYST_TRAIN = {
 
 def _build_answering_data(retriever: Any, out: Path) -> None:
     """The analyst's data with the gold clause nearly always in context (RAFT oracle rate 0.9; the default 0.8 and
-    the unanswerable questions make a mix that a short run learns to refuse everything from), beside one distractor
-    instead of three (prompts of ~500 tokens instead of ~1,000: the tests check training, not what it learns); a few
+    the unanswerable questions make a mix that a short run learns to refuse everything from), without the three
+    distractors (prompts of ~300 tokens instead of ~1,000: the tests check training, not what it learns); a few
     validation rows (the final evaluation is not what the tests are about)."""
     from rolora.adapters.data import BUILDERS, BuildContext, doc_split, load_qa, save_dataset
 
     qa = load_qa(EXAMPLES / "qa.jsonl")
-    ctx = BuildContext(retriever, qa, seed=0, oracle_rate=0.9, distractors=1, progress=False)
+    ctx = BuildContext(retriever, qa, seed=0, oracle_rate=0.9, distractors=0, progress=False)
     ctx.extra["clause_docs"] = sorted({q.doc_id for q in qa})
     splits = BUILDERS["analyst"]().build(ctx, lambda d: doc_split(d, 0, validation=0.2, test=0.2))
     save_dataset(out, "analyst", "contracts", 0, splits, str(EXAMPLES / "qa.jsonl"))

@@ -19,11 +19,12 @@ from rolora.evals.metrics import span_recall
 
 from conftest import TEST_HOME, make_config
 
-SAMPLE_CONTRACTS = 40
+SAMPLE_CONTRACTS = 24
 SEED = 0
-# Floors set a little below what this sample measured (408 answerable questions, 2 CPU cores, MiniLM, flat index):
-# hybrid@5 0.366, hybrid@20 0.646; dense@5 0.366, dense@20 0.603; lexical@5 0.297, lexical@20 0.549.
-FLOORS = {5: 0.34, 20: 0.62}
+# 24 contracts (1.1 MB of text, ~55 s of MiniLM on 2 cores; 40 took ~95 s of a ~25-minute CI budget). Floors set a
+# little below what this sample measured (222 answerable questions, 2-core Intel Xeon, MiniLM, flat index, 2026-12-05):
+# hybrid@5 0.535, hybrid@20 0.805; dense@5 0.452, dense@20 0.737; lexical@5 0.469, lexical@20 0.777.
+FLOORS = {5: 0.50, 20: 0.77}
 
 
 def sample_contracts(cuad_dir: Path, n: int = SAMPLE_CONTRACTS, seed: int = SEED) -> list[Path]:
@@ -61,7 +62,7 @@ def test_cuad_span_recall_hybrid_beats_each_mode(cuad_sample: tuple[Any, list[Pa
     retriever, contracts = cuad_sample
     assert retriever.stats()["documents"] == SAMPLE_CONTRACTS
     qs = sample_questions(cuad_dir, contracts)
-    assert {q["doc_id"] for q in qs} <= {p.stem for p in contracts} and len(qs) > 300
+    assert {q["doc_id"] for q in qs} <= {p.stem for p in contracts} and len(qs) > 200
     table: dict[tuple[str, int], float] = {}
     for mode in ("hybrid", "dense", "lexical"):
         per_k: dict[int, list[float]] = {5: [], 20: []}

@@ -38,6 +38,7 @@ def test_train_role_registers_a_gated_candidate(embedder: Any, generator_dir: An
         learning_rate=1e-3,
         r=8,
         alpha=16,
+        max_eval_examples=4,  # the validation loss at each evaluation on 4 of the split's rows (all: ~12 s more)
         role_eval_rows=3,  # the role metric at each evaluation picks the checkpoint (what `rolora train` does)
         role_eval_probe_texts=8,  # forgetting watched beside it on 8 probe texts (default: all 220, ~36 s each)
         target_modules=["q_proj", "v_proj"],  # 60 matrices for the intruder gate's SVDs instead of 210 (~40 s)
