@@ -234,16 +234,21 @@ def test_fused_mixed_batch_of_adapters_on_every_layer_equals_pefts_on_few_row_pr
         kernel = fused_lora.kernel
         if kernel is None:
             missing_real_part("lora_rows.c was not built (no C compiler, see the log)", "install gcc")
-        calls: list[int] = []
-        add = kernel.add_if_fits
+        calls: list[int] = []  # the compiled kernel's calls: the address of the layer's stacks' description
+        grouped: list[int] = []  # the kernel's calls on a group's product (q, k, v; gate, up), the members it served
+        add, add_columns = kernel._add, kernel.add_columns
 
-        def counted(layer: Any, x: Any, out: Any, groups: Any) -> bool:
-            added = add(layer, x, out, groups)
+        def counted(layer: int, groups: int, *args: Any) -> None:
+            calls.append(layer)
+            add(layer, groups, *args)
+
+        def counted_columns(plan: Any, x: Any, product: Any) -> bool:
+            added = add_columns(plan, x, product)
             if added:
-                calls.append(x.shape[0])
+                grouped.append(len(plan.calls))
             return added
 
-        kernel.add_if_fits = counted
+        kernel._add, kernel.add_columns = counted, counted_columns
         ids = torch.tensor([[1000 + i] for i in range(len(names))])
         try:
             with torch.inference_mode():
@@ -257,10 +262,13 @@ def test_fused_mixed_batch_of_adapters_on_every_layer_equals_pefts_on_few_row_pr
                 with fused_lora.rows(names):
                     torch_logits = peft_model(input_ids=ids).logits
         finally:
-            del kernel.add_if_fits
+            kernel._add = add
+            del kernel.add_columns
             fused_lora.kernel = kernel
             fused_lora.clear()
-        assert calls == [len(names)] * len(fused_lora.lora_layers())  # every LoRA layer, every row, on the kernel
+        layers = peft_model.base_model.model.model.layers
+        assert len(calls) == len(set(calls)) == len(fused_lora.lora_layers())  # every LoRA layer once, on the kernel
+        assert grouped == [3, 2] * len(layers)  # q, k and v, then gate and up: one plan each, no view of the columns
         assert torch.allclose(got_logits, want_logits, atol=1e-4, rtol=1e-4)
         assert torch.allclose(got_logits, torch_logits, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(want_logits[0], want_logits[1], atol=1e-3)

@@ -191,6 +191,9 @@ class SharedInputProducts:
         self.bias: torch.Tensor | None = None
         self.versions: tuple[int, ...] = ()
         self.substitute: torch.Tensor | None = None
+        # while set (.fused_lora's rows, on its compiled kernel): adds every member's LoRA of the rows to the group's
+        # product of an input in place, where it can, and says whether it did (else each member's ``beside`` does)
+        self.beside_all: Callable[[torch.Tensor, torch.Tensor], bool] | None = None
         # the input whose product is kept, the weight it was made with, and the members that have not taken theirs
         self._input: torch.Tensor | None = None
         self._product_weight: torch.Tensor | None = None

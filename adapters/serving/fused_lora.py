@@ -23,7 +23,10 @@ base-only 65.2; the same replies). It covers plain LoRA on ``nn.Linear`` layers 
 In a decoding step (one position a row, float32) the pair, the mask and the add are one call of :mod:`.lora_rows`'
 compiled kernel where it could be built (``backend.lora_kernel``, on by default): it computes only each row's own
 adapter's rank columns and adds into the base product in place; every adapter's rank is padded with zero columns to
-a multiple of :data:`.lora_rows.RANK_STEP` in the stacks, which adds exactly nothing on either path. With adapters on
+a multiple of :data:`.lora_rows.RANK_STEP` in the stacks, which adds exactly nothing on either path. With the
+kernel, A is kept as PEFT stacks it (``[R, in]``, what the kernel reads) and the torch products (prefills) read it
+transposed, a view; the layers sharing an input (:class:`.few_rows.SharedInputProducts`) get one
+:class:`.lora_rows.ColumnPlan` for the duration of :meth:`FusedLoRA.rows` (``beside_all``). With adapters on
 all seven layers of a block, a mixed batch of 16 decoded 0.86-0.90x base-only's tokens a second (best of each, three
 runs of ``bench/serving.py --targets all``; 2-core Intel Xeon, 2026-12-05; README "Mixed batches of adapters on every
 layer") against 0.81-0.86x on the torch products, the same replies.
@@ -42,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from .lora_rows import RANK_STEP, KernelLayer, LoraRowsKernel, RowGroups
+from .lora_rows import RANK_STEP, ColumnPlan, KernelLayer, LoraRowsKernel, RowGroups
 
 __all__ = ["ONE_THREAD_ROWS", "FusedLoRA"]
 
@@ -50,9 +53,9 @@ ONE_THREAD_ROWS = 64  # products of 2..64 rows (a decoding step of as many reque
 
 
 class _Stack:
-    """One layer's adapters for one adapter set, transposed and contiguous: ``a_t`` = A_all.T [in, R], ``b_t`` =
-    B_all.T [R, out]; ``slots``: the slot of each rank column; ``ranges``: slot -> (first column, width); ``layer``:
-    the stacks described for :mod:`.lora_rows`' kernel (None without it)."""
+    """One layer's adapters for one adapter set: ``a_t`` = A_all.T [in, R] (contiguous; with the kernel, a view of its
+    [R, in] stack), ``b_t`` = B_all.T [R, out] (contiguous); ``slots``: the slot of each rank column; ``ranges``: slot
+    -> (first column, width); ``layer``: the stacks described for :mod:`.lora_rows`' kernel (None without it)."""
 
     __slots__ = ("a_t", "b_t", "layer", "ranges", "slots")
 
@@ -189,6 +192,7 @@ class FusedLoRA:
                 base.beside = functools.partial(self._beside, m)
             setattr(parent, attr, base)
             swapped.append((parent, attr, m))
+        planned = self._plan_groups(swapped, active, merged_ids)
         self._active = active
         self._merged = merged_ids
         self._swapped = {id(m) for _, _, m in swapped}
@@ -202,6 +206,8 @@ class FusedLoRA:
             self._merged = set()
             self._swapped = set()
             self._one_thread = None
+            for group in planned:
+                group.beside_all = None
             for parent, attr, m in swapped:
                 setattr(parent, attr, m)
                 m.base_layer.substitute = m.base_layer.beside = None
@@ -209,6 +215,38 @@ class FusedLoRA:
                     m.base_layer.group.substitute = None
             for m, was in zip(layers, before, strict=True):
                 m._disable_adapters = was
+
+    def _plan_groups(self, swapped: list[tuple[Any, str, Any]], active: dict[int, Any], merged: set[int]) -> list[Any]:
+        """Give each group of swapped-in base layers sharing an input (:class:`.few_rows.SharedInputProducts`) a
+        ``beside_all`` that adds all its members' LoRA into the group's product in one kernel pass per member (no view
+        of each member's columns, one check for the group), where the kernel serves every member with a LoRA and none
+        runs on merged weights; the groups given one."""
+        kernel = self.kernel
+        if kernel is None:
+            return []
+        by_base = {id(m.base_layer): m for _, _, m in swapped}
+        groups = {id(g): g for g in (m.base_layer.group for _, _, m in swapped) if g is not None}
+        planned = []
+        for group in groups.values():
+            parts: list[tuple[KernelLayer, RowGroups, int]] = []
+            first = 0
+            for member, width in zip(group.members, group.widths, strict=True):
+                m = by_base.get(id(member))
+                entry = active.get(id(m)) if m is not None else None
+                if m is not None and id(m) in merged:
+                    parts = []  # merged weights: each member's own ``beside`` decides per product
+                    break
+                if entry is not None:
+                    stack, _, rows = entry
+                    if stack.layer is None or rows is None:
+                        parts = []
+                        break
+                    parts.append((stack.layer, rows, first))
+                first += width
+            if parts:
+                group.beside_all = functools.partial(kernel.add_columns, ColumnPlan(parts, first))
+                planned.append(group)
+        return planned
 
     def _places(self) -> list[tuple[Any, str, Any]]:
         """(parent module, attribute, LoRA layer) of every LoRA layer of the model."""
@@ -265,11 +303,14 @@ class FusedLoRA:
                 key = tuple(layout)
                 if key not in layouts:
                     layouts[key] = (torch.tensor(layout, dtype=torch.long), ranges)
-                a_t, b_t = torch.cat(a_parts).T.contiguous(), torch.cat(b_parts, dim=1).T.contiguous()
+                a, b_t = torch.cat(a_parts), torch.cat(b_parts, dim=1).T.contiguous()  # [R, in], [R, out]
                 described = None  # the stacks as the compiled kernel reads them (float32, ranks it holds)
                 widest = max(w for _, w in ranges.values())
-                if kernel is not None and a_t.dtype == torch.float32 and widest <= kernel.max_rank:
-                    described = kernel.layer(a_t, b_t)
+                if kernel is not None and a.dtype == torch.float32 and widest <= kernel.max_rank:
+                    described = kernel.layer(a, b_t)  # A as stacked: each rank column's weights side by side
+                    a_t = a.T  # the torch products (prefills) read the same memory, transposed
+                else:
+                    a_t = a.T.contiguous()
                 out[id(m)] = _Stack(a_t, b_t, *layouts[key], described)
         self._stacks[slots] = out
         while len(self._stacks) > self.cache_size:

@@ -57,7 +57,11 @@ def _group(layers: tuple[Any, ...]) -> SharedInputProducts | None:
 
 def _lora_beside(group: SharedInputProducts, x: torch.Tensor, product: torch.Tensor) -> None:
     """Add to each member's columns of ``product`` (the group's product of ``x``) what its ``beside`` adds to its own
-    product (.fused_lora's rows: a LoRA of the batch's adapters, nothing on a merged weight), in place."""
+    product (.fused_lora's rows: a LoRA of the batch's adapters, nothing on a merged weight), in place: all members
+    at once where the group has ``beside_all`` (the compiled kernel writing into each member's columns), else each
+    member on a view of its columns."""
+    if group.beside_all is not None and group.beside_all(x, product):
+        return
     for member, columns in zip(group.members, product.split(group.widths, dim=-1), strict=True):
         if member.beside is not None:
             added = member.beside(x, columns)

@@ -6,10 +6,14 @@ each far more than its arithmetic: with adapters on all seven linear layers of a
 ~45 us each took a 16-row step from 65 to ~79 ms (0.83x base-only; 2-core Intel Xeon, 2026-12-05). Punica and
 S-LoRA answer this on GPUs with a gathered kernel (BGMV: each row multiplied by its own adapter's A and B in one
 launch); torch ships none for CPUs, nor does vLLM's CPU backend (its LoRA ops are torch products). ``lora_rows.c`` is
-that kernel for CPUs, ~90 lines of C: the rows of each adapter taken four at a time, each 8-wide slice of A and B read
+that kernel for CPUs, ~110 lines of C: the rows of each adapter taken four at a time, each slice of A and B read
 once for the four, only the row's own adapter's rank columns computed, the sum added in place into the base product's
-columns. In a loop of its own it takes 3-8 us a layer where the torch pair takes 13-24; inside a 16-row decoding
-step ~24 us (its stacks come back from L3 or memory) against ~45.
+columns. ``x @ A`` runs as dot products over A as PEFT stacks it (``[R, in]``), 16 inputs a step on AVX-512 (four
+rows by four rank columns of partial sums in registers; 8 inputs and two columns elsewhere), ``h @ B`` 16 output
+columns a step. In a loop of its own it takes 3-8 us a layer where the torch pair takes 13-24; inside a 16-row
+decoding step ~17 us (its stacks come back from L3 or memory; ~20 us with 8-wide slices of A as ``[in, R]``) against
+~45. The layers that multiply one input (q, k, v; gate, up) get one :class:`ColumnPlan`: the kernel writes into
+each one's columns of their shared product, checked once for the group, no view of the columns made.
 
 It is compiled once per machine at first use with the system's C compiler (``cc``, or ``$CC``; ``-O3
 -march=native``, no fast-math) into ``$ROLORA_HOME/kernels/`` (a temp file renamed into place, named by a digest of
@@ -34,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RANK_STEP", "KernelLayer", "LoraRowsKernel", "RowGroups", "c_compiler", "load_kernel"]
+__all__ = ["RANK_STEP", "ColumnPlan", "KernelLayer", "LoraRowsKernel", "RowGroups", "c_compiler", "load_kernel"]
 
 RANK_STEP = 8  # every adapter's rank columns are padded (zeros) to a multiple of this in the stacks: the kernel's width
 SOURCE = Path(__file__).with_name("lora_rows.c")
@@ -45,10 +49,9 @@ log = logging.getLogger("rolora.serving")
 
 class _Layer(ctypes.Structure):
     _fields_ = [
-        ("a_t", ctypes.c_void_p),
+        ("a", ctypes.c_void_p),
         ("b_t", ctypes.c_void_p),
         ("in_features", ctypes.c_int64),
-        ("rank", ctypes.c_int64),
         ("out_features", ctypes.c_int64),
     ]
 
@@ -64,21 +67,22 @@ class _Groups(ctypes.Structure):
 
 
 class KernelLayer:
-    """A layer's stacks described for the kernel (``a_t`` [in, R], ``b_t`` [R, out], float32, contiguous); keeps
-    them alive. ``address``: where the kernel reads the description."""
+    """A layer's stacks described for the kernel (``a`` [R, in]: the adapters' A matrices stacked, as PEFT holds
+    them; ``b_t`` [R, out]: their B matrices transposed; float32, contiguous); keeps them alive. ``address``: where
+    the kernel reads the description."""
 
     __slots__ = ("_keep", "_struct", "address", "dtype", "in_features", "out_features")
 
-    def __init__(self, a_t: Any, b_t: Any) -> None:
+    def __init__(self, a: Any, b_t: Any) -> None:
         import torch
 
-        if {a_t.dtype, b_t.dtype} != {torch.float32} or not (a_t.is_contiguous() and b_t.is_contiguous()):
+        if {a.dtype, b_t.dtype} != {torch.float32} or not (a.is_contiguous() and b_t.is_contiguous()):
             raise ValueError("lora_rows: the stacks must be contiguous float32 tensors")
-        if a_t.shape[1] != b_t.shape[0]:
-            raise ValueError(f"lora_rows: A_t is {tuple(a_t.shape)}, B_t {tuple(b_t.shape)}: their ranks differ")
-        self._keep = (a_t, b_t)
-        self.in_features, self.out_features, self.dtype = int(a_t.shape[0]), int(b_t.shape[1]), a_t.dtype
-        self._struct = _Layer(a_t.data_ptr(), b_t.data_ptr(), a_t.shape[0], a_t.shape[1], b_t.shape[1])
+        if a.shape[0] != b_t.shape[0]:
+            raise ValueError(f"lora_rows: A is {tuple(a.shape)}, B_t {tuple(b_t.shape)}: their ranks differ")
+        self._keep = (a, b_t)
+        self.in_features, self.out_features, self.dtype = int(a.shape[1]), int(b_t.shape[1]), a.dtype
+        self._struct = _Layer(a.data_ptr(), b_t.data_ptr(), a.shape[1], b_t.shape[1])
         self.address = ctypes.addressof(self._struct)
 
 
@@ -114,6 +118,30 @@ class RowGroups:
         self.address = ctypes.addressof(self._struct)
 
 
+class ColumnPlan:
+    """Layers that multiply one input and whose products sit side by side in one wider product (a Llama attention's
+    q, k and v; its MLP's gate and up: :class:`.few_rows.SharedInputProducts`): each layer's stacks, its rows' groups
+    and its first column of that product, checked once here so that :meth:`LoraRowsKernel.add_columns` checks only
+    the input and the product on each call. ``parts``: (layer, row groups, first column), layers without a LoRA left
+    out; ``width``: the product's columns."""
+
+    __slots__ = ("_keep", "calls", "dtype", "in_features", "rows", "width")
+
+    def __init__(self, parts: Sequence[tuple[KernelLayer, RowGroups, int]], width: int) -> None:
+        if len({layer.in_features for layer, _, _ in parts}) != 1:
+            raise ValueError("lora_rows: a column plan needs layers of one input width")
+        if len({groups.rows for _, groups, _ in parts}) != 1:
+            raise ValueError("lora_rows: a column plan's row groups must plan the same rows")
+        for layer, _, first in parts:
+            if first < 0 or first + layer.out_features > width:
+                raise ValueError(f"lora_rows: columns {first}..{first + layer.out_features} of a {width}-wide product")
+        self._keep = tuple(parts)
+        self.in_features, self.rows, self.width = parts[0][0].in_features, parts[0][1].rows, width
+        self.dtype = parts[0][0].dtype  # float32 (KernelLayer)
+        # (the layer's description, its row groups, the byte offset of its first column)
+        self.calls = tuple((layer.address, groups.address, 4 * first) for layer, groups, first in parts)
+
+
 class LoraRowsKernel:
     """``lora_rows.c`` loaded: :meth:`layer` describes a layer's stacks once, :meth:`add` adds the rows' LoRA."""
 
@@ -127,25 +155,29 @@ class LoraRowsKernel:
         self.max_rank = int(max_rank())
 
     @staticmethod
-    def layer(a_t: Any, b_t: Any) -> KernelLayer:
-        """A layer's stacks (``a_t`` [in, R], ``b_t`` [R, out], float32, contiguous) described for :meth:`add`."""
-        return KernelLayer(a_t, b_t)
+    def layer(a: Any, b_t: Any) -> KernelLayer:
+        """A layer's stacks (``a`` [R, in], ``b_t`` [R, out], float32, contiguous) described for :meth:`add`."""
+        return KernelLayer(a, b_t)
 
     @staticmethod
-    def misfit(layer: KernelLayer, x: Any, out: Any, groups: RowGroups) -> str | None:
+    def _misfit(rows: int, in_features: int, out_features: int, dtype: Any, x: Any, out: Any) -> str | None:
+        if x.shape[0] != rows or out.shape[0] != rows:
+            return f"{x.shape[0]} rows of input, {out.shape[0]} of output, {rows} planned"
+        if x.shape[-1] != in_features or out.shape[-1] != out_features or x.dtype != dtype:
+            return (f"input {tuple(x.shape)} {x.dtype}, output {tuple(out.shape)} for a float32 layer of "
+                    f"{in_features} -> {out_features} features")  # fmt: skip
+        if x.numel() != rows * in_features or out.numel() != rows * out_features:
+            return f"input {tuple(x.shape)}, output {tuple(out.shape)}: not one position a row"
+        if out.dtype != dtype or x.stride(-1) != 1 or out.stride(-1) != 1:
+            return "input and output must be float32 with contiguous rows"
+        return None
+
+    @classmethod
+    def misfit(cls, layer: KernelLayer, x: Any, out: Any, groups: RowGroups) -> str | None:
         """Why :meth:`add` cannot take these inputs (it would read or write past them, or add the wrong sums), or
         None: ``x`` [rows, ..., in] and ``out`` [rows, ..., out] float32, one position a row, the last dimension
         contiguous (``out`` may be a view of a wider product's columns)."""
-        if x.shape[0] != groups.rows or out.shape[0] != groups.rows:
-            return f"{x.shape[0]} rows of input, {out.shape[0]} of output, {groups.rows} planned"
-        if x.shape[-1] != layer.in_features or out.shape[-1] != layer.out_features or x.dtype != layer.dtype:
-            return (f"input {tuple(x.shape)} {x.dtype}, output {tuple(out.shape)} for a float32 layer of "
-                    f"{layer.in_features} -> {layer.out_features} features")  # fmt: skip
-        if x.numel() != groups.rows * layer.in_features or out.numel() != groups.rows * layer.out_features:
-            return f"input {tuple(x.shape)}, output {tuple(out.shape)}: not one position a row"
-        if out.dtype != layer.dtype or x.stride(-1) != 1 or out.stride(-1) != 1:
-            return "input and output must be float32 with contiguous rows"
-        return None
+        return cls._misfit(groups.rows, layer.in_features, layer.out_features, layer.dtype, x, out)
 
     def add_if_fits(self, layer: KernelLayer, x: Any, out: Any, groups: RowGroups) -> bool:
         """:meth:`add` where the inputs fit (:meth:`misfit`), and whether it did."""
@@ -155,12 +187,23 @@ class LoraRowsKernel:
         return True
 
     def add(self, layer: KernelLayer, x: Any, out: Any, groups: RowGroups) -> None:
-        """``out[t] += x[t] @ A_t @ B_t`` with each row's own adapter's columns, in place; row ``t`` starts
+        """``out[t] += x[t] @ A.T @ B_t`` with each row's own adapter's columns, in place; row ``t`` starts
         ``stride(0)`` floats after row ``t - 1``. ValueError where the inputs do not fit (:meth:`misfit`)."""
         reason = self.misfit(layer, x, out, groups)
         if reason is not None:
             raise ValueError(f"lora_rows: {reason}")
         self._add(layer.address, groups.address, x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0))
+
+    def add_columns(self, plan: ColumnPlan, x: Any, product: Any) -> bool:
+        """Every layer of ``plan`` adds its rows' LoRA of ``x`` into its columns of ``product`` (in place, one call
+        each, no view of the columns made), where ``x`` and ``product`` fit the plan as :meth:`misfit` checks them;
+        whether it did (nothing is added otherwise)."""
+        if self._misfit(plan.rows, plan.in_features, plan.width, plan.dtype, x, product) is not None:
+            return False
+        x_at, x_stride, at, stride = x.data_ptr(), x.stride(0), product.data_ptr(), product.stride(0)
+        for layer, groups, offset in plan.calls:
+            self._add(layer, groups, x_at, x_stride, at + offset, stride)
+        return True
 
     def agrees_with_torch(self) -> bool:
         """Whether the kernel's sums match torch's products on random stacks of three adapters, odd widths included
@@ -180,7 +223,7 @@ class LoraRowsKernel:
                                  for s in row_slot], dtype=torch.float32)  # fmt: skip
             expected = wide.clone()
             expected[:, 2 : 2 + n_out] += ((x @ a_t) * mask) @ b_t
-            self.add(self.layer(a_t, b_t), x, out, RowGroups(row_slot, ranges))
+            self.add(self.layer(a_t.T.contiguous(), b_t), x, out, RowGroups(row_slot, ranges))
             if not torch.allclose(wide, expected, rtol=1e-4, atol=1e-3):
                 return False
         return True
