@@ -27,8 +27,8 @@ a multiple of :data:`.lora_rows.RANK_STEP` in the stacks, which adds exactly not
 kernel, A is kept as PEFT stacks it (``[R, in]``, what the kernel reads) and the torch products (prefills) read it
 transposed, a view; the layers sharing an input (:class:`.few_rows.SharedInputProducts`) get one
 :class:`.lora_rows.ColumnPlan` for the duration of :meth:`FusedLoRA.rows` (``beside_all``). With adapters on
-all seven layers of a block, a mixed batch of 16 decoded 0.86-0.90x base-only's tokens a second (best of each, three
-runs of ``bench/serving.py --targets all``; 2-core Intel Xeon, 2026-12-05; README "Mixed batches of adapters on every
+all seven layers of a block, a mixed batch of 16 decoded 0.90-0.95x base-only's tokens a second (best of each, three
+runs of ``bench/serving.py --targets all``; 2-core Intel Xeon, 2026-12-06; README "Mixed batches of adapters on every
 layer") against 0.81-0.86x on the torch products, the same replies.
 
 Without the kernel, in a decoding step of several rows (up to ``ONE_THREAD_ROWS``) these small products run on one
