@@ -295,7 +295,7 @@ ANALYST_TRAIN = {
 def _build_answering_data(retriever: Any, out: Path) -> None:
     """The analyst's data with the gold clause nearly always in context (RAFT oracle rate 0.9; the default 0.8 and
     the unanswerable questions make a mix that a short run learns to refuse everything from), without the three
-    distractors (prompts of ~300 tokens instead of ~1,000: the tests check training, not what it learns); a few
+    distractors (a median of ~450 tokens a row instead of ~1,000: the tests check training, not what it learns); a few
     validation rows (the final evaluation is not what the tests are about)."""
     from rolora.adapters.data import BUILDERS, BuildContext, doc_split, load_qa, save_dataset
 
