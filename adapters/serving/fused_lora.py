@@ -237,11 +237,11 @@ class FusedLoRA:
                     parts = []  # merged weights: each member's own ``beside`` decides per product
                     break
                 if entry is not None:
-                    stack, _, rows = entry
-                    if stack.layer is None or rows is None:
-                        parts = []
+                    stack, _, row_groups = entry
+                    if stack.layer is None or row_groups is None:
+                        parts = []  # a member on torch's products: each member's own ``beside``
                         break
-                    parts.append((stack.layer, rows, first))
+                    parts.append((stack.layer, row_groups, first))
                 first += width
             if parts:
                 group.beside_all = functools.partial(kernel.add_columns, ColumnPlan(parts, first))
