@@ -143,30 +143,22 @@ def main() -> None:
     if not questions:
         raise SystemExit(f"no question of domain {args.domain} is in the {args.split} split")
     specs = {"baseline": parse_configuration(args.baseline), "candidate": parse_configuration(args.candidate)}
-    # (quantize, prefix_cache, prompt_lookup, grammar_drafts, few_rows_onednn, merged_adapters, lora_kernel) ->
-    # backend: the same weights where configurations agree
-    backends: dict[tuple[str, bool, int, bool, bool, int, bool], Any] = {}
+    # the backend settings a configuration may change -> backend: the same weights where configurations agree
+    serving_keys = (
+        "quantize",
+        "prefix_cache",
+        "prompt_lookup",
+        "grammar_drafts",
+        "few_rows_onednn",
+        "merged_adapters",
+        "lora_kernel",
+    )
+    backends: dict[tuple[Any, ...], Any] = {}
     agents: dict[str, Any] = {}
     for name, spec in specs.items():
         c = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=spec["settings"])}) if spec["settings"] else cfg
-        serving = {
-            "quantize": spec.get("quantize", cfg.backend.quantize),
-            "prefix_cache": spec.get("prefix_cache", cfg.backend.prefix_cache),
-            "prompt_lookup": spec.get("prompt_lookup", cfg.backend.prompt_lookup),
-            "grammar_drafts": spec.get("grammar_drafts", cfg.backend.grammar_drafts),
-            "few_rows_onednn": spec.get("few_rows_onednn", cfg.backend.few_rows_onednn),
-            "merged_adapters": spec.get("merged_adapters", cfg.backend.merged_adapters),
-            "lora_kernel": spec.get("lora_kernel", cfg.backend.lora_kernel),
-        }
-        key = (
-            serving["quantize"],
-            serving["prefix_cache"],
-            serving["prompt_lookup"],
-            serving["grammar_drafts"],
-            serving["few_rows_onednn"],
-            serving["merged_adapters"],
-            serving["lora_kernel"],
-        )
+        serving = {k: spec.get(k, getattr(cfg.backend, k)) for k in serving_keys}
+        key = tuple(serving.values())
         if key not in backends:
             backends[key] = make_backend(cfg.model_copy(update={"backend": cfg.backend.model_copy(update=serving)}))
         adapters = {r: spec["adapters"].get(r) for r in ("query_writer", "analyst", "critic")}

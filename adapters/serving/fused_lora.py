@@ -228,25 +228,33 @@ class FusedLoRA:
         groups = {id(g): g for g in (m.base_layer.group for _, _, m in swapped) if g is not None}
         planned = []
         for group in groups.values():
-            parts: list[tuple[KernelLayer, RowGroups, int]] = []
-            first = 0
-            for member, width in zip(group.members, group.widths, strict=True):
-                m = by_base.get(id(member))
-                entry = active.get(id(m)) if m is not None else None
-                if m is not None and id(m) in merged:
-                    parts = []  # merged weights: each member's own ``beside`` decides per product
-                    break
-                if entry is not None:
-                    stack, _, row_groups = entry
-                    if stack.layer is None or row_groups is None:
-                        parts = []  # a member on torch's products: each member's own ``beside``
-                        break
-                    parts.append((stack.layer, row_groups, first))
-                first += width
-            if parts:
-                group.beside_all = functools.partial(kernel.add_columns, ColumnPlan(parts, first))
+            plan = self._column_plan(group, by_base, active, merged)
+            if plan is not None:
+                group.beside_all = functools.partial(kernel.add_columns, plan)
                 planned.append(group)
         return planned
+
+    @staticmethod
+    def _column_plan(
+        group: Any, by_base: dict[int, Any], active: dict[int, Any], merged: set[int]
+    ) -> ColumnPlan | None:
+        """``group``'s members with a LoRA on the kernel, at their first columns of its product, or None where a
+        member runs on merged weights or on torch's products (each member's own ``beside`` then decides) or none has
+        a LoRA."""
+        parts: list[tuple[KernelLayer, RowGroups, int]] = []
+        first = 0
+        for member, width in zip(group.members, group.widths, strict=True):
+            m = by_base.get(id(member))
+            if m is not None and id(m) in merged:
+                return None
+            entry = active.get(id(m)) if m is not None else None
+            if entry is not None:
+                stack, _, row_groups = entry
+                if stack.layer is None or row_groups is None:
+                    return None
+                parts.append((stack.layer, row_groups, first))
+            first += width
+        return ColumnPlan(parts, first) if parts else None
 
     def _places(self) -> list[tuple[Any, str, Any]]:
         """(parent module, attribute, LoRA layer) of every LoRA layer of the model."""

@@ -189,10 +189,8 @@ class LoraRowsKernel:
     def add(self, layer: KernelLayer, x: Any, out: Any, groups: RowGroups) -> None:
         """``out[t] += x[t] @ A.T @ B_t`` with each row's own adapter's columns, in place; row ``t`` starts
         ``stride(0)`` floats after row ``t - 1``. ValueError where the inputs do not fit (:meth:`misfit`)."""
-        reason = self.misfit(layer, x, out, groups)
-        if reason is not None:
-            raise ValueError(f"lora_rows: {reason}")
-        self._add(layer.address, groups.address, x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0))
+        if not self.add_if_fits(layer, x, out, groups):
+            raise ValueError(f"lora_rows: {self.misfit(layer, x, out, groups)}")
 
     def add_columns(self, plan: ColumnPlan, x: Any, product: Any) -> bool:
         """Every layer of ``plan`` adds its rows' LoRA of ``x`` into its columns of ``product`` (in place, one call
